@@ -1,0 +1,214 @@
+"""The ExperimentRun kind: one execution of an Experiment, and afterwards its report."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import ConfigDict, Field
+
+from shakeout.api.common import DNS_SUBDOMAIN, Condition, Model, Resource, cel
+
+# Status keeps at most this many target names: a run over 5,000 pods must not push the
+# object towards etcd's size limit (Chaos Mesh overflowed it with per-pod records).
+MAX_TARGET_NAMES = 20
+
+
+class Phase(StrEnum):
+    """The seed's phases, in order; CANCELED and FAILED end a run from any phase."""
+
+    CREATED = "CREATED"
+    PREPARED = "PREPARED"
+    ATTACKS_STARTED = "ATTACKS_STARTED"
+    ATTACKS_STOPPED = "ATTACKS_STOPPED"
+    COMPLETED = "COMPLETED"
+    CANCELED = "CANCELED"
+    FAILED = "FAILED"
+
+
+TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.CANCELED, Phase.FAILED})
+
+
+class ActionRequired(StrEnum):
+    YES = "Yes"
+    NO = "No"
+
+
+class ExperimentRef(Model):
+    """The Experiment of the run's own namespace that this run executes."""
+
+    name: str = Field(
+        description="Name of the Experiment (in the run's namespace).",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+
+
+class ExperimentRunSpec(Model):
+    """The run request, and afterwards the team's findings."""
+
+    experiment_ref: ExperimentRef = Field(
+        description="The Experiment to run. Immutable: a run belongs to one experiment.",
+        json_schema_extra={
+            "x-kubernetes-validations": [cel("self == oldSelf", "experimentRef is immutable")]
+        },
+    )
+    cancel: bool = Field(
+        default=False,
+        description=(
+            "Set to true to cancel the run: the attacks stop and are rolled back and the "
+            "run ends CANCELED. Cannot be set back to false."
+        ),
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!oldSelf || self", "a cancel request cannot be withdrawn")
+            ]
+        },
+    )
+    findings: str | None = Field(
+        default=None,
+        max_length=16384,
+        description="What the team learned from the run; editable after it ends.",
+    )
+    action_required: ActionRequired | None = Field(
+        default=None,
+        description="Whether additional action is required to mitigate the incident: Yes or No.",
+    )
+
+
+class TimelineEntry(Model):
+    """When the run entered a phase."""
+
+    phase: Phase = Field(description="The phase entered.")
+    time: datetime = Field(description="When it was entered.")
+
+
+class Targets(Model):
+    """The pods the blast radius resolved to, bounded in size whatever their number."""
+
+    matched: int = Field(ge=0, description="How many pods matched the selector.")
+    selected: int = Field(ge=0, description="How many of them became targets (after the limit).")
+    names: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_TARGET_NAMES,
+        description=f"The first {MAX_TARGET_NAMES} target pod names, sorted.",
+    )
+
+
+class AttackState(StrEnum):
+    PENDING = "Pending"
+    APPLYING = "Applying"
+    APPLIED = "Applied"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+
+class AttackResult(Model):
+    """The outcome of one attack of the run."""
+
+    name: str = Field(description="Name of the attack in the Experiment.")
+    type: str = Field(description="Type of the attack.")
+    reversible: bool = Field(description="Whether the attack can be rolled back.")
+    state: AttackState = Field(description="Where the attack is.")
+    targets: int = Field(default=0, ge=0, description="How many targets the attack acted on.")
+    previous_replicas: int | None = Field(
+        default=None,
+        description="ScaleWorkload: the replica count before the attack (the rollback value).",
+    )
+    applied_at: datetime | None = Field(default=None, description="When it was applied.")
+    rolled_back_at: datetime | None = Field(default=None, description="When it was rolled back.")
+    message: str | None = Field(default=None, max_length=1024, description="Details.")
+
+
+class StateCheckTally(Model):
+    """How often a state check succeeded and failed during the run."""
+
+    name: str = Field(description="Name of the check.")
+    successes: int = Field(default=0, ge=0, description="Successful probes.")
+    failures: int = Field(default=0, ge=0, description="Failed probes.")
+    last_message: str | None = Field(
+        default=None, max_length=1024, description="What the last probe found."
+    )
+    last_time: datetime | None = Field(default=None, description="When it last ran.")
+
+
+class UserInfo(Model):
+    """An authenticated identity, as the API server reported it at admission."""
+
+    username: str = Field(description="User name.")
+    groups: list[str] = Field(default_factory=list, max_length=64, description="Groups.")
+
+
+class ExperimentRunStatus(Model):
+    """The run's progress, and afterwards its report."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(oldSelf.phase) || !(oldSelf.phase in "
+                    "['COMPLETED', 'CANCELED', 'FAILED']) || self.phase == oldSelf.phase",
+                    "a terminal phase is final",
+                    fieldPath=".phase",
+                ),
+            ]
+        }
+    )
+
+    phase: Phase | None = Field(
+        default=None,
+        description=(
+            "CREATED, PREPARED, ATTACKS_STARTED, ATTACKS_STOPPED, then COMPLETED; or CANCELED "
+            "or FAILED. A phase never goes back and a terminal phase is final."
+        ),
+    )
+    reason: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Why the run is in its phase, e.g. StateCheckFailed or Canceled.",
+    )
+    message: str | None = Field(default=None, max_length=4096, description="Details of reason.")
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this status is for."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Prepared, AttacksStarted, AttacksStopped and the summary Succeeded.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    timeline: list[TimelineEntry] = Field(
+        default_factory=list, max_length=8, description="When each phase was entered."
+    )
+    experiment_generation: int | None = Field(
+        default=None, description="The Experiment's generation that the run executes."
+    )
+    targets: Targets | None = Field(default=None, description="The resolved blast radius.")
+    attacks: list[AttackResult] = Field(
+        default_factory=list, max_length=16, description="Per-attack results."
+    )
+    state_checks: list[StateCheckTally] = Field(
+        default_factory=list, max_length=8, description="Per-check tallies."
+    )
+    started_by: UserInfo | None = Field(default=None, description="Who created the run.")
+    canceled_by: UserInfo | None = Field(default=None, description="Who canceled the run.")
+    started_at: datetime | None = Field(default=None, description="When the run was picked up.")
+    finished_at: datetime | None = Field(
+        default=None, description="When it reached a terminal phase."
+    )
+
+
+class ExperimentRun(Resource):
+    """One execution of an Experiment: creating it is the Run button."""
+
+    KIND: ClassVar[str] = "ExperimentRun"
+    PLURAL: ClassVar[str] = "experimentruns"
+
+    spec: ExperimentRunSpec = Field(description="The run request and the findings.")
+    status: ExperimentRunStatus | None = Field(
+        default=None, description="Progress and report, written by the operator."
+    )

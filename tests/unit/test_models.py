@@ -1,0 +1,78 @@
+"""The pydantic models refuse what the CRD refuses, with the field named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from shakeout.api import ChaosSwitch, Experiment, ExperimentRun
+from shakeout.api.experiment import Attack
+
+
+def experiment(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "apiVersion": "shakeout.dev/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "e", "namespace": "team-a"},
+        "spec": {
+            "blastRadius": {"selector": {"matchLabels": {"app": "web"}}},
+            "attacks": [{"name": "kill", "type": "PodDelete"}],
+        },
+    }
+    base["spec"].update(spec)
+    return base
+
+
+def test_minimal_experiment_gets_defaults() -> None:
+    exp = Experiment.model_validate(experiment())
+    assert exp.spec.attacks[0].duration_seconds == 60
+    assert exp.spec.warm_up_seconds == 0
+    assert exp.spec.preparation_timeout_seconds == 120
+    assert exp.spec.attacks[0].reversible is False
+
+
+@pytest.mark.parametrize(
+    ("limit", "field"),
+    [
+        ({"percent": 150}, "percent"),
+        ({"count": 0}, "count"),
+        ({}, "exactly one"),
+        ({"count": 1, "percent": 5}, "exactly one"),
+    ],
+)
+def test_bad_limits_are_refused(limit: dict[str, int], field: str) -> None:
+    spec = {"blastRadius": {"selector": {"matchLabels": {"a": "b"}}, "limit": limit}}
+    with pytest.raises(ValidationError, match=field):
+        Experiment.model_validate(experiment(**spec))
+
+
+def test_scale_needs_parameters_and_is_reversible() -> None:
+    with pytest.raises(ValidationError, match="needs scaleWorkload"):
+        Attack.model_validate({"name": "s", "type": "ScaleWorkload"})
+    attack = Attack.model_validate(
+        {
+            "name": "s",
+            "type": "ScaleWorkload",
+            "scaleWorkload": {"workload": {"kind": "Deployment", "name": "web"}, "replicas": 0},
+        }
+    )
+    assert attack.reversible
+
+
+def test_duplicate_attack_names_are_refused() -> None:
+    attacks = [{"name": "x", "type": "PodDelete"}, {"name": "x", "type": "PodDelete"}]
+    with pytest.raises(ValidationError, match="attack names must be unique"):
+        Experiment.model_validate(experiment(attacks=attacks))
+
+
+def test_round_trip_to_camel_case() -> None:
+    run = ExperimentRun.model_validate(
+        {"metadata": {"name": "r"}, "spec": {"experimentRef": {"name": "e"}}}
+    )
+    assert run.to_k8s()["spec"] == {"experimentRef": {"name": "e"}, "cancel": False}
+    switch = ChaosSwitch.model_validate(
+        {"metadata": {"name": "default"}, "spec": {"enabled": True}}
+    )
+    assert switch.spec.enabled is True

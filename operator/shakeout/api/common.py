@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
-from pydantic.types import JsonDict
+from pydantic.json_schema import JsonDict  # type: ignore[attr-defined]  # not in __all__
 
 GROUP = "shakeout.dev"
 VERSION = "v1alpha1"

@@ -71,8 +71,8 @@ class ChaosSwitch(Resource):
             "x-kubernetes-validations": [
                 cel(
                     f"self.metadata.name == '{SWITCH_NAME}'",
-                    f"the ChaosSwitch must be named '{SWITCH_NAME}': there is one per cluster",
-                    fieldPath=".metadata.name",
+                    f"metadata.name: the ChaosSwitch must be named '{SWITCH_NAME}' "
+                    "(there is one per cluster)",
                 )
             ]
         }

@@ -1,0 +1,76 @@
+# shakeout — `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+REPORTS := .cache/test-reports
+
+.PHONY: help venv controlplane crds verify lint format typecheck lint-imports check-crds \
+        test test-unit test-e2e sandbox-up sandbox-down sandbox-status run clean
+
+help: ## show this help
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP) ## create .venv with shakeout and the dev tools
+
+controlplane: ## build etcd, kube-apiserver, KCM, scheduler, kubectl, kwok (cached by version)
+	bash tools/controlplane/build.sh
+
+crds: $(STAMP) ## regenerate crds/ from the pydantic models
+	$(BIN)/shakeout crds --output-dir crds
+
+check-crds: $(STAMP)
+	$(BIN)/shakeout crds --check --output-dir crds
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
+
+format: $(STAMP) ## ruff format and autofix
+	$(BIN)/ruff format operator tests bench
+	$(BIN)/ruff check --fix operator tests bench
+
+typecheck: $(STAMP) ## mypy --strict on the package
+	$(BIN)/mypy
+
+lint-imports: $(STAMP) ## import-linter: the pure core imports neither kopf nor kubernetes
+	$(BIN)/lint-imports
+
+verify: check-crds lint typecheck lint-imports ## CRD drift, ruff, mypy, import-linter
+
+test-unit: $(STAMP) ## fast tests, no cluster
+	$(BIN)/pytest tests/unit -q
+
+test-e2e: $(STAMP) controlplane ## tests on the real control plane (starts and stops the sandbox)
+	mkdir -p $(REPORTS)
+	$(BIN)/pytest tests/e2e -q --junitxml=$(REPORTS)/e2e.xml
+
+test: verify test-unit test-e2e ## everything CI runs: verify, unit tier, e2e tier
+
+sandbox-up: $(STAMP) controlplane ## start the local control plane; prints the admin kubeconfig
+	$(BIN)/shakeout sandbox up --no-build
+
+sandbox-down: $(STAMP) ## stop the local control plane and delete its data
+	$(BIN)/shakeout sandbox down
+
+sandbox-status: $(STAMP) ## show the sandbox's components
+	$(BIN)/shakeout sandbox status
+
+run: sandbox-up ## sandbox up, CRDs installed, operator started (Ctrl-C stops the operator)
+	eval "$$($(BIN)/shakeout sandbox env)"; \
+	kubectl apply -f crds/ && kubectl wait --for=condition=Established crd --all --timeout=60s; \
+	kubectl apply -f deploy/sandbox/; \
+	exec $(BIN)/shakeout operator
+
+clean: ## remove the venv and local caches (not the control-plane build cache)
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

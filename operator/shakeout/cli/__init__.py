@@ -1,0 +1,1 @@
+"""Command-line entry points: `shakeout` and the kubectl plugin `kubectl-shakeout`."""

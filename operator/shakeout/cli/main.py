@@ -1,0 +1,127 @@
+"""`shakeout`: the operator, the node agent, the local sandbox and CRD generation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from shakeout import __version__
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from shakeout import crds
+
+    directory = Path(args.output_dir)
+    if args.check:
+        stale = crds.drift(directory)
+        if stale:
+            print(
+                f"CRDs in {directory} differ from the models: {', '.join(stale)}\n"
+                "run `make crds` and commit the result",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"CRDs in {directory} match the models")
+        return 0
+    for path in crds.write(directory):
+        print(f"wrote {path}")
+    return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from shakeout.sandbox import binaries
+    from shakeout.sandbox.cluster import Sandbox, SandboxError, main_log
+
+    box = Sandbox(Path(args.dir) if args.dir else None)
+    try:
+        if args.action == "up":
+            if not args.no_build and binaries.BUILD_SCRIPT.exists():
+                binaries.build()
+            box.up(nodes=args.nodes, log=main_log)
+            print(box.kubeconfig())
+        elif args.action == "down":
+            box.down(log=main_log)
+        elif args.action == "status":
+            status = box.status()
+            print(json.dumps(status, indent=2))
+            return 0 if status["up"] else 1
+        elif args.action == "kubeconfig":
+            print(box.kubeconfig(args.user))
+        elif args.action == "env":
+            st = box.state()
+            if st is None:
+                raise SandboxError("the sandbox is not up: run `shakeout sandbox up`")
+            print(f"export KUBECONFIG={box.kubeconfig(args.user)}")
+            print(f"export PATH={Path(st.kubectl).parent}:$PATH")
+    except SandboxError as err:
+        print(f"shakeout sandbox {args.action}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from shakeout.handlers.run import run_operator
+
+    return run_operator(
+        namespaces=args.namespace,
+        liveness=args.liveness,
+        verbose=args.verbose,
+    )
+
+
+def _agent(_args: argparse.Namespace) -> int:
+    print(
+        "shakeout agent: the node agent is not part of this release yet; "
+        "the operator's built-in cluster agent executes the API-level attacks",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shakeout", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"shakeout {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("crds", help="write crds/*.yaml from the API models")
+    p.add_argument("--output-dir", default="crds", help="where to write (default: crds)")
+    p.add_argument("--check", action="store_true", help="fail if the files differ (no write)")
+    p.set_defaults(func=_crds)
+
+    p = sub.add_parser("sandbox", help="a local real control plane on loopback")
+    p.add_argument(
+        "action", choices=["up", "down", "status", "kubeconfig", "env"], help="what to do"
+    )
+    p.add_argument("--user", default="admin", help="admin, alice (team-a), bob (team-b), carol")
+    p.add_argument("--nodes", type=int, default=2, help="number of kwok fake nodes")
+    p.add_argument("--dir", default=os.environ.get("SHAKEOUT_SANDBOX_DIR"), help="state dir")
+    p.add_argument("--no-build", action="store_true", help="do not build missing binaries")
+    p.set_defaults(func=_sandbox)
+
+    p = sub.add_parser("operator", help="run the operator against the current kubeconfig")
+    p.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only these namespaces (default: all)",
+    )
+    p.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=_operator)
+
+    p = sub.add_parser("agent", help="the node agent (node-level attacks)")
+    p.set_defaults(func=_agent)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Setting conditions the Kubernetes way (as meta.SetStatusCondition does in Go)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from shakeout.api.common import Condition, ConditionStatus
+
+
+def set_condition(
+    conditions: list[Condition],
+    *,
+    type: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int | None,
+) -> list[Condition]:
+    """A new list with the condition set.
+
+    lastTransitionTime changes only when the status does: a condition that stays True
+    while its message changes keeps the time it became True.
+    """
+    out: list[Condition] = []
+    found = False
+    for cond in conditions:
+        if cond.type != type:
+            out.append(cond)
+            continue
+        found = True
+        changed = cond.status != status
+        out.append(
+            Condition(
+                type=type,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=now if changed else cond.last_transition_time,
+                observed_generation=generation,
+            )
+        )
+    if not found:
+        out.append(
+            Condition(
+                type=type,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=now,
+                observed_generation=generation,
+            )
+        )
+    return out
+
+
+def find(conditions: list[Condition], type: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type), None)

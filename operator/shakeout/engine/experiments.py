@@ -1,0 +1,62 @@
+"""What the operator reports about an Experiment: is it valid, which attacks reverse."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from shakeout.api.common import ConditionStatus
+from shakeout.api.experiment import AttackSummary, Experiment, ExperimentStatus
+from shakeout.engine.conditions import set_condition
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """One line per problem, naming the field the way a kubectl user writes it."""
+    lines = []
+    for problem in err.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "(object)"
+        lines.append(f"{where}: {problem['msg']}")
+    return "; ".join(lines)
+
+
+def experiment_status(
+    body: dict[str, Any], old: ExperimentStatus | None, now: datetime
+) -> ExperimentStatus:
+    """The status an Experiment should have: Valid, and the attacks' reversibility."""
+    status = old.model_copy(deep=True) if old else ExperimentStatus()
+    generation = body.get("metadata", {}).get("generation")
+    try:
+        exp = Experiment.model_validate(body)
+    except ValidationError as err:
+        status.conditions = set_condition(
+            status.conditions,
+            type="Valid",
+            status=ConditionStatus.FALSE,
+            reason="InvalidSpec",
+            message=describe_validation_error(err)[:32768],
+            now=now,
+            generation=generation,
+        )
+        status.observed_generation = generation
+        return status
+    status.attacks = [
+        AttackSummary(name=a.name, type=a.type, reversible=a.reversible) for a in exp.spec.attacks
+    ]
+    irreversible = [a.name for a in exp.spec.attacks if not a.reversible]
+    status.irreversible_attacks = len(irreversible)
+    message = "the experiment can be run"
+    if irreversible:
+        message += "; these attacks cannot be rolled back: " + ", ".join(irreversible)
+    status.conditions = set_condition(
+        status.conditions,
+        type="Valid",
+        status=ConditionStatus.TRUE,
+        reason="SpecValid",
+        message=message,
+        now=now,
+        generation=generation,
+    )
+    status.observed_generation = generation
+    return status

@@ -1,0 +1,1 @@
+"""kopf handlers: thin adapters that gather observations, ask the engine, and act."""

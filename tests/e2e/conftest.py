@@ -1,0 +1,198 @@
+"""The e2e tier: a real kube-apiserver, etcd, controller manager, scheduler and kwok.
+
+The sandbox is brought up once per test session and taken down at the end. Set
+SHAKEOUT_E2E_KUBECONFIG to run against an existing cluster instead (identities are then
+impersonated with --as/--as-group, which needs an admin kubeconfig).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shakeout.sandbox.binaries import cache_root
+from shakeout.sandbox.cluster import Sandbox, SandboxError
+
+REPO = Path(__file__).resolve().parents[2]
+IDENTITIES = {"alice": ["team-a"], "bob": ["team-b"], "carol": []}
+
+
+@dataclass
+class Cluster:
+    kubectl_bin: str
+    admin_kubeconfig: Path
+    sandbox: Sandbox | None
+
+    def kubectl(
+        self,
+        *args: str,
+        user: str | None = None,
+        stdin: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [self.kubectl_bin]
+        if user is None:
+            cmd.append(f"--kubeconfig={self.admin_kubeconfig}")
+        elif self.sandbox is not None:
+            cmd.append(f"--kubeconfig={self.sandbox.kubeconfig(user)}")
+        else:
+            cmd += [f"--kubeconfig={self.admin_kubeconfig}", f"--as={user}"]
+            cmd += [f"--as-group={g}" for g in IDENTITIES[user]]
+            cmd.append("--as-group=system:authenticated")
+        cmd += args
+        result = subprocess.run(
+            cmd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
+            )
+        return result
+
+    def apply(self, obj: dict[str, Any] | str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        text = obj if isinstance(obj, str) else yaml.safe_dump(obj)
+        return self.kubectl("apply", "-f", "-", stdin=text, **kw)
+
+    def create(self, obj: dict[str, Any] | str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        text = obj if isinstance(obj, str) else yaml.safe_dump(obj)
+        return self.kubectl("create", "-f", "-", stdin=text, **kw)
+
+    def get(self, *args: str) -> dict[str, Any]:
+        return dict(json.loads(self.kubectl("get", *args, "-o", "json").stdout))
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a child process (the operator) that talks to this cluster."""
+        path = f"{Path(self.kubectl_bin).parent}:{os.environ['PATH']}"
+        return {**os.environ, "KUBECONFIG": str(self.admin_kubeconfig), "PATH": path}
+
+
+def eventually(
+    check: Callable[[], Any], timeout: float = 30, interval: float = 0.2, what: str = ""
+) -> Any:
+    """Poll until check() returns something truthy; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    external = os.environ.get("SHAKEOUT_E2E_KUBECONFIG")
+    if external:
+        yield Cluster(os.environ.get("KUBECTL", "kubectl"), Path(external), None)
+        return
+    box = Sandbox(cache_root() / "sandbox-e2e")
+    try:
+        state = box.up(log=lambda msg: print(f"[sandbox] {msg}"))
+    except SandboxError as err:
+        # Never skip: CI must fail when the real control plane cannot be had.
+        pytest.fail(f"the sandbox did not come up: {err}")
+    try:
+        yield Cluster(state.kubectl, box.kubeconfig(), box)
+    finally:
+        box.down(log=lambda msg: print(f"[sandbox] {msg}"))
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> Cluster:
+    """The CRDs from crds/, applied with kubectl and Established."""
+    cluster.kubectl("apply", "-f", str(REPO / "crds"))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *(f"crd/{p}.shakeout.dev" for p in ("experiments", "experimentruns", "chaosswitches")),
+    )
+    # The OpenAPI document that `kubectl explain` reads is published a moment later.
+    for kind in ("experiment", "experimentrun", "chaosswitch"):
+        eventually(
+            lambda kind=kind: cluster.kubectl("explain", kind, check=False).returncode == 0,
+            what=f"the OpenAPI schema of {kind}",
+        )
+    return cluster
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (without waiting)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@dataclass
+class Operator:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_operator(cluster: Cluster, log: Path, *extra: str) -> Operator:
+    """`shakeout operator` as a real process against the cluster, as a user runs it."""
+    out = log.open("ab")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    health = f"http://127.0.0.1:{port}/healthz"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "shakeout"), "operator", f"--liveness={health}", *extra],
+        env=cluster.env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    op = Operator(proc, log)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the operator exited:\n{op.output()}")
+        try:
+            with urllib.request.urlopen(health, timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    eventually(healthy, timeout=30, what="the operator's liveness endpoint")
+    return op
+
+
+@pytest.fixture(scope="session")
+def operator(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    op = start_operator(crds, tmp_path_factory.mktemp("operator") / "operator.log")
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(op.output()[-5000:])

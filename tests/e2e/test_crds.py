@@ -1,0 +1,138 @@
+"""The CRDs on a real API server: explain teaches the API, bad objects are refused."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Cluster
+
+
+def experiment(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "shakeout.dev/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "blastRadius": {"selector": {"matchLabels": {"app": "web"}}},
+            "attacks": [{"name": "kill", "type": "PodDelete"}],
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def test_explain_prints_the_descriptions(crds: Cluster) -> None:
+    out = crds.kubectl("explain", "experiment.spec").stdout
+    assert "blastRadius" in out
+    assert "The pods that the attacks hit." in out
+    out = crds.kubectl("explain", "experiment.spec.blastRadius.limit.percent").stdout
+    assert "0-100" in out
+    out = crds.kubectl("explain", "experimentrun.spec.cancel").stdout
+    assert "cancel the run" in out
+
+
+def test_get_chaos_lists_all_three_kinds(crds: Cluster, namespace: str) -> None:
+    crds.create(experiment("demo", namespace))
+    out = crds.kubectl("get", "chaos", "-n", namespace).stdout
+    assert "experiment.shakeout.dev/demo" in out
+    resources = crds.kubectl("api-resources", "--categories=chaos", "-o", "name").stdout.split()
+    assert sorted(resources) == [
+        "chaosswitches.shakeout.dev",
+        "experimentruns.shakeout.dev",
+        "experiments.shakeout.dev",
+    ]
+
+
+def test_a_valid_experiment_is_stored_with_defaults(crds: Cluster, namespace: str) -> None:
+    crds.create(experiment("ok", namespace))
+    stored = crds.get("experiment", "ok", "-n", namespace)
+    assert stored["spec"]["attacks"][0]["durationSeconds"] == 60
+    assert stored["spec"]["warmUpSeconds"] == 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [
+        (
+            {"blastRadius": {"selector": {"matchLabels": {"a": "b"}}, "limit": {"percent": 150}}},
+            "spec.blastRadius.limit.percent",
+            "less than or equal to 100",
+        ),
+        (
+            {"blastRadius": {"selector": {}}},
+            "spec.blastRadius.selector",
+            "must not be empty",
+        ),
+        (
+            {"blastRadius": {"selector": {"matchLabels": {"a": "b"}}, "limit": {}}},
+            "spec.blastRadius.limit",
+            "exactly one of count or percent",
+        ),
+        (
+            {"attacks": [{"name": "s", "type": "ScaleWorkload"}]},
+            "spec.attacks[0].scaleWorkload",
+            "needs scaleWorkload",
+        ),
+        (
+            {"attacks": [{"name": "k", "type": "Teleport"}]},
+            "spec.attacks[0].type",
+            "Unsupported value",
+        ),
+    ],
+    ids=["percent-150", "empty-selector", "limit-neither", "scale-no-params", "unknown-type"],
+)
+def test_invalid_experiments_are_refused_naming_the_field(
+    crds: Cluster, namespace: str, spec: dict[str, Any], field: str, words: str
+) -> None:
+    result = crds.create(experiment("bad", namespace, **spec), check=False)
+    assert result.returncode != 0
+    assert field in result.stderr, result.stderr
+    assert words in result.stderr, result.stderr
+    assert crds.kubectl("get", "experiment", "bad", "-n", namespace, check=False).returncode != 0
+
+
+def test_a_chaosswitch_with_another_name_is_refused(crds: Cluster) -> None:
+    body = {
+        "apiVersion": "shakeout.dev/v1alpha1",
+        "kind": "ChaosSwitch",
+        "metadata": {"name": "other"},
+        "spec": {"enabled": True},
+    }
+    result = crds.create(body, check=False)
+    assert result.returncode != 0
+    assert "metadata.name" in result.stderr
+    assert "must be named 'default'" in result.stderr
+
+
+def test_the_experiment_reference_of_a_run_is_immutable(crds: Cluster, namespace: str) -> None:
+    run = {
+        "apiVersion": "shakeout.dev/v1alpha1",
+        "kind": "ExperimentRun",
+        "metadata": {"name": "r1", "namespace": namespace},
+        "spec": {"experimentRef": {"name": "one"}},
+    }
+    crds.create(run)
+    patch = json.dumps({"spec": {"experimentRef": {"name": "two"}}})
+    result = crds.kubectl(
+        "patch", "experimentrun", "r1", "-n", namespace, "--type=merge", "-p", patch, check=False
+    )
+    assert result.returncode != 0
+    assert "spec.experimentRef" in result.stderr
+    assert "experimentRef is immutable" in result.stderr
+    # findings stay editable
+    crds.kubectl(
+        "patch",
+        "experimentrun",
+        "r1",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"findings": "all good", "actionRequired": "No"}}),
+    )
+    out = crds.kubectl("get", "experimentrun", "r1", "-n", namespace).stdout
+    assert "ACTION REQUIRED" in out
+    assert " No " in out

@@ -1,0 +1,356 @@
+"""The run state machine: the seed's phases, decided from observations.
+
+Pure: the handler gathers what it saw (the clock included), asks `decide`, persists the
+status that `enter` returns, and only then acts on the cluster, so that an operator
+restarted at any point finds in status what it was about to do.
+
+    CREATED ──▶ PREPARED ──▶ ATTACKS_STARTED ──▶ ATTACKS_STOPPED ──▶ COMPLETED
+       │            │               │                   │
+       └────────────┴───────────────┴───────────────────┴──▶ CANCELED | FAILED
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from shakeout.api.common import ConditionStatus
+from shakeout.api.experiment import ExperimentSpec
+from shakeout.api.run import (
+    TERMINAL_PHASES,
+    AttackResult,
+    AttackState,
+    ExperimentRunStatus,
+    Phase,
+    StateCheckTally,
+    TimelineEntry,
+)
+from shakeout.engine.conditions import set_condition
+
+ORDER = [
+    Phase.CREATED,
+    Phase.PREPARED,
+    Phase.ATTACKS_STARTED,
+    Phase.ATTACKS_STOPPED,
+    Phase.COMPLETED,
+]
+
+
+class Reason(StrEnum):
+    """Why a run is where it is: Event reasons and condition reasons (CamelCase)."""
+
+    CREATED = "Created"
+    PREPARED = "Prepared"
+    ATTACKS_STARTED = "AttacksStarted"
+    ATTACKS_STOPPED = "AttacksStopped"
+    COMPLETED = "Completed"
+    CANCELED = "Canceled"
+    STOPPED_ALL = "StoppedAll"
+    RUN_DELETED = "RunDeleted"
+    STATE_CHECK_FAILED = "StateCheckFailed"
+    ATTACK_FAILED = "AttackFailed"
+    ROLLBACK_FAILED = "RollbackFailed"
+    AGENT_DISCONNECTED = "AgentDisconnected"
+    PREPARATION_TIMED_OUT = "PreparationTimedOut"
+    EXPERIMENT_NOT_FOUND = "ExperimentNotFound"
+    EXPERIMENT_INVALID = "ExperimentInvalid"
+    EXPERIMENTING_DISABLED = "ExperimentingDisabled"
+    ANOTHER_RUN_ACTIVE = "AnotherRunActive"
+    NO_TARGETS = "NoTargets"
+    OPERATOR_SHUTDOWN = "OperatorShutdown"
+
+
+# The condition that says a phase was reached, per phase.
+PHASE_CONDITIONS = {
+    Phase.PREPARED: "Prepared",
+    Phase.ATTACKS_STARTED: "AttacksStarted",
+    Phase.ATTACKS_STOPPED: "AttacksStopped",
+}
+
+
+def is_terminal(phase: Phase | str | None) -> bool:
+    return phase in TERMINAL_PHASES
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the handler saw at one instant."""
+
+    now: datetime
+    phase: Phase
+    phase_entered: datetime
+    experiment: ExperimentSpec
+    cancel_requested: bool = False
+    switch_enabled: bool = True
+    deleting: bool = False
+    shutting_down: bool = False
+    agents_connected: bool = True
+    # A state check that failed in this instant: (name, message).
+    check_failure: tuple[str, str] | None = None
+    # Every state check has reported at least one success.
+    checks_succeeded_once: bool = True
+    attack_failure: str | None = None
+    rollback_failure: str | None = None
+    attacks_finished: bool = False
+
+
+@dataclass(frozen=True)
+class Transition:
+    phase: Phase
+    reason: Reason
+    message: str
+    # Roll back every applied reversible attack before the phase is entered.
+    rollback: bool = False
+    # Apply the attacks once the phase is entered (and persisted).
+    apply_attacks: bool = False
+
+    @property
+    def warning(self) -> bool:
+        return self.phase in (Phase.FAILED, Phase.CANCELED)
+
+
+def _abort(obs: Observation) -> Transition | None:
+    """Ends that take precedence over the schedule of phases, most urgent first."""
+    if obs.deleting:
+        return Transition(Phase.CANCELED, Reason.RUN_DELETED, "the run was deleted", rollback=True)
+    if not obs.switch_enabled:
+        return Transition(
+            Phase.CANCELED,
+            Reason.STOPPED_ALL,
+            "experimenting was disabled (Stop All)",
+            rollback=True,
+        )
+    if obs.cancel_requested:
+        return Transition(Phase.CANCELED, Reason.CANCELED, "canceled by a user", rollback=True)
+    if obs.shutting_down:
+        return Transition(
+            Phase.FAILED,
+            Reason.OPERATOR_SHUTDOWN,
+            "the operator shut down during the run; attacks were rolled back",
+            rollback=True,
+        )
+    if obs.rollback_failure:
+        return Transition(Phase.FAILED, Reason.ROLLBACK_FAILED, obs.rollback_failure, rollback=True)
+    if obs.attack_failure:
+        return Transition(Phase.FAILED, Reason.ATTACK_FAILED, obs.attack_failure, rollback=True)
+    if not obs.agents_connected and obs.phase != Phase.CREATED:
+        return Transition(
+            Phase.FAILED, Reason.AGENT_DISCONNECTED, "an agent disconnected", rollback=True
+        )
+    if obs.check_failure and obs.phase != Phase.CREATED:
+        name, message = obs.check_failure
+        return Transition(
+            Phase.FAILED,
+            Reason.STATE_CHECK_FAILED,
+            f"state check {name} failed: {message}",
+            rollback=True,
+        )
+    return None
+
+
+def decide(obs: Observation) -> Transition | None:
+    """The next transition of a run, or None to stay in the phase."""
+    if is_terminal(obs.phase):
+        return None
+    if (abort := _abort(obs)) is not None:
+        return abort
+    spent = obs.now - obs.phase_entered
+    exp = obs.experiment
+    if obs.phase == Phase.CREATED:
+        if obs.agents_connected and obs.checks_succeeded_once:
+            return Transition(
+                Phase.PREPARED,
+                Reason.PREPARED,
+                f"agents connected and state checks succeeded; warm-up {exp.warm_up_seconds}s",
+            )
+        if spent >= timedelta(seconds=exp.preparation_timeout_seconds):
+            waiting = "agents" if not obs.agents_connected else "a success of every state check"
+            return Transition(
+                Phase.FAILED,
+                Reason.PREPARATION_TIMED_OUT,
+                f"not prepared after {exp.preparation_timeout_seconds}s: waited for {waiting}",
+            )
+        return None
+    if obs.phase == Phase.PREPARED:
+        if spent >= timedelta(seconds=exp.warm_up_seconds):
+            return Transition(
+                Phase.ATTACKS_STARTED,
+                Reason.ATTACKS_STARTED,
+                f"warm-up over; starting {len(exp.attacks)} attack(s)",
+                apply_attacks=True,
+            )
+        return None
+    if obs.phase == Phase.ATTACKS_STARTED:
+        if obs.attacks_finished:
+            return Transition(
+                Phase.ATTACKS_STOPPED,
+                Reason.ATTACKS_STOPPED,
+                f"attacks stopped and rolled back; cool-down {exp.cool_down_seconds}s",
+            )
+        return None
+    if obs.phase == Phase.ATTACKS_STOPPED and spent >= timedelta(seconds=exp.cool_down_seconds):
+        return Transition(
+            Phase.COMPLETED,
+            Reason.COMPLETED,
+            "all attacks executed, cool-down over, no state check failed",
+        )
+    return None
+
+
+def enter(
+    status: ExperimentRunStatus,
+    transition: Transition,
+    now: datetime,
+    generation: int | None,
+) -> ExperimentRunStatus:
+    """The status after a transition: phase, timeline, conditions, reason.
+
+    Refuses to move backwards or out of a terminal phase: a phase never goes back.
+    """
+    current = status.phase
+    if is_terminal(current):
+        raise ValueError(f"run is {current}: a terminal phase is final")
+    target = transition.phase
+    if not is_terminal(target) and current is not None:
+        if ORDER.index(Phase(target)) <= ORDER.index(Phase(current)):
+            raise ValueError(f"phase {target} would not move forward from {current}")
+    new = status.model_copy(deep=True)
+    new.phase = target
+    new.reason = transition.reason
+    new.message = transition.message
+    new.observed_generation = generation
+    new.timeline = [*new.timeline, TimelineEntry(phase=target, time=now)]
+    cond = PHASE_CONDITIONS.get(Phase(target))
+    if cond is not None:
+        new.conditions = set_condition(
+            new.conditions,
+            type=cond,
+            status=ConditionStatus.TRUE,
+            reason=transition.reason,
+            message=transition.message,
+            now=now,
+            generation=generation,
+        )
+    if target == Phase.COMPLETED:
+        summary = ConditionStatus.TRUE
+    elif is_terminal(target):
+        summary = ConditionStatus.FALSE
+    else:
+        summary = ConditionStatus.UNKNOWN
+    new.conditions = set_condition(
+        new.conditions,
+        type="Succeeded",
+        status=summary,
+        reason=transition.reason,
+        message=transition.message,
+        now=now,
+        generation=generation,
+    )
+    if is_terminal(target):
+        new.finished_at = now
+    return new
+
+
+def initial_status(
+    experiment: ExperimentSpec, now: datetime, generation: int | None
+) -> ExperimentRunStatus:
+    """The status of a run just picked up: CREATED, attacks pending, tallies at zero."""
+    status = ExperimentRunStatus(
+        started_at=now,
+        attacks=[
+            AttackResult(
+                name=a.name, type=a.type, reversible=a.reversible, state=AttackState.PENDING
+            )
+            for a in experiment.attacks
+        ],
+        state_checks=[StateCheckTally(name=c.name) for c in experiment.state_checks],
+    )
+    return enter(
+        status,
+        Transition(Phase.CREATED, Reason.CREATED, "waiting for agents and state checks"),
+        now,
+        generation,
+    )
+
+
+def refuse(
+    status: ExperimentRunStatus | None,
+    reason: Reason,
+    message: str,
+    now: datetime,
+    generation: int | None,
+) -> ExperimentRunStatus:
+    """A run that may not execute at all: FAILED straight away, nothing attacked."""
+    base = status or ExperimentRunStatus(started_at=now)
+    if base.phase is None:
+        base = enter(base, Transition(Phase.CREATED, Reason.CREATED, "picked up"), now, generation)
+    return enter(base, Transition(Phase.FAILED, reason, message), now, generation)
+
+
+def phase_entered(status: ExperimentRunStatus) -> datetime | None:
+    """When the current phase was entered, from the timeline."""
+    for entry in reversed(status.timeline):
+        if entry.phase == status.phase:
+            return entry.time
+    return None
+
+
+def record_check(
+    status: ExperimentRunStatus, name: str, ok: bool, message: str, now: datetime
+) -> ExperimentRunStatus:
+    new = status.model_copy(deep=True)
+    tallies = {t.name: t for t in new.state_checks}
+    tally = tallies.get(name) or StateCheckTally(name=name)
+    if ok:
+        tally.successes += 1
+    else:
+        tally.failures += 1
+    tally.last_message = message[:1024]
+    tally.last_time = now
+    tallies[name] = tally
+    new.state_checks = list(tallies.values())
+    return new
+
+
+def checks_succeeded_once(status: ExperimentRunStatus, experiment: ExperimentSpec) -> bool:
+    successes = {t.name: t.successes for t in status.state_checks}
+    return all(successes.get(c.name, 0) > 0 for c in experiment.state_checks)
+
+
+@dataclass
+class AttackPlan:
+    """Which attacks to stop now, and whether all are finished."""
+
+    due: list[str] = field(default_factory=list)
+    finished: bool = False
+    next_due: datetime | None = None
+
+
+def attack_plan(
+    status: ExperimentRunStatus, experiment: ExperimentSpec, now: datetime
+) -> AttackPlan:
+    """Attacks whose duration is over are due to stop (reversible ones are rolled back)."""
+    durations = {a.name: a.duration_seconds for a in experiment.attacks}
+    plan = AttackPlan()
+    done = {AttackState.ROLLED_BACK, AttackState.COMPLETED}
+    for result in status.attacks:
+        if result.state in done:
+            continue
+        if result.state != AttackState.APPLIED or result.applied_at is None:
+            return plan  # still applying: not finished
+        ends = result.applied_at + timedelta(seconds=durations.get(result.name, 0))
+        if ends <= now:
+            plan.due.append(result.name)
+        elif plan.next_due is None or ends < plan.next_due:
+            plan.next_due = ends
+    plan.finished = not plan.due and plan.next_due is None
+    return plan
+
+
+def update_attack(status: ExperimentRunStatus, name: str, **changes: object) -> ExperimentRunStatus:
+    new = status.model_copy(deep=True)
+    for i, result in enumerate(new.attacks):
+        if result.name == name:
+            new.attacks[i] = result.model_copy(update=changes)
+    return new

@@ -1,0 +1,192 @@
+"""The run state machine, table-driven, without a cluster or a clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shakeout.api.experiment import ExperimentSpec
+from shakeout.api.run import AttackState, Phase
+from shakeout.engine.runs import (
+    Observation,
+    Reason,
+    attack_plan,
+    checks_succeeded_once,
+    decide,
+    enter,
+    initial_status,
+    phase_entered,
+    record_check,
+    refuse,
+    update_attack,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SPEC = ExperimentSpec.model_validate(
+    {
+        "blastRadius": {"selector": {"matchLabels": {"app": "web"}}},
+        "attacks": [
+            {"name": "kill", "type": "PodDelete", "durationSeconds": 10},
+            {
+                "name": "scale",
+                "type": "ScaleWorkload",
+                "durationSeconds": 30,
+                "scaleWorkload": {"workload": {"kind": "Deployment", "name": "w"}, "replicas": 0},
+            },
+        ],
+        "stateChecks": [
+            {"name": "up", "type": "PodsReady"},
+        ],
+        "warmUpSeconds": 5,
+        "coolDownSeconds": 5,
+        "preparationTimeoutSeconds": 60,
+    }
+)
+
+
+def obs(phase: Phase, after: float = 0, **kw: object) -> Observation:
+    base = Observation(
+        now=T0 + timedelta(seconds=after), phase=phase, phase_entered=T0, experiment=SPEC
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("observation", "phase", "reason"),
+    [
+        (obs(Phase.CREATED, checks_succeeded_once=False), None, None),
+        (obs(Phase.CREATED), Phase.PREPARED, Reason.PREPARED),
+        (obs(Phase.CREATED, agents_connected=False, after=59), None, None),
+        (
+            obs(Phase.CREATED, agents_connected=False, after=60),
+            Phase.FAILED,
+            Reason.PREPARATION_TIMED_OUT,
+        ),
+        # In CREATED a failing check is waited out, not fatal.
+        (obs(Phase.CREATED, checks_succeeded_once=False, check_failure=("up", "x")), None, None),
+        (obs(Phase.PREPARED, after=4), None, None),
+        (obs(Phase.PREPARED, after=5), Phase.ATTACKS_STARTED, Reason.ATTACKS_STARTED),
+        (
+            obs(Phase.PREPARED, check_failure=("up", "0/3 ready")),
+            Phase.FAILED,
+            Reason.STATE_CHECK_FAILED,
+        ),
+        (obs(Phase.ATTACKS_STARTED), None, None),
+        (
+            obs(Phase.ATTACKS_STARTED, attacks_finished=True),
+            Phase.ATTACKS_STOPPED,
+            Reason.ATTACKS_STOPPED,
+        ),
+        (obs(Phase.ATTACKS_STARTED, attack_failure="boom"), Phase.FAILED, Reason.ATTACK_FAILED),
+        (
+            obs(Phase.ATTACKS_STARTED, agents_connected=False),
+            Phase.FAILED,
+            Reason.AGENT_DISCONNECTED,
+        ),
+        (obs(Phase.ATTACKS_STARTED, rollback_failure="x"), Phase.FAILED, Reason.ROLLBACK_FAILED),
+        (obs(Phase.ATTACKS_STOPPED, after=4), None, None),
+        (obs(Phase.ATTACKS_STOPPED, after=5), Phase.COMPLETED, Reason.COMPLETED),
+        (
+            obs(Phase.ATTACKS_STOPPED, check_failure=("up", "x")),
+            Phase.FAILED,
+            Reason.STATE_CHECK_FAILED,
+        ),
+        (obs(Phase.ATTACKS_STARTED, cancel_requested=True), Phase.CANCELED, Reason.CANCELED),
+        (obs(Phase.CREATED, switch_enabled=False), Phase.CANCELED, Reason.STOPPED_ALL),
+        (
+            obs(Phase.ATTACKS_STARTED, deleting=True, cancel_requested=True),
+            Phase.CANCELED,
+            Reason.RUN_DELETED,
+        ),
+        (obs(Phase.ATTACKS_STARTED, shutting_down=True), Phase.FAILED, Reason.OPERATOR_SHUTDOWN),
+        (obs(Phase.COMPLETED, cancel_requested=True), None, None),
+        (obs(Phase.FAILED, switch_enabled=False), None, None),
+    ],
+)
+def test_decide(observation: Observation, phase: Phase | None, reason: Reason | None) -> None:
+    transition = decide(observation)
+    if phase is None:
+        assert transition is None
+        return
+    assert transition is not None
+    assert (transition.phase, transition.reason) == (phase, reason)
+    # Every end that may leave an attack behind rolls back first.
+    if phase in (Phase.CANCELED, Phase.FAILED) and observation.phase != Phase.CREATED:
+        assert transition.rollback
+
+
+def test_a_full_run_moves_forward_with_timeline_and_conditions() -> None:
+    status = initial_status(SPEC, T0, generation=1)
+    assert status.phase == Phase.CREATED
+    assert [a.state for a in status.attacks] == [AttackState.PENDING] * 2
+    now = T0
+    for phase in (Phase.PREPARED, Phase.ATTACKS_STARTED, Phase.ATTACKS_STOPPED, Phase.COMPLETED):
+        now += timedelta(seconds=1)
+        step = decide(obs(phase=Phase(status.phase), after=1000, attacks_finished=True))
+        assert step is not None
+        assert step.phase == phase
+        status = enter(status, step, now, generation=1)
+        assert phase_entered(status) == now
+    assert [e.phase for e in status.timeline] == [
+        "CREATED",
+        "PREPARED",
+        "ATTACKS_STARTED",
+        "ATTACKS_STOPPED",
+        "COMPLETED",
+    ]
+    conds = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conds["Succeeded"] == ("True", "Completed")
+    assert (
+        conds["Prepared"][0] == conds["AttacksStarted"][0] == conds["AttacksStopped"][0] == "True"
+    )
+    assert status.finished_at == now
+
+
+def test_phases_never_go_back_and_terminal_is_final() -> None:
+    status = initial_status(SPEC, T0, generation=1)
+    prepared = decide(obs(Phase.CREATED))
+    assert prepared is not None
+    status = enter(status, prepared, T0, 1)
+    with pytest.raises(ValueError, match="would not move forward"):
+        enter(status, prepared, T0, 1)
+    failed = refuse(status, Reason.NO_TARGETS, "none", T0, 1)
+    assert failed.phase == Phase.FAILED
+    with pytest.raises(ValueError, match="terminal phase is final"):
+        enter(failed, prepared, T0, 1)
+
+
+def test_refused_run_is_failed_with_reason_and_nothing_attacked() -> None:
+    status = refuse(None, Reason.ANOTHER_RUN_ACTIVE, "team-a/r1 holds the lock", T0, 1)
+    assert (status.phase, status.reason) == (Phase.FAILED, "AnotherRunActive")
+    assert "team-a/r1" in (status.message or "")
+    assert status.attacks == []
+    summary = next(c for c in status.conditions if c.type == "Succeeded")
+    assert (summary.status, summary.reason) == ("False", "AnotherRunActive")
+
+
+def test_check_tallies_and_first_success() -> None:
+    status = initial_status(SPEC, T0, 1)
+    assert not checks_succeeded_once(status, SPEC)
+    status = record_check(status, "up", False, "0/3", T0)
+    assert not checks_succeeded_once(status, SPEC)
+    status = record_check(status, "up", True, "3/3", T0)
+    assert checks_succeeded_once(status, SPEC)
+    tally = status.state_checks[0]
+    assert (tally.successes, tally.failures, tally.last_message) == (1, 1, "3/3")
+
+
+def test_attack_plan_stops_each_attack_after_its_duration() -> None:
+    status = initial_status(SPEC, T0, 1)
+    assert not attack_plan(status, SPEC, T0).finished  # pending
+    for name in ("kill", "scale"):
+        status = update_attack(status, name, state=AttackState.APPLIED, applied_at=T0)
+    plan = attack_plan(status, SPEC, T0 + timedelta(seconds=10))
+    assert (plan.due, plan.finished) == (["kill"], False)
+    assert plan.next_due == T0 + timedelta(seconds=30)
+    status = update_attack(status, "kill", state=AttackState.COMPLETED)
+    plan = attack_plan(status, SPEC, T0 + timedelta(seconds=30))
+    assert plan.due == ["scale"]
+    status = update_attack(status, "scale", state=AttackState.ROLLED_BACK)
+    assert attack_plan(status, SPEC, T0 + timedelta(seconds=31)).finished

@@ -212,9 +212,13 @@ def enter(
     if is_terminal(current):
         raise ValueError(f"run is {current}: a terminal phase is final")
     target = transition.phase
-    if not is_terminal(target) and current is not None:
-        if ORDER.index(Phase(target)) <= ORDER.index(Phase(current)):
-            raise ValueError(f"phase {target} would not move forward from {current}")
+    backwards = (
+        not is_terminal(target)
+        and current is not None
+        and ORDER.index(Phase(target)) <= ORDER.index(Phase(current))
+    )
+    if backwards:
+        raise ValueError(f"phase {target} would not move forward from {current}")
     new = status.model_copy(deep=True)
     new.phase = target
     new.reason = transition.reason

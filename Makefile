@@ -69,7 +69,7 @@ sandbox-status: $(STAMP) ## show the sandbox's components
 run: sandbox-up ## sandbox up, CRDs installed, operator started (Ctrl-C stops the operator)
 	eval "$$($(BIN)/shakeout sandbox env)"; \
 	kubectl apply -f crds/ && kubectl wait --for=condition=Established crd --all --timeout=60s; \
-	kubectl apply -f deploy/sandbox/; \
+	kubectl apply -f deploy/rbac/ -f deploy/sandbox/; \
 	exec $(BIN)/shakeout operator
 
 clean: ## remove the venv and local caches (not the control-plane build cache)

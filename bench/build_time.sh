@@ -7,11 +7,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TMP=$(mktemp -d)
 trap 'chmod -R u+w "$TMP" 2>/dev/null; rm -rf "$TMP"' EXIT
 export SHAKEOUT_CACHE=$TMP/shakeout GOCACHE=$TMP/gocache GOMODCACHE=$TMP/gomod
-start=$(date +%s.%N)
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$EPOCHREALTIME"; }
+start=$EPOCHREALTIME
 bash "$ROOT/tools/controlplane/build.sh" >/dev/null
-cold=$(echo "$(date +%s.%N) - $start" | bc)
-start=$(date +%s.%N)
+cold=$(elapsed "$start")
+start=$EPOCHREALTIME
 bash "$ROOT/tools/controlplane/build.sh" >/dev/null
-warm=$(echo "$(date +%s.%N) - $start" | bc)
-printf '| control-plane build | cold (empty module, build and binary caches) | %.0f s |\n' "$cold"
-printf '| control-plane build | warm (all cached: version check only) | %.2f s |\n' "$warm"
+warm=$(elapsed "$start")
+echo "| control-plane build, cold (empty Go module, Go build and binary caches) | ${cold} s |"
+echo "| control-plane build, warm (all cached: only the version check runs) | ${warm} s |"

@@ -116,7 +116,7 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def crds(cluster: Cluster) -> Cluster:
     """The CRDs from crds/, applied with kubectl and Established."""
-    cluster.kubectl("apply", "-f", str(REPO / "crds"))
+    cluster.kubectl("apply", "-f", str(REPO / "crds"), "-f", str(REPO / "deploy" / "rbac"))
     cluster.kubectl(
         "wait",
         "--for=condition=Established",
@@ -141,58 +141,97 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @dataclass
 class Operator:
-    process: subprocess.Popen[bytes]
+    """`shakeout operator` as a real process against the cluster, as a user runs it."""
+
+    cluster: Cluster
     log: Path
+    extra: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def start(self) -> None:
+        health = f"http://127.0.0.1:{_free_port()}/healthz"
+        args = [
+            str(Path(sys.executable).parent / "shakeout"),
+            "operator",
+            f"--liveness={health}",
+            f"--webhook-port={_free_port()}",
+            *self.extra,
+        ]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                args,
+                env=self.cluster.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        proc = self.process
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"the operator exited:\n{self.output()[-3000:]}")
+            try:
+                with urllib.request.urlopen(health, timeout=1) as resp:
+                    return bool(resp.status == 200)
+            except OSError:
+                return False
+
+        eventually(healthy, timeout=30, what="the operator's liveness endpoint")
+        if "--no-webhook" not in self.extra:
+            eventually(
+                lambda: (
+                    self.cluster.kubectl(
+                        "get", "validatingwebhookconfiguration", "shakeout.dev", check=False
+                    ).returncode
+                    == 0
+                ),
+                what="the webhook configuration",
+            )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind, as in a node crash or an OOM kill."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
 
-def start_operator(cluster: Cluster, log: Path, *extra: str) -> Operator:
-    """`shakeout operator` as a real process against the cluster, as a user runs it."""
-    out = log.open("ab")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    health = f"http://127.0.0.1:{port}/healthz"
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "shakeout"), "operator", f"--liveness={health}", *extra],
-        env=cluster.env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    op = Operator(proc, log)
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"the operator exited:\n{op.output()}")
-        try:
-            with urllib.request.urlopen(health, timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    eventually(healthy, timeout=30, what="the operator's liveness endpoint")
-    return op
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
 
 @pytest.fixture(scope="session")
 def operator(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    op = start_operator(crds, tmp_path_factory.mktemp("operator") / "operator.log")
+    op = Operator(crds, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
     try:
         yield op
     finally:
         op.stop()
         print(op.output()[-5000:])
+
+
+@pytest.fixture
+def live_operator(operator: Operator) -> Operator:
+    """The session's operator, restarted if an earlier test killed it."""
+    if not operator.running():
+        operator.start()
+    return operator

@@ -56,4 +56,4 @@ def test_operator_reports_reversibility_of_attacks(
     )
     status = crds.get("experiment", "mixed", "-n", namespace)["status"]
     assert status["irreversibleAttacks"] == 0
-    assert operator.process.poll() is None
+    assert operator.running()

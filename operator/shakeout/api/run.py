@@ -9,6 +9,7 @@ from typing import ClassVar
 from pydantic import ConfigDict, Field
 
 from shakeout.api.common import DNS_SUBDOMAIN, Condition, Model, Resource, cel
+from shakeout.api.experiment import ExperimentSpec
 
 # Status keeps at most this many target names: a run over 5,000 pods must not push the
 # object towards etcd's size limit (Chaos Mesh overflowed it with per-pod records).
@@ -186,6 +187,13 @@ class ExperimentRunStatus(Model):
     )
     experiment_generation: int | None = Field(
         default=None, description="The Experiment's generation that the run executes."
+    )
+    experiment: ExperimentSpec | None = Field(
+        default=None,
+        description=(
+            "The Experiment's spec as it was when the run was picked up: the run executes "
+            "this copy, so that an edit of the Experiment never changes a run under way."
+        ),
     )
     targets: Targets | None = Field(default=None, description="The resolved blast radius.")
     attacks: list[AttackResult] = Field(

@@ -69,6 +69,11 @@ def _operator(args: argparse.Namespace) -> int:
         namespaces=args.namespace,
         liveness=args.liveness,
         verbose=args.verbose,
+        webhook=not args.no_webhook,
+        webhook_addr=args.webhook_addr,
+        webhook_port=args.webhook_port,
+        webhook_host=args.webhook_host,
+        cert_dir=args.webhook_cert_dir,
     )
 
 
@@ -111,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--webhook-addr", default="127.0.0.1", help="address the webhook listens on")
+    p.add_argument("--webhook-port", type=int, default=9443, help="webhook port (default 9443)")
+    p.add_argument(
+        "--webhook-host", default=None, help="host name the API server calls (default: addr)"
+    )
+    p.add_argument(
+        "--webhook-cert-dir", default=None, help="where to write the webhook's TLS files"
+    )
+    p.add_argument(
+        "--no-webhook",
+        action="store_true",
+        help="serve no admission webhooks (the operator still re-checks every run)",
+    )
     p.set_defaults(func=_operator)
 
     p = sub.add_parser("agent", help="the node agent (node-level attacks)")

@@ -10,7 +10,7 @@ from shakeout.api.common import Condition, ConditionStatus
 def set_condition(
     conditions: list[Condition],
     *,
-    type: str,
+    type: str,  # noqa: A002  (the Kubernetes field name)
     status: ConditionStatus,
     reason: str,
     message: str,
@@ -54,5 +54,5 @@ def set_condition(
     return out
 
 
-def find(conditions: list[Condition], type: str) -> Condition | None:
+def find(conditions: list[Condition], type: str) -> Condition | None:  # noqa: A002
     return next((c for c in conditions if c.type == type), None)

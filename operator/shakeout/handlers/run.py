@@ -4,16 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import kopf
 
 # Importing the modules registers their handlers with kopf's default registry.
-from shakeout.handlers import experiments, settings  # noqa: F401
+from shakeout.handlers import admission, experiments, runs, settings, switch  # noqa: F401
 
 
-def run_operator(namespaces: list[str], liveness: str | None = None, verbose: bool = False) -> int:
+def run_operator(
+    *,
+    namespaces: list[str],
+    liveness: str | None = None,
+    verbose: bool = False,
+    webhook: bool = True,
+    webhook_addr: str = "127.0.0.1",
+    webhook_port: int = 9443,
+    webhook_host: str | None = None,
+    cert_dir: str | None = None,
+) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    settings.OPTIONS.webhook = webhook
+    settings.OPTIONS.webhook_addr = webhook_addr
+    settings.OPTIONS.webhook_port = webhook_port
+    settings.OPTIONS.webhook_host = webhook_host or webhook_addr
+    settings.OPTIONS.cert_dir = Path(cert_dir) if cert_dir else None
+    if not webhook:
+        # No server to serve them: drop the admission handlers, the operator re-checks.
+        registry = kopf.get_default_registry()
+        registry._webhooks._handlers.clear()  # noqa: SLF001
     asyncio.run(
         kopf.operator(
             standalone=True,

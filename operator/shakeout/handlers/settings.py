@@ -1,17 +1,38 @@
-"""kopf settings shared by every handler module."""
+"""kopf settings shared by every handler module, and the operator's own options."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kopf
 
+from shakeout.certs import make_serving_cert
+
 FINALIZER = "shakeout.dev/finalizer"
+WEBHOOK_CONFIGURATION = "shakeout.dev"
+
+
+@dataclass
+class Options:
+    """What `shakeout operator` was started with."""
+
+    webhook: bool = True
+    webhook_addr: str = "127.0.0.1"
+    webhook_port: int = 9443
+    # The host name the API server uses to reach the webhook (URL mode).
+    webhook_host: str = "127.0.0.1"
+    cert_dir: Path | None = None
+
+
+OPTIONS = Options()
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     # Our own finalizer name, so that users see who holds an object.
     settings.persistence.finalizer = FINALIZER
     # kopf's progress and diff-base annotations under our own prefix.
@@ -20,8 +41,26 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix="shakeout.dev", key="last-handled-configuration"
     )
     settings.posting.reporting_component = "shakeout-operator"
-    settings.posting.level = logging.WARNING  # our own events only, not kopf's chatter
+    settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     settings.execution.max_workers = 20
+    if OPTIONS.webhook:
+        cert_dir = OPTIONS.cert_dir or Path(tempfile.mkdtemp(prefix="shakeout-webhook-"))
+        hosts = tuple(dict.fromkeys([OPTIONS.webhook_host, OPTIONS.webhook_addr, "localhost"]))
+        cert = make_serving_cert(cert_dir, hosts)
+        settings.admission.server = kopf.WebhookServer(
+            addr=OPTIONS.webhook_addr,
+            port=OPTIONS.webhook_port,
+            host=OPTIONS.webhook_host,
+            certfile=str(cert.certfile),
+            pkeyfile=str(cert.keyfile),
+            cafile=str(cert.cafile),
+        )
+        # kopf creates and keeps current the Validating/MutatingWebhookConfigurations
+        # (named shakeout.dev) with the CA bundle of the certificate made above.
+        settings.admission.managed = WEBHOOK_CONFIGURATION
+        logger.info(f"admission webhooks on https://{OPTIONS.webhook_host}:{OPTIONS.webhook_port}")
+    else:
+        logger.warning("admission webhooks disabled: the operator alone checks runs")

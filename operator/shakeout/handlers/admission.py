@@ -1,0 +1,115 @@
+"""Admission webhooks served by the operator.
+
+Validating: the Run button's preconditions (refused runs are never stored). Mutating:
+who started or canceled a run, and who flipped the ChaosSwitch, taken from the admission
+request's user info (a client cannot forge that). The mutating hooks ignore failures so
+that cancel and Stop All work even while the operator is down.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from shakeout.api.common import GROUP, VERSION
+from shakeout.api.experiment import Experiment
+from shakeout.api.switch import SWITCH_NAME
+from shakeout.engine.experiments import describe_validation_error
+from shakeout.engine.preconditions import RunRequest, refusal
+from shakeout.engine.runs import is_terminal
+from shakeout.engine.targets import limit_count, selector_to_string
+from shakeout.handlers.k8s import api
+from shakeout.handlers.runs import CANCELED_BY, STARTED_BY
+from shakeout.handlers.switch import CHANGED_AT, CHANGED_BY, now_iso
+
+
+def _who(userinfo: Any) -> str:
+    info = dict(userinfo or {})
+    return json.dumps(
+        {"username": info.get("username", "unknown"), "groups": list(info.get("groups") or [])},
+        separators=(",", ":"),
+    )
+
+
+async def gather_run_request(namespace: str, experiment: str, uid: str | None) -> RunRequest:
+    switch = await api().get_switch()
+    active = tuple(
+        f"{r['metadata']['namespace']}/{r['metadata']['name']}"
+        for r in await api().list_runs()
+        if r["metadata"].get("uid") != uid and not is_terminal(r.get("status", {}).get("phase"))
+    )
+    obj = await api().get_experiment(namespace, experiment)
+    error, matched, targets = None, 0, 0
+    if obj is not None:
+        try:
+            spec = Experiment.model_validate(obj).spec
+        except ValidationError as err:
+            error = describe_validation_error(err)
+        else:
+            pods = await api().list_pods(namespace, selector_to_string(spec.blast_radius.selector))
+            matched = sum(not p.deleting for p in pods)
+            targets = limit_count(matched, spec.blast_radius.limit)
+    return RunRequest(
+        namespace=namespace,
+        experiment=experiment,
+        switch_exists=switch is not None,
+        switch_enabled=bool(switch and switch.get("spec", {}).get("enabled")),
+        active_runs=active,
+        experiment_found=obj is not None,
+        experiment_error=error,
+        matched_pods=matched,
+        targets=targets,
+    )
+
+
+@kopf.on.validate(GROUP, VERSION, "experimentruns", operation="CREATE", id="run-preconditions")
+async def validate_run(body: kopf.Body, **_: Any) -> None:
+    meta = body.get("metadata", {})
+    ref = (body.get("spec", {}).get("experimentRef") or {}).get("name", "")
+    request = await gather_run_request(meta.get("namespace", ""), ref, meta.get("uid"))
+    if (message := refusal(request)) is not None:
+        raise kopf.AdmissionError(message, code=403)
+
+
+@kopf.on.mutate(
+    GROUP,
+    VERSION,
+    "experimentruns",
+    operation="CREATE",
+    id="run-started-by",
+    ignore_failures=True,
+)
+def record_started_by(userinfo: Any, patch: kopf.Patch, **_: Any) -> None:
+    patch.setdefault("metadata", {}).setdefault("annotations", {})[STARTED_BY] = _who(userinfo)
+
+
+@kopf.on.mutate(
+    GROUP,
+    VERSION,
+    "experimentruns",
+    operation="UPDATE",
+    id="run-canceled-by",
+    ignore_failures=True,
+)
+def record_canceled_by(body: kopf.Body, userinfo: Any, patch: kopf.Patch, **kw: Any) -> None:
+    old = kw.get("old")  # kopf passes the old object, though its WebhookFn type omits it
+    was = bool(((old or {}).get("spec") or {}).get("cancel"))
+    if body.get("spec", {}).get("cancel") and not was:
+        patch.setdefault("metadata", {}).setdefault("annotations", {})[CANCELED_BY] = _who(userinfo)
+
+
+@kopf.on.mutate(GROUP, VERSION, "chaosswitches", id="switch-changed-by", ignore_failures=True)
+def record_switch_change(body: kopf.Body, userinfo: Any, patch: kopf.Patch, **kw: Any) -> None:
+    old = kw.get("old")
+    if body.get("metadata", {}).get("name") != SWITCH_NAME:
+        return
+    before = ((old or {}).get("spec") or {}).get("enabled")
+    after = body.get("spec", {}).get("enabled")
+    if old and before == after:
+        return
+    annotations = patch.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations[CHANGED_BY] = str(dict(userinfo or {}).get("username", "unknown"))
+    annotations[CHANGED_AT] = now_iso()

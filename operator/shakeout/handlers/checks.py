@@ -1,0 +1,72 @@
+"""State checks, executed by the operator: workload readiness, pod readiness, HTTP GET."""
+
+from __future__ import annotations
+
+import math
+
+import aiohttp
+
+from shakeout.api.experiment import StateCheck, StateCheckType
+from shakeout.engine.targets import selector_to_string
+from shakeout.handlers.k8s import api
+
+
+async def run_check(check: StateCheck, namespace: str, selector: str) -> tuple[bool, str]:
+    """One probe: (success, what was found). Errors count as failures, never raise."""
+    try:
+        if check.type == StateCheckType.WORKLOAD_READY:
+            return await _workload_ready(check, namespace)
+        if check.type == StateCheckType.PODS_READY:
+            return await _pods_ready(check, namespace, selector)
+        return await _http_get(check)
+    except Exception as err:  # noqa: BLE001  (a probe that errs has failed, with the reason)
+        return False, f"{type(err).__name__}: {err}"[:1024]
+
+
+async def _workload_ready(check: StateCheck, namespace: str) -> tuple[bool, str]:
+    params = check.workload_ready
+    assert params is not None
+    ref = params.workload
+    obj = await api().get_workload(ref.kind, namespace, ref.name)
+    if obj is None:
+        return False, f"{ref.kind} {ref.name} not found"
+    desired = int(obj.get("spec", {}).get("replicas") or 0)
+    ready = int(obj.get("status", {}).get("readyReplicas") or 0)
+    if params.min_ready is not None:
+        need = params.min_ready
+    else:
+        assert params.min_ready_percent is not None
+        need = math.ceil(desired * params.min_ready_percent / 100)
+    return ready >= need, f"{ref.kind} {ref.name}: {ready}/{desired} ready (need {need})"
+
+
+async def _pods_ready(check: StateCheck, namespace: str, selector: str) -> tuple[bool, str]:
+    percent = check.pods_ready.min_ready_percent if check.pods_ready else 100
+    pods = await api().list_pods(namespace, selector)
+    live = [p for p in pods if not p.deleting]
+    ready = sum(p.ready for p in live)
+    need = math.ceil(len(live) * percent / 100)
+    ok = bool(live) and ready >= need
+    return ok, f"{ready}/{len(live)} blast-radius pods ready (need {need})"
+
+
+async def _http_get(check: StateCheck) -> tuple[bool, str]:
+    params = check.http_get
+    assert params is not None
+    timeout = aiohttp.ClientTimeout(total=params.timeout_seconds)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(params.url, allow_redirects=False) as resp,
+        ):
+            body = await resp.text(errors="replace")
+    except TimeoutError:
+        return False, f"GET {params.url}: no answer within {params.timeout_seconds}s"
+    if resp.status != params.expected_status:
+        return False, f"GET {params.url}: status {resp.status}, expected {params.expected_status}"
+    if params.body_contains is not None and params.body_contains not in body:
+        return False, f"GET {params.url}: body lacks {params.body_contains!r}"
+    return True, f"GET {params.url}: {resp.status}"
+
+
+__all__ = ["run_check", "selector_to_string"]

@@ -1,0 +1,211 @@
+"""The operator's reads and writes of the Kubernetes API (the kubernetes client, in threads).
+
+The client is synchronous; every call runs in a worker thread so that the kopf event
+loop never blocks. Objects come back as plain dicts, as the API server sent them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from shakeout.api.common import GROUP, VERSION
+from shakeout.api.switch import SWITCH_NAME
+
+Obj = dict[str, Any]
+
+RUNS = "experimentruns"
+EXPERIMENTS = "experiments"
+SWITCHES = "chaosswitches"
+
+
+class Conflict(Exception):  # noqa: N818  (named after the HTTP status)
+    """A write lost an optimistic-concurrency race (HTTP 409)."""
+
+
+def _load_config() -> None:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+def _body(resp: Any) -> Obj:
+    return dict(json.loads(resp.data)) if resp.data else {}
+
+
+@dataclass
+class Pod:
+    name: str
+    ready: bool
+    deleting: bool
+
+
+class Api:
+    """Thin async wrappers; each method is one API request."""
+
+    def __init__(self) -> None:
+        _load_config()
+        api_client = client.ApiClient()
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except ApiException as err:
+            if err.status == 409:
+                raise Conflict(str(err.reason)) from err
+            raise
+
+    async def _get_or_none(self, fn: Any, *args: Any) -> Obj | None:
+        try:
+            resp = await self._call(fn, *args, _preload_content=False)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return _body(resp)
+
+    # -- shakeout objects ------------------------------------------------------
+
+    async def get_experiment(self, namespace: str, name: str) -> Obj | None:
+        return await self._get_or_none(
+            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, EXPERIMENTS, name
+        )
+
+    async def get_run(self, namespace: str, name: str) -> Obj | None:
+        return await self._get_or_none(
+            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, RUNS, name
+        )
+
+    async def list_runs(self) -> list[Obj]:
+        resp = await self._call(
+            self.custom.list_cluster_custom_object, GROUP, VERSION, RUNS, _preload_content=False
+        )
+        return list(_body(resp).get("items", []))
+
+    async def get_switch(self) -> Obj | None:
+        return await self._get_or_none(
+            self.custom.get_cluster_custom_object, GROUP, VERSION, SWITCHES, SWITCH_NAME
+        )
+
+    async def patch_switch_status(self, patch: Obj) -> Obj:
+        """Merge-patch the switch's status; a metadata.resourceVersion makes it a CAS."""
+        resp = await self._call(
+            self.custom.patch_cluster_custom_object_status,
+            GROUP,
+            VERSION,
+            SWITCHES,
+            SWITCH_NAME,
+            patch,
+            _preload_content=False,
+        )
+        return _body(resp)
+
+    async def patch_run_status(self, namespace: str, name: str, status: Obj) -> Obj:
+        resp = await self._call(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            RUNS,
+            name,
+            {"status": status},
+            _preload_content=False,
+        )
+        return _body(resp)
+
+    async def patch_experiment_status(self, namespace: str, name: str, status: Obj) -> None:
+        try:
+            await self._call(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                EXPERIMENTS,
+                name,
+                {"status": status},
+                _preload_content=False,
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    # -- the cluster's own objects ---------------------------------------------
+
+    async def list_pods(self, namespace: str, selector: str) -> list[Pod]:
+        resp = await self._call(
+            self.core.list_namespaced_pod,
+            namespace,
+            label_selector=selector,
+            _preload_content=False,
+        )
+        pods = []
+        for item in _body(resp).get("items", []):
+            conditions = item.get("status", {}).get("conditions") or []
+            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+            deleting = bool(item["metadata"].get("deletionTimestamp"))
+            pods.append(Pod(item["metadata"]["name"], ready and not deleting, deleting))
+        return pods
+
+    async def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> bool:
+        """Delete a pod; False when it was already gone (the delete is idempotent)."""
+        try:
+            await self._call(
+                self.core.delete_namespaced_pod,
+                name,
+                namespace,
+                grace_period_seconds=grace_seconds,
+                _preload_content=False,
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    def _scale_fns(self, kind: str) -> tuple[Any, Any]:
+        if kind == "Deployment":
+            return self.apps.read_namespaced_deployment_scale, (
+                self.apps.patch_namespaced_deployment_scale
+            )
+        return self.apps.read_namespaced_stateful_set_scale, (
+            self.apps.patch_namespaced_stateful_set_scale
+        )
+
+    async def get_replicas(self, kind: str, namespace: str, name: str) -> int:
+        read, _ = self._scale_fns(kind)
+        resp = await self._call(read, name, namespace, _preload_content=False)
+        return int(_body(resp).get("spec", {}).get("replicas") or 0)
+
+    async def set_replicas(self, kind: str, namespace: str, name: str, replicas: int) -> None:
+        _, patch = self._scale_fns(kind)
+        await self._call(
+            patch, name, namespace, {"spec": {"replicas": replicas}}, _preload_content=False
+        )
+
+    async def get_workload(self, kind: str, namespace: str, name: str) -> Obj | None:
+        read = (
+            self.apps.read_namespaced_deployment
+            if kind == "Deployment"
+            else self.apps.read_namespaced_stateful_set
+        )
+        return await self._get_or_none(read, name, namespace)
+
+
+_api: Api | None = None
+
+
+def api() -> Api:
+    """The process-wide client, made on first use (after kopf has logged in)."""
+    global _api  # noqa: PLW0603
+    if _api is None:
+        _api = Api()
+    return _api

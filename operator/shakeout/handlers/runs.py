@@ -1,0 +1,426 @@
+"""ExperimentRun handlers: one daemon per live run drives it through the seed's phases.
+
+The daemon gathers observations, asks engine.runs.decide, persists the status the engine
+returns, and only then acts on the cluster: status is the journal that an operator
+restarted at any point resumes from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from shakeout.api.common import GROUP, VERSION
+from shakeout.api.experiment import Experiment, ExperimentSpec
+from shakeout.api.run import (
+    AttackResult,
+    AttackState,
+    ExperimentRunStatus,
+    Phase,
+    UserInfo,
+)
+from shakeout.engine import runs as engine
+from shakeout.engine.experiments import describe_validation_error
+from shakeout.engine.runs import Reason, Transition, is_terminal
+from shakeout.engine.targets import select, selector_to_string
+from shakeout.handlers import switch as lock
+from shakeout.handlers.attacks import ClusterAgent
+from shakeout.handlers.checks import run_check
+from shakeout.handlers.k8s import api
+
+# Set by the mutating webhook from the admission request's user info.
+STARTED_BY = "shakeout.dev/started-by"
+CANCELED_BY = "shakeout.dev/canceled-by"
+
+# The longest the daemon sleeps between looks; wakeups (cancel, Stop All) cut it short.
+MAX_IDLE = 1.0
+ROLLBACK_ATTEMPTS = 5
+
+# Run UID -> event that wakes its daemon (cancel requested, deletion started).
+WAKEUPS: dict[str, asyncio.Event] = {}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _user(annotation: str | None) -> UserInfo | None:
+    if not annotation:
+        return None
+    try:
+        return UserInfo.model_validate(json.loads(annotation))
+    except (ValueError, ValidationError):
+        return None
+
+
+@kopf.on.event(GROUP, VERSION, "experimentruns")
+def run_event(body: kopf.Body, **_: Any) -> None:
+    """Wake a run's daemon at once when it is canceled or deleted (no polling delay)."""
+    wanted = body.get("spec", {}).get("cancel") or body.get("metadata", {}).get("deletionTimestamp")
+    event = WAKEUPS.get(body.get("metadata", {}).get("uid", ""))
+    if wanted and event is not None:
+        event.set()
+
+
+def _live(status: Any, **_: Any) -> bool:
+    return not is_terminal((status or {}).get("phase"))
+
+
+# When kopf stops the daemon (the run went terminal, was deleted, the operator exits) it
+# first only signals `stopped` and waits cancellation_backoff seconds, so that the daemon
+# finishes its rollback and bookkeeping; only then does it cancel the task.
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    "experimentruns",
+    id="lifecycle",
+    when=_live,
+    cancellation_backoff=55,
+    cancellation_timeout=5,
+)
+async def lifecycle(
+    body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
+) -> None:
+    executor = RunExecutor(body, stopped, logger)
+    WAKEUPS[executor.uid] = executor.wakeup
+    lock.SWITCH.wakeups[executor.uid] = executor.wakeup
+    try:
+        await executor.execute()
+    finally:
+        WAKEUPS.pop(executor.uid, None)
+        lock.SWITCH.wakeups.pop(executor.uid, None)
+
+
+class RunExecutor:
+    def __init__(self, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger):
+        self.body = body  # a live view: kopf updates it as watch events arrive
+        self.stopped = stopped
+        self.logger = logger
+        meta = body["metadata"]
+        self.namespace: str = meta["namespace"]
+        self.name: str = meta["name"]
+        self.uid: str = meta["uid"]
+        self.wakeup = asyncio.Event()
+        self.agent = ClusterAgent(self.namespace)
+        self.status = ExperimentRunStatus.model_validate(dict(body.get("status") or {}))
+        self.attack_failure: str | None = None
+        self.rollback_failure: str | None = None
+        self.next_check: dict[str, datetime] = {}
+
+    # -- plumbing --------------------------------------------------------------
+
+    @property
+    def generation(self) -> int | None:
+        gen = self.body["metadata"].get("generation")
+        return int(gen) if gen is not None else None
+
+    async def persist(self, status: ExperimentRunStatus) -> None:
+        await api().patch_run_status(self.namespace, self.name, status.to_k8s())
+        self.status = status
+
+    def event(self, transition: Transition) -> None:
+        kopf.event(
+            self.body,
+            type="Warning" if transition.warning else "Normal",
+            reason=transition.reason,
+            message=transition.message,
+        )
+
+    async def update_experiment_last_run(self) -> None:
+        ref = self.body["spec"]["experimentRef"]["name"]
+        await api().patch_experiment_status(
+            self.namespace,
+            ref,
+            {
+                "lastRun": {
+                    "name": self.name,
+                    "phase": self.status.phase,
+                    "createdAt": self.body["metadata"].get("creationTimestamp"),
+                }
+            },
+        )
+
+    def deleting(self) -> bool:
+        return bool(self.body["metadata"].get("deletionTimestamp")) or bool(
+            self.stopped.reason and self.stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED
+        )
+
+    def shutting_down(self) -> bool:
+        return bool(
+            self.stopped.reason and self.stopped.reason & kopf.DaemonStoppingReason.OPERATOR_EXITING
+        )
+
+    # -- pick-up: the operator's own check of the preconditions -----------------
+
+    async def refuse(self, reason: Reason, message: str) -> None:
+        status = engine.refuse(self.status, reason, message, utcnow(), self.generation)
+        status.started_by = _user(self.body["metadata"].get("annotations", {}).get(STARTED_BY))
+        await self.persist(status)
+        self.event(Transition(Phase.FAILED, reason, message))
+        await self.update_experiment_last_run()
+
+    async def pick_up(self) -> bool:
+        """Check the preconditions again and take the lock; False if the run was refused."""
+        ref = self.body["spec"]["experimentRef"]["name"]
+        obj = await api().get_experiment(self.namespace, ref)
+        if obj is None:
+            await self.refuse(
+                Reason.EXPERIMENT_NOT_FOUND, f"Experiment {self.namespace}/{ref} not found"
+            )
+            return False
+        try:
+            experiment = Experiment.model_validate(obj)
+        except ValidationError as err:
+            await self.refuse(Reason.EXPERIMENT_INVALID, describe_validation_error(err))
+            return False
+        if not await lock.switch_enabled():
+            await self.refuse(
+                Reason.EXPERIMENTING_DISABLED,
+                "experimenting is disabled (ChaosSwitch default missing or enabled: false)",
+            )
+            return False
+        spec = experiment.spec
+        pods = await api().list_pods(self.namespace, selector_to_string(spec.blast_radius.selector))
+        selection = select(
+            [p.name for p in pods if not p.deleting], spec.blast_radius.limit, self.uid
+        )
+        if not selection.targets:
+            await self.refuse(
+                Reason.NO_TARGETS,
+                f"the blast radius resolves to no pods in {self.namespace} "
+                f"({selection.matched} matched the selector)",
+            )
+            return False
+        got = await lock.acquire(self.namespace, self.name, self.uid)
+        if not got.acquired:
+            if got.disabled:
+                await self.refuse(Reason.EXPERIMENTING_DISABLED, "experimenting is disabled")
+            else:
+                await self.refuse(
+                    Reason.ANOTHER_RUN_ACTIVE,
+                    f"another run is executing: run {got.holder} holds the cluster-wide lock",
+                )
+            return False
+        status = engine.initial_status(spec, utcnow(), self.generation)
+        status.targets = selection.summary()
+        status.experiment = spec
+        status.experiment_generation = obj["metadata"].get("generation")
+        status.started_by = _user(self.body["metadata"].get("annotations", {}).get(STARTED_BY))
+        await self.persist(status)
+        self.event(Transition(Phase.CREATED, Reason.CREATED, "run picked up; lock acquired"))
+        await self.update_experiment_last_run()
+        return True
+
+    # -- attacks ---------------------------------------------------------------
+
+    def attack(self, name: str) -> Any:
+        assert self.status.experiment is not None
+        return next(a for a in self.status.experiment.attacks if a.name == name)
+
+    async def apply_attacks(self) -> None:
+        """Journal every attack as Applying (with its rollback data), then apply them."""
+        spec = self.status.experiment
+        assert spec is not None
+        status = self.status
+        for attack in spec.attacks:
+            prepared = await self.agent.prepare(attack)
+            status = engine.update_attack(
+                status, attack.name, state=AttackState.APPLYING, **prepared
+            )
+        pods = await api().list_pods(self.namespace, selector_to_string(spec.blast_radius.selector))
+        selection = select(
+            [p.name for p in pods if not p.deleting], spec.blast_radius.limit, self.uid
+        )
+        status.targets = selection.summary()
+        await self.persist(status)  # the journal: written before anything is touched
+
+        async def one(attack: Any) -> tuple[str, dict[str, Any]]:
+            try:
+                count = await self.agent.apply(attack, selection.targets)
+            except Exception as err:  # noqa: BLE001  (recorded, then the run fails)
+                return attack.name, {"state": AttackState.FAILED, "message": str(err)[:1024]}
+            return attack.name, {
+                "state": AttackState.APPLIED,
+                "applied_at": utcnow(),
+                "targets": count,
+            }
+
+        results = await asyncio.gather(*(one(a) for a in spec.attacks))
+        status = self.status
+        for name, changes in results:
+            status = engine.update_attack(status, name, **changes)
+            if changes["state"] == AttackState.FAILED:
+                self.attack_failure = f"attack {name} failed: {changes['message']}"
+        await self.persist(status)
+
+    async def finish_attack(self, result: AttackResult) -> str | None:
+        """Stop one attack: roll back a reversible one, close an irreversible one."""
+        attack = self.attack(result.name)
+        if result.state == AttackState.PENDING:
+            await self.persist(
+                engine.update_attack(self.status, result.name, state=AttackState.SKIPPED)
+            )
+            return None
+        if not result.reversible:
+            await self.persist(
+                engine.update_attack(self.status, result.name, state=AttackState.COMPLETED)
+            )
+            return None
+        await self.persist(
+            engine.update_attack(self.status, result.name, state=AttackState.ROLLING_BACK)
+        )
+        error = ""
+        for attempt in range(ROLLBACK_ATTEMPTS):
+            try:
+                await self.agent.rollback(attack, result)
+            except Exception as err:  # noqa: BLE001  (retried, then reported)
+                error = str(err)[:900]
+                await asyncio.sleep(0.2 * 2**attempt)
+                continue
+            await self.persist(
+                engine.update_attack(
+                    self.status, result.name, state=AttackState.ROLLED_BACK, rolled_back_at=utcnow()
+                )
+            )
+            return None
+        await self.persist(
+            engine.update_attack(self.status, result.name, state=AttackState.FAILED, message=error)
+        )
+        return f"rollback of {result.name} failed: {error}"
+
+    async def rollback_all(self) -> str | None:
+        open_states = {
+            AttackState.PENDING,
+            AttackState.APPLYING,
+            AttackState.APPLIED,
+            AttackState.ROLLING_BACK,
+        }
+        errors = []
+        for result in list(self.status.attacks):
+            if result.state not in open_states:
+                continue
+            if (err := await self.finish_attack(result)) is not None:
+                errors.append(err)
+        return "; ".join(errors) or None
+
+    async def resume(self) -> None:
+        """After an operator restart: finish what the journal says was under way."""
+        self.logger.info(f"resuming run in phase {self.status.phase}")
+        status = self.status
+        for result in status.attacks:
+            if result.state == AttackState.APPLYING:
+                if result.reversible:
+                    # Re-applying a scale is idempotent; its rollback data is journaled.
+                    await self.agent.apply(self.attack(result.name), ())
+                # An irreversible attack may have been applied: never apply it twice.
+                status = engine.update_attack(
+                    status,
+                    result.name,
+                    state=AttackState.APPLIED,
+                    applied_at=result.applied_at or utcnow(),
+                )
+            elif result.state == AttackState.ROLLING_BACK:
+                status = engine.update_attack(status, result.name, state=AttackState.APPLIED)
+        await self.persist(status)
+
+    # -- the loop --------------------------------------------------------------
+
+    async def run_checks(self, now: datetime) -> tuple[str, str] | None:
+        spec = self.status.experiment
+        assert spec is not None
+        failure = None
+        selector = selector_to_string(spec.blast_radius.selector)
+        due = [c for c in spec.state_checks if self.next_check.get(c.name, now) <= now]
+        if not due:
+            return None
+        results = await asyncio.gather(*(run_check(c, self.namespace, selector) for c in due))
+        status = self.status
+        for check, (ok, message) in zip(due, results, strict=True):
+            self.next_check[check.name] = now + timedelta(seconds=check.interval_seconds)
+            status = engine.record_check(status, check.name, ok, message, now)
+            if not ok and failure is None:
+                failure = (check.name, message)
+        await self.persist(status)
+        return failure
+
+    def idle_for(self, now: datetime) -> float:
+        deadlines = list(self.next_check.values())
+        spec = self.status.experiment
+        if spec is not None and self.status.phase == Phase.ATTACKS_STARTED:
+            plan = engine.attack_plan(self.status, spec, now)
+            if plan.next_due:
+                deadlines.append(plan.next_due)
+        seconds = min([(d - now).total_seconds() for d in deadlines] + [MAX_IDLE])
+        return max(0.05, seconds)
+
+    async def execute(self) -> None:
+        if self.status.phase is None:
+            if not await self.pick_up():
+                return
+        else:
+            await self.resume()
+        while not is_terminal(self.status.phase):
+            await self.step()
+
+    async def step(self) -> None:
+        spec = self.status.experiment
+        assert spec is not None
+        now = utcnow()
+        check_failure = await self.run_checks(now)
+        attacks_finished = False
+        if self.status.phase == Phase.ATTACKS_STARTED and not self.attack_failure:
+            plan = engine.attack_plan(self.status, spec, now)
+            for name in plan.due:
+                result = next(r for r in self.status.attacks if r.name == name)
+                if (err := await self.finish_attack(result)) is not None:
+                    self.rollback_failure = err
+            attacks_finished = engine.attack_plan(self.status, spec, utcnow()).finished
+        assert self.status.phase is not None
+        phase = Phase(self.status.phase)
+        observation = engine.Observation(
+            now=utcnow(),
+            phase=phase,
+            phase_entered=engine.phase_entered(self.status) or now,
+            experiment=spec,
+            cancel_requested=bool(self.body["spec"].get("cancel")),
+            switch_enabled=await lock.switch_enabled(),
+            deleting=self.deleting(),
+            shutting_down=self.shutting_down(),
+            check_failure=check_failure,
+            checks_succeeded_once=engine.checks_succeeded_once(self.status, spec),
+            attack_failure=self.attack_failure,
+            rollback_failure=self.rollback_failure,
+            attacks_finished=attacks_finished,
+        )
+        transition = engine.decide(observation)
+        if transition is None:
+            self.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), timeout=self.idle_for(utcnow()))
+            return
+        await self.transition(transition)
+
+    async def transition(self, transition: Transition) -> None:
+        if transition.rollback and (error := await self.rollback_all()) is not None:
+            transition = Transition(Phase.FAILED, Reason.ROLLBACK_FAILED, error)
+        status = engine.enter(self.status, transition, utcnow(), self.generation)
+        if transition.reason in (Reason.CANCELED,):
+            status.canceled_by = _user(
+                self.body["metadata"].get("annotations", {}).get(CANCELED_BY)
+            )
+        await self.persist(status)
+        self.event(transition)
+        if transition.apply_attacks:
+            await self.apply_attacks()
+        if is_terminal(status.phase):
+            await lock.release(self.uid)
+            await self.update_experiment_last_run()
+
+
+__all__ = ["ExperimentSpec", "lifecycle", "run_event"]

@@ -1,0 +1,165 @@
+"""Helpers for run tests: a demo workload, experiments, runs, and waiting on phases."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from tests.e2e.conftest import Cluster, eventually
+
+TERMINAL = {"COMPLETED", "CANCELED", "FAILED"}
+TEAM = "team-a"  # alice is a member (edit), bob and carol are not
+
+
+def set_switch(cluster: Cluster, enabled: bool, user: str | None = None) -> None:
+    body = {
+        "apiVersion": "shakeout.dev/v1alpha1",
+        "kind": "ChaosSwitch",
+        "metadata": {"name": "default"},
+        "spec": {"enabled": enabled},
+    }
+    if cluster.kubectl("get", "chaosswitch", "default", check=False).returncode != 0:
+        cluster.create(body)
+    else:
+        cluster.kubectl(
+            "patch",
+            "chaosswitch",
+            "default",
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"enabled": enabled}}),
+            user=user,
+        )
+
+
+def wait_no_active_runs(cluster: Cluster) -> None:
+    def idle() -> bool:
+        runs = cluster.get("experimentruns", "-A")["items"]
+        return all(r.get("status", {}).get("phase") in TERMINAL for r in runs)
+
+    eventually(idle, timeout=60, what="every run terminal")
+
+
+def deployment(cluster: Cluster, name: str, replicas: int = 3, namespace: str = TEAM) -> None:
+    cluster.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+                },
+            },
+        }
+    )
+    eventually(
+        lambda: (
+            cluster.get("deployment", name, "-n", namespace).get("status", {}).get("readyReplicas")
+            == replicas
+        ),
+        timeout=60,
+        what=f"deployment {name} ready",
+    )
+
+
+def replicas(cluster: Cluster, name: str, namespace: str = TEAM) -> int:
+    return int(cluster.get("deployment", name, "-n", namespace)["spec"]["replicas"])
+
+
+def scale_experiment(
+    cluster: Cluster,
+    name: str,
+    app: str,
+    *,
+    to: int = 1,
+    duration: int = 3,
+    min_ready: int = 1,
+    warm_up: int = 0,
+    cool_down: int = 0,
+    namespace: str = TEAM,
+    extra_attacks: list[dict[str, Any]] | None = None,
+) -> None:
+    cluster.apply(
+        {
+            "apiVersion": "shakeout.dev/v1alpha1",
+            "kind": "Experiment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "blastRadius": {"selector": {"matchLabels": {"app": app}}},
+                "attacks": [
+                    {
+                        "name": "scale",
+                        "type": "ScaleWorkload",
+                        "durationSeconds": duration,
+                        "scaleWorkload": {
+                            "workload": {"kind": "Deployment", "name": app},
+                            "replicas": to,
+                        },
+                    },
+                    *(extra_attacks or []),
+                ],
+                "stateChecks": [
+                    {
+                        "name": "ready",
+                        "type": "WorkloadReady",
+                        "intervalSeconds": 1,
+                        "workloadReady": {
+                            "workload": {"kind": "Deployment", "name": app},
+                            "minReady": min_ready,
+                        },
+                    }
+                ],
+                "warmUpSeconds": warm_up,
+                "coolDownSeconds": cool_down,
+            },
+        }
+    )
+
+
+def create_run(
+    cluster: Cluster,
+    experiment: str,
+    *,
+    user: str | None = "alice",
+    namespace: str = TEAM,
+    check: bool = True,
+) -> tuple[str, Any]:
+    name = f"{experiment}-{uuid.uuid4().hex[:5]}"
+    result = cluster.create(
+        {
+            "apiVersion": "shakeout.dev/v1alpha1",
+            "kind": "ExperimentRun",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"experimentRef": {"name": experiment}},
+        },
+        user=user,
+        check=check,
+    )
+    return name, result
+
+
+def run_status(cluster: Cluster, name: str, namespace: str = TEAM) -> dict[str, Any]:
+    return dict(cluster.get("experimentrun", name, "-n", namespace).get("status") or {})
+
+
+def wait_phase(
+    cluster: Cluster, name: str, phases: set[str], timeout: float = 60, namespace: str = TEAM
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        status = run_status(cluster, name, namespace)
+        return status if status.get("phase") in phases else None
+
+    result: dict[str, Any] = eventually(reached, timeout=timeout, what=f"{name} in {phases}")
+    return result
+
+
+def events(cluster: Cluster, name: str, namespace: str = TEAM) -> list[str]:
+    items = cluster.get(
+        "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
+    )["items"]
+    return [e["reason"] for e in sorted(items, key=lambda e: e.get("firstTimestamp") or "")]

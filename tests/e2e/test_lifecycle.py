@@ -1,0 +1,254 @@
+"""The seed's rules on the real control plane, one test per rule, driven with kubectl."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.conftest import Cluster, Operator, eventually
+from tests.e2e.runs import (
+    TEAM,
+    create_run,
+    deployment,
+    events,
+    replicas,
+    run_status,
+    scale_experiment,
+    set_switch,
+    wait_no_active_runs,
+    wait_phase,
+)
+
+
+@pytest.fixture
+def ready(crds: Cluster, live_operator: Operator) -> Iterator[Cluster]:
+    """Experimenting enabled and no run under way, before and after each test."""
+    set_switch(crds, True)
+    wait_no_active_runs(crds)
+    yield crds
+    set_switch(crds, True)
+    for run in crds.get("experimentruns", "-A")["items"]:
+        if run.get("status", {}).get("phase") not in {"COMPLETED", "CANCELED", "FAILED"}:
+            crds.kubectl(
+                "patch",
+                "experimentrun",
+                run["metadata"]["name"],
+                "-n",
+                run["metadata"]["namespace"],
+                "--type=merge",
+                "-p",
+                '{"spec":{"cancel":true}}',
+            )
+    wait_no_active_runs(crds)
+
+
+def runs_in(cluster: Cluster, namespace: str = TEAM) -> set[str]:
+    return {r["metadata"]["name"] for r in cluster.get("experimentruns", "-n", namespace)["items"]}
+
+
+def test_a_run_passes_through_every_phase_to_completed(ready: Cluster) -> None:
+    deployment(ready, "web1")
+    scale_experiment(ready, "web1", "web1", to=1, duration=3, warm_up=1, cool_down=1)
+    name, _ = create_run(ready, "web1", user="alice")
+    status = wait_phase(ready, name, {"ATTACKS_STARTED"}, timeout=30)
+    assert replicas(ready, "web1") == 1  # the attack is really applied
+    status = wait_phase(ready, name, {"COMPLETED", "FAILED", "CANCELED"}, timeout=60)
+    assert status["phase"] == "COMPLETED", status
+    assert [e["phase"] for e in status["timeline"]] == [
+        "CREATED",
+        "PREPARED",
+        "ATTACKS_STARTED",
+        "ATTACKS_STOPPED",
+        "COMPLETED",
+    ]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Succeeded"]["status"] == "True"
+    assert conditions["Succeeded"]["reason"] == "Completed"
+    assert all(c["observedGeneration"] == 1 for c in status["conditions"])
+    attack = status["attacks"][0]
+    assert (attack["state"], attack["previousReplicas"]) == ("RolledBack", 3)
+    assert status["startedBy"]["username"] == "alice"
+    assert status["stateChecks"][0]["failures"] == 0
+    assert status["stateChecks"][0]["successes"] >= 1
+    assert replicas(ready, "web1") == 3
+    reasons = eventually(
+        lambda: (r := events(ready, name)) and "Completed" in r and r, what="events"
+    )
+    for reason in ("Created", "Prepared", "AttacksStarted", "AttacksStopped", "Completed"):
+        assert reason in reasons
+    experiment = ready.get("experiment", "web1", "-n", TEAM)
+    assert experiment["status"]["lastRun"]["name"] == name
+    # The Reports list and the findings afterwards.
+    ready.kubectl(
+        "patch",
+        "experimentrun",
+        name,
+        "-n",
+        TEAM,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"findings": "p99 doubled", "actionRequired": "Yes"}}),
+        user="alice",
+    )
+    row = ready.kubectl("get", "experimentruns", name, "-n", TEAM, "--no-headers").stdout.split()
+    assert row[:5] == [name, "web1", "COMPLETED", "3", "Yes"]
+    # A finished run holds no finalizer: it deletes at once.
+    ready.kubectl("delete", "experimentrun", name, "-n", TEAM, "--timeout=20s")
+
+
+def test_refused_preconditions_leave_no_run_behind(ready: Cluster) -> None:
+    deployment(ready, "web2", replicas=2)
+    scale_experiment(ready, "web2", "web2", duration=30)
+    scale_experiment(ready, "nobody", "no-such-app")
+    before = runs_in(ready)
+
+    # 3. the blast radius resolves to no target
+    _, result = create_run(ready, "nobody", check=False)
+    assert result.returncode != 0
+    assert "resolves to no pods" in result.stderr
+    # the experiment must exist
+    _, result = create_run(ready, "missing", check=False)
+    assert "Experiment team-a/missing not found" in result.stderr
+    # 1. experimenting must be enabled
+    set_switch(ready, False)
+    _, result = create_run(ready, "web2", check=False)
+    assert result.returncode != 0
+    assert "experimenting is disabled" in result.stderr
+    set_switch(ready, True)
+    # 2. no other experiment may be running
+    first, _ = create_run(ready, "web2")
+    wait_phase(ready, first, {"ATTACKS_STARTED"}, timeout=30)
+    _, result = create_run(ready, "web2", check=False)
+    assert result.returncode != 0
+    assert f"another experiment is running: {TEAM}/{first}" in result.stderr
+    assert runs_in(ready) == before | {first}
+
+
+def test_a_failing_state_check_fails_the_run_and_rolls_back(ready: Cluster) -> None:
+    deployment(ready, "web3")
+    scale_experiment(ready, "web3", "web3", to=0, duration=60, min_ready=2)
+    name, _ = create_run(ready, "web3")
+    status = wait_phase(ready, name, {"COMPLETED", "FAILED", "CANCELED"}, timeout=60)
+    assert (status["phase"], status["reason"]) == ("FAILED", "StateCheckFailed"), status
+    assert "state check ready failed" in status["message"]
+    assert status["attacks"][0]["state"] == "RolledBack"
+    assert replicas(ready, "web3") == 3
+    summary = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert (summary["status"], summary["reason"]) == ("False", "StateCheckFailed")
+
+
+def test_an_authenticated_user_outside_the_team_can_cancel(ready: Cluster) -> None:
+    deployment(ready, "web4")
+    scale_experiment(ready, "web4", "web4", to=1, duration=120)
+    name, _ = create_run(ready, "web4")
+    wait_phase(ready, name, {"ATTACKS_STARTED"}, timeout=30)
+    eventually(lambda: replicas(ready, "web4") == 1, what="scaled down")
+    # carol is in no team; RBAC lets any authenticated user cancel.
+    ready.kubectl(
+        "patch",
+        "experimentrun",
+        name,
+        "-n",
+        TEAM,
+        "--type=merge",
+        "-p",
+        '{"spec":{"cancel":true}}',
+        user="carol",
+    )
+    status = wait_phase(ready, name, {"CANCELED", "FAILED", "COMPLETED"}, timeout=15)
+    assert (status["phase"], status["reason"]) == ("CANCELED", "Canceled")
+    assert status["canceledBy"]["username"] == "carol"
+    assert status["attacks"][0]["state"] == "RolledBack"
+    assert replicas(ready, "web4") == 3
+    # A cancel cannot be withdrawn.
+    result = ready.kubectl(
+        "patch",
+        "experimentrun",
+        name,
+        "-n",
+        TEAM,
+        "--type=merge",
+        "-p",
+        '{"spec":{"cancel":false}}',
+        check=False,
+    )
+    assert "cannot be withdrawn" in result.stderr
+
+
+def test_stop_all_cancels_refuses_and_continue_allows_again(ready: Cluster) -> None:
+    deployment(ready, "web5")
+    scale_experiment(ready, "web5", "web5", to=1, duration=120)
+    name, _ = create_run(ready, "web5")
+    wait_phase(ready, name, {"ATTACKS_STARTED"}, timeout=30)
+    set_switch(ready, False, user="bob")  # bob: any authenticated user may Stop All
+    status = wait_phase(ready, name, {"CANCELED", "FAILED", "COMPLETED"}, timeout=15)
+    assert (status["phase"], status["reason"]) == ("CANCELED", "StoppedAll")
+    assert replicas(ready, "web5") == 3
+    switch = ready.get("chaosswitch", "default")
+    eventually(
+        lambda: (
+            ready.get("chaosswitch", "default")["status"].get("lastChange", {}).get("by") == "bob"
+        ),
+        what="who flipped the switch",
+    )
+    _, refused = create_run(ready, "web5", check=False)
+    assert "experimenting is disabled" in refused.stderr
+    set_switch(ready, True, user="carol")
+    again, _ = create_run(ready, "web5")
+    wait_phase(ready, again, {"ATTACKS_STARTED"}, timeout=30)
+    assert switch["metadata"]["name"] == "default"
+
+
+def test_deleting_a_run_mid_attack_rolls_back_first(ready: Cluster) -> None:
+    deployment(ready, "web6")
+    scale_experiment(ready, "web6", "web6", to=1, duration=120)
+    name, _ = create_run(ready, "web6")
+    wait_phase(ready, name, {"ATTACKS_STARTED"}, timeout=30)
+    eventually(lambda: replicas(ready, "web6") == 1, what="scaled down")
+    ready.kubectl("delete", "experimentrun", name, "-n", TEAM, "--timeout=30s")
+    assert replicas(ready, "web6") == 3
+    assert ready.kubectl("get", "experimentrun", name, "-n", TEAM, check=False).returncode != 0
+
+
+def test_operator_sigkill_during_attacks_restores_the_workload(
+    ready: Cluster, live_operator: Operator
+) -> None:
+    deployment(ready, "web7")
+    scale_experiment(ready, "web7", "web7", to=1, duration=8)
+    name, _ = create_run(ready, "web7")
+    wait_phase(ready, name, {"ATTACKS_STARTED"}, timeout=30)
+    eventually(lambda: replicas(ready, "web7") == 1, what="scaled down")
+    live_operator.kill()
+    assert replicas(ready, "web7") == 1  # nobody rolled back: the operator is dead
+    live_operator.start()
+    status = wait_phase(ready, name, {"COMPLETED", "FAILED", "CANCELED"}, timeout=60)
+    assert status["phase"] == "COMPLETED", status
+    assert status["attacks"][0]["state"] == "RolledBack"
+    assert replicas(ready, "web7") == 3
+
+
+def test_racing_creates_without_the_webhook_execute_exactly_one(ready: Cluster) -> None:
+    deployment(ready, "web8")
+    scale_experiment(ready, "web8", "web8", to=1, duration=5)
+    saved = ready.kubectl("get", "validatingwebhookconfiguration", "shakeout.dev", "-o", "json")
+    config = json.loads(saved.stdout)
+    for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+        config["metadata"].pop(key, None)
+    ready.kubectl("delete", "validatingwebhookconfiguration", "shakeout.dev")
+    try:
+        names = [create_run(ready, "web8")[0] for _ in range(3)]
+        finals = [wait_phase(ready, n, {"COMPLETED", "FAILED", "CANCELED"}) for n in names]
+    finally:
+        ready.apply(json.dumps(config))
+    completed = [n for n, s in zip(names, finals, strict=True) if s["phase"] == "COMPLETED"]
+    assert len(completed) == 1, finals
+    for name, status in zip(names, finals, strict=True):
+        if name in completed:
+            continue
+        assert (status["phase"], status["reason"]) == ("FAILED", "AnotherRunActive")
+        assert completed[0] in status["message"]
+        assert status.get("attacks", []) == []  # never attacked anything
+    assert replicas(ready, "web8") == 3
+    assert run_status(ready, completed[0])["attacks"][0]["state"] == "RolledBack"

@@ -7,6 +7,7 @@ impersonated with --as/--as-group, which needs an admin kubeconfig).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -63,6 +64,25 @@ class Cluster:
             )
         return result
 
+    def plugin(
+        self, *args: str, user: str = "admin", check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """`kubectl shakeout ...`: kubectl finds kubectl-shakeout on PATH, as users run it."""
+        if self.sandbox is None:
+            pytest.fail("plugin tests need the sandbox's per-user kubeconfigs")
+        env = {**self.env, "KUBECONFIG": str(self.sandbox.kubeconfig(user))}
+        result = subprocess.run(
+            [self.kubectl_bin, "shakeout", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=env,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl shakeout {' '.join(args)}: {result.stderr}")
+        return result
+
     def apply(self, obj: dict[str, Any] | str, **kw: Any) -> subprocess.CompletedProcess[str]:
         text = obj if isinstance(obj, str) else yaml.safe_dump(obj)
         return self.kubectl("apply", "-f", "-", stdin=text, **kw)
@@ -77,7 +97,7 @@ class Cluster:
     @property
     def env(self) -> dict[str, str]:
         """Environment for a child process (the operator) that talks to this cluster."""
-        path = f"{Path(self.kubectl_bin).parent}:{os.environ['PATH']}"
+        path = f"{Path(sys.executable).parent}:{Path(self.kubectl_bin).parent}:{os.environ['PATH']}"
         return {**os.environ, "KUBECONFIG": str(self.admin_kubeconfig), "PATH": path}
 
 
@@ -101,7 +121,9 @@ def cluster() -> Iterator[Cluster]:
     if external:
         yield Cluster(os.environ.get("KUBECTL", "kubectl"), Path(external), None)
         return
-    box = Sandbox(cache_root() / "sandbox-e2e")
+    # One sandbox per checkout, so that two clones can test side by side.
+    checkout = hashlib.sha256(str(REPO).encode()).hexdigest()[:8]
+    box = Sandbox(cache_root() / f"sandbox-e2e-{checkout}")
     try:
         state = box.up(log=lambda msg: print(f"[sandbox] {msg}"))
     except SandboxError as err:

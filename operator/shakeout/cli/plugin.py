@@ -1,27 +1,87 @@
-"""`kubectl shakeout`: the kubectl plugin (installed on PATH as kubectl-shakeout)."""
+"""`kubectl shakeout`: run, stop, stop-all, continue, list, report, status.
+
+Installed on PATH as kubectl-shakeout, so kubectl finds it as a plugin. Talks to the
+cluster of the current kubeconfig context, as kubectl does.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 import yaml
 
 from shakeout import __version__
-from shakeout.api.common import GROUP, VERSION
+from shakeout.api.common import API_VERSION, GROUP, VERSION
 from shakeout.api.switch import SWITCH_NAME
+from shakeout.cli.report import report, runs_table
+
+TERMINAL = {"COMPLETED", "CANCELED", "FAILED"}
 
 
-def _custom_objects() -> Any:
-    from kubernetes import client, config
+class Cluster:
+    """The current kubeconfig context, through the kubernetes client."""
 
-    config.load_kube_config()
-    return client.CustomObjectsApi()
+    def __init__(self, namespace: str | None) -> None:
+        from kubernetes import client, config
+
+        config.load_kube_config()
+        _, context = config.list_kube_config_contexts()
+        self.namespace = namespace or (context or {}).get("context", {}).get("namespace", "default")
+        # The client returns plain dicts typed as object; we read them as JSON.
+        self.api: Any = client.CustomObjectsApi()
+
+    def runs(self, all_namespaces: bool) -> list[dict[str, Any]]:
+        if all_namespaces:
+            out = self.api.list_cluster_custom_object(GROUP, VERSION, "experimentruns")
+        else:
+            out = self.api.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, "experimentruns"
+            )
+        return list(out["items"])
+
+    def run(self, name: str) -> dict[str, Any]:
+        return dict(
+            self.api.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, "experimentruns", name
+            )
+        )
+
+    def switch(self) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return dict(
+                self.api.get_cluster_custom_object(GROUP, VERSION, "chaosswitches", SWITCH_NAME)
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def set_switch(self, enabled: bool) -> None:
+        if self.switch() is None:
+            self.api.create_cluster_custom_object(
+                GROUP,
+                VERSION,
+                "chaosswitches",
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "ChaosSwitch",
+                    "metadata": {"name": SWITCH_NAME},
+                    "spec": {"enabled": enabled},
+                },
+            )
+        else:
+            self.api.patch_cluster_custom_object(
+                GROUP, VERSION, "chaosswitches", SWITCH_NAME, {"spec": {"enabled": enabled}}
+            )
 
 
-def _print(data: dict[str, Any], output: str | None, human: str) -> None:
+def _emit(data: Any, output: str | None, human: str) -> None:
     if output == "json":
         print(json.dumps(data, indent=2))
     elif output == "yaml":
@@ -30,26 +90,92 @@ def _print(data: dict[str, Any], output: str | None, human: str) -> None:
         print(human)
 
 
-def _status(args: argparse.Namespace) -> int:
-    from kubernetes.client.exceptions import ApiException
+def _run(args: argparse.Namespace) -> int:
+    cluster = Cluster(args.namespace)
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": "ExperimentRun",
+        "metadata": {"generateName": f"{args.experiment}-", "namespace": cluster.namespace},
+        "spec": {"experimentRef": {"name": args.experiment}},
+    }
+    created = cluster.api.create_namespaced_custom_object(
+        GROUP, VERSION, cluster.namespace, "experimentruns", body
+    )
+    name = created["metadata"]["name"]
+    if not args.wait:
+        _emit(created, args.output, f"experimentrun.shakeout.dev/{name} created")
+        return 0
+    print(f"experimentrun.shakeout.dev/{name} created; following it (Ctrl-C stops following)")
+    seen = None
+    while True:
+        run = cluster.run(name)
+        status = run.get("status") or {}
+        phase = status.get("phase")
+        if phase != seen:
+            print(
+                f"  {time.strftime('%H:%M:%S')}  {phase or 'PENDING'}  {status.get('message', '')}"
+            )
+            seen = phase
+        if phase in TERMINAL:
+            print()
+            print(report(run))
+            return 0 if phase == "COMPLETED" else 1
+        time.sleep(0.5)
 
-    api = _custom_objects()
-    try:
-        switch = api.get_cluster_custom_object(GROUP, VERSION, "chaosswitches", SWITCH_NAME)
-    except ApiException as err:
-        if err.status != 404:
-            raise
-        switch = None
+
+def _stop(args: argparse.Namespace) -> int:
+    cluster = Cluster(args.namespace)
+    cluster.api.patch_namespaced_custom_object(
+        GROUP, VERSION, cluster.namespace, "experimentruns", args.run, {"spec": {"cancel": True}}
+    )
+    print(f"experimentrun.shakeout.dev/{args.run} cancel requested")
+    return 0
+
+
+def _stop_all(args: argparse.Namespace) -> int:
+    Cluster(None).set_switch(False)
+    print("experimenting disabled (Stop All): running runs are canceled and rolled back")
+    return 0
+
+
+def _continue(args: argparse.Namespace) -> int:
+    Cluster(None).set_switch(True)
+    print("experimenting enabled (Continue)")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    runs = Cluster(args.namespace).runs(args.all_namespaces)
+    _emit({"items": runs}, args.output, runs_table(runs))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    run = Cluster(args.namespace).run(args.run)
+    _emit(run, args.output, report(run))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    switch = Cluster(None).switch()
     enabled = bool(switch and switch.get("spec", {}).get("enabled"))
-    active = (switch or {}).get("status", {}).get("activeRun")
-    data = {"switchExists": switch is not None, "enabled": enabled, "activeRun": active}
+    status = (switch or {}).get("status", {})
+    active = status.get("activeRun")
+    data = {
+        "switchExists": switch is not None,
+        "enabled": enabled,
+        "activeRun": active,
+        "lastChange": status.get("lastChange"),
+    }
     human = (
         f"experimenting: {'enabled' if enabled else 'disabled'}"
         + ("" if switch else " (no ChaosSwitch 'default': disabled until one is created)")
-        + "\nactive run: "
+        + "\nactive run:    "
         + (f"{active['namespace']}/{active['name']}" if active else "none")
     )
-    _print(data, args.output, human)
+    if change := status.get("lastChange"):
+        human += f"\nlast flipped:  to {change['enabled']} by {change['by']} at {change['time']}"
+    _emit(data, args.output, human)
     return 0
 
 
@@ -57,15 +183,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubectl shakeout", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kubectl-shakeout {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("status", help="the ChaosSwitch and the active run")
+
+    def command(name: str, func: Any, help_text: str, namespaced: bool = True) -> Any:
+        p = sub.add_parser(name, help=help_text)
+        if namespaced:
+            p.add_argument("-n", "--namespace", default=None, help="namespace (default: context)")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("run", _run, "run an experiment (the Run button)")
+    p.add_argument("experiment")
+    p.add_argument("--wait", "-w", action="store_true", help="follow the run and print its report")
     p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
-    p.set_defaults(func=_status)
+    p = command("stop", _stop, "cancel a run (any authenticated user)")
+    p.add_argument("run")
+    command("stop-all", _stop_all, "disable experimenting and cancel every run", False)
+    command("continue", _continue, "enable experimenting again", False)
+    p = command("list", _list, "the Reports list: runs with phase and result")
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
+    p = command("report", _report, "one run's report")
+    p.add_argument("run")
+    p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
+    p = command("status", _status, "the ChaosSwitch and the active run", False)
+    p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return int(args.func(args))
+    except ApiException as err:
+        try:
+            message = json.loads(err.body or "{}").get("message") or err.reason
+        except ValueError:
+            message = err.reason
+        print(f"Error from server ({err.reason}): {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

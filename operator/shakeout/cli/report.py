@@ -1,0 +1,111 @@
+"""Rendering runs for people: the Reports list and one run's report (pure text)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+Obj = dict[str, Any]
+
+
+def _parse(ts: str | None) -> datetime | None:
+    if not ts:
+        return None
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def duration(status: Obj) -> str:
+    start, end = _parse(status.get("startedAt")), _parse(status.get("finishedAt"))
+    if start is None or end is None:
+        return "-"
+    return f"{(end - start).total_seconds():.0f}s"
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def runs_table(runs: list[Obj]) -> str:
+    rows = [["NAMESPACE", "NAME", "EXPERIMENT", "PHASE", "REASON", "TARGETS", "ACTION", "DURATION"]]
+    for run in sorted(runs, key=lambda r: r["metadata"].get("creationTimestamp") or ""):
+        status = run.get("status") or {}
+        rows.append(
+            [
+                run["metadata"]["namespace"],
+                run["metadata"]["name"],
+                run["spec"]["experimentRef"]["name"],
+                status.get("phase", "PENDING"),
+                status.get("reason", ""),
+                str((status.get("targets") or {}).get("selected", "-")),
+                run["spec"].get("actionRequired", "-"),
+                duration(status),
+            ]
+        )
+    return table(rows) if len(rows) > 1 else "No runs found."
+
+
+def report(run: Obj) -> str:
+    """A readable report of one run, as `kubectl shakeout report RUN` prints it."""
+    meta, spec, status = run["metadata"], run["spec"], run.get("status") or {}
+    lines = [
+        f"Run:         {meta['namespace']}/{meta['name']}",
+        f"Experiment:  {spec['experimentRef']['name']}",
+        f"Phase:       {status.get('phase', 'PENDING')}"
+        + (f" ({status['reason']})" if status.get("reason") else ""),
+    ]
+    if status.get("message"):
+        lines.append(f"Message:     {status['message']}")
+    if started_by := status.get("startedBy"):
+        lines.append(f"Started by:  {started_by['username']}")
+    if canceled_by := status.get("canceledBy"):
+        lines.append(f"Canceled by: {canceled_by['username']}")
+    lines.append(f"Duration:    {duration(status)}")
+    if targets := status.get("targets"):
+        names = ", ".join(targets.get("names", []))
+        more = targets["selected"] - len(targets.get("names", []))
+        lines.append(
+            f"Targets:     {targets['selected']} of {targets['matched']} matching pods"
+            + (f": {names}" if names else "")
+            + (f" and {more} more" if more > 0 else "")
+        )
+    if timeline := status.get("timeline"):
+        lines += ["", "Timeline:"]
+        lines += [f"  {e['time']}  {e['phase']}" for e in timeline]
+    if attacks := status.get("attacks"):
+        lines += ["", "Attacks:"]
+        rows = [["NAME", "TYPE", "REVERSIBLE", "STATE", "TARGETS", "NOTE"]]
+        for a in attacks:
+            rows.append(
+                [
+                    a["name"],
+                    a["type"],
+                    "yes" if a["reversible"] else "NO (cannot be rolled back)",
+                    a["state"],
+                    str(a.get("targets", 0)),
+                    a.get("message", ""),
+                ]
+            )
+        lines += ["  " + line for line in table(rows).splitlines()]
+    if checks := status.get("stateChecks"):
+        lines += ["", "State checks:"]
+        rows = [["NAME", "SUCCESSES", "FAILURES", "LAST"]]
+        for c in checks:
+            rows.append(
+                [
+                    c["name"],
+                    str(c.get("successes", 0)),
+                    str(c.get("failures", 0)),
+                    c.get("lastMessage", ""),
+                ]
+            )
+        lines += ["  " + line for line in table(rows).splitlines()]
+    lines += [
+        "",
+        f"Action required: {spec.get('actionRequired', 'not set')}",
+        "Findings:        " + (spec.get("findings") or "(none yet: kubectl shakeout findings)"),
+    ]
+    return "\n".join(lines)

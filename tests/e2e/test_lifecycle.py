@@ -252,3 +252,66 @@ def test_racing_creates_without_the_webhook_execute_exactly_one(ready: Cluster) 
         assert status.get("attacks", []) == []  # never attacked anything
     assert replicas(ready, "web8") == 3
     assert run_status(ready, completed[0])["attacks"][0]["state"] == "RolledBack"
+
+
+def test_invalid_cron_is_refused_at_admission(ready: Cluster) -> None:
+    scale_experiment(ready, "cron-ok", "web1")
+    result = ready.kubectl(
+        "patch",
+        "experiment",
+        "cron-ok",
+        "-n",
+        TEAM,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"schedule": {"cron": "61 * * * *"}}}),
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "spec.schedule" in result.stderr
+    assert "invalid cron expression" in result.stderr
+
+
+def test_a_scheduled_run_while_disabled_is_recorded_failed_and_not_caught_up(
+    ready: Cluster,
+) -> None:
+    deployment(ready, "cron1", replicas=1)
+    scale_experiment(ready, "cron1", "cron1", to=0, duration=1)
+    set_switch(ready, False)
+    ready.kubectl(
+        "patch",
+        "experiment",
+        "cron1",
+        "-n",
+        TEAM,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"schedule": {"cron": "* * * * *"}}}),
+    )
+
+    def scheduled() -> list[dict[str, object]]:
+        return ready.get("experimentruns", "-n", TEAM, "-l", "shakeout.dev/experiment=cron1")[
+            "items"
+        ]
+
+    runs = eventually(scheduled, timeout=75, interval=1, what="a scheduled run")
+    name = runs[0]["metadata"]["name"]
+    status = wait_phase(ready, name, {"FAILED", "COMPLETED", "CANCELED"}, timeout=20)
+    assert (status["phase"], status["reason"]) == ("FAILED", "ExperimentingDisabled")
+    assert status.get("attacks", []) == []
+    assert replicas(ready, "cron1") == 1  # nothing attacked
+    # Continue: the missed run is not caught up.
+    set_switch(ready, True)
+    ready.kubectl(
+        "patch",
+        "experiment",
+        "cron1",
+        "-n",
+        TEAM,
+        "--type=json",
+        "-p",
+        '[{"op":"remove","path":"/spec/schedule"}]',
+    )
+    assert len(scheduled()) == 1
+    experiment = ready.get("experiment", "cron1", "-n", TEAM)
+    assert experiment["status"]["lastScheduleTime"]

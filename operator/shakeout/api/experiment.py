@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter
 from pydantic import ConfigDict, Field, model_validator
 
 from shakeout.api.common import (
@@ -289,6 +291,17 @@ class StateCheck(Model):
         return self
 
 
+def schedule_error(cron: str, time_zone: str) -> str | None:
+    """Why a schedule is unusable (the API server cannot check cron syntax), or None."""
+    if not croniter.is_valid(cron):
+        return f"invalid cron expression {cron!r}"
+    try:
+        ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {time_zone!r}"
+    return None
+
+
 class Schedule(Model):
     """When runs are created on their own, as a cron expression in a time zone."""
 
@@ -302,6 +315,13 @@ class Schedule(Model):
         max_length=64,
         description="IANA time zone the cron expression is read in, e.g. Europe/Berlin.",
     )
+
+    @model_validator(mode="after")
+    def _usable(self) -> Schedule:
+        if (error := schedule_error(self.cron, self.time_zone)) is not None:
+            raise ValueError(error)
+        return self
+
     history_limit: int = Field(
         default=10,
         ge=1,

@@ -23,6 +23,7 @@ from shakeout.engine.runs import is_terminal
 from shakeout.engine.targets import limit_count, selector_to_string
 from shakeout.handlers.k8s import api
 from shakeout.handlers.runs import CANCELED_BY, STARTED_BY
+from shakeout.handlers.schedules import TRIGGER_LABEL
 from shakeout.handlers.switch import CHANGED_AT, CHANGED_BY, now_iso
 
 
@@ -68,10 +69,25 @@ async def gather_run_request(namespace: str, experiment: str, uid: str | None) -
 @kopf.on.validate(GROUP, VERSION, "experimentruns", operation="CREATE", id="run-preconditions")
 async def validate_run(body: kopf.Body, **_: Any) -> None:
     meta = body.get("metadata", {})
+    if (meta.get("labels") or {}).get(TRIGGER_LABEL) == "schedule":
+        # A scheduled run is always recorded: if a precondition fails, the operator ends it
+        # FAILED with the reason (and never attacks), so the team sees the run it missed.
+        return
     ref = (body.get("spec", {}).get("experimentRef") or {}).get("name", "")
     request = await gather_run_request(meta.get("namespace", ""), ref, meta.get("uid"))
     if (message := refusal(request)) is not None:
         raise kopf.AdmissionError(message, code=403)
+
+
+# Ignore failures: GitOps must be able to apply Experiments while the operator is away
+# (the Valid condition reports the same problems once it is back).
+@kopf.on.validate(GROUP, VERSION, "experiments", id="experiment-valid", ignore_failures=True)
+def validate_experiment(body: kopf.Body, **_: Any) -> None:
+    """What the schema cannot check (cron syntax, time zones), refused with the field."""
+    try:
+        Experiment.model_validate(dict(body))
+    except ValidationError as err:
+        raise kopf.AdmissionError(describe_validation_error(err), code=422) from err
 
 
 @kopf.on.mutate(

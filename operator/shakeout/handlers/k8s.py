@@ -85,11 +85,54 @@ class Api:
             self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, RUNS, name
         )
 
-    async def list_runs(self) -> list[Obj]:
-        resp = await self._call(
-            self.custom.list_cluster_custom_object, GROUP, VERSION, RUNS, _preload_content=False
-        )
+    async def list_runs(self, namespace: str | None = None, selector: str = "") -> list[Obj]:
+        if namespace is None:
+            resp = await self._call(
+                self.custom.list_cluster_custom_object,
+                GROUP,
+                VERSION,
+                RUNS,
+                label_selector=selector,
+                _preload_content=False,
+            )
+        else:
+            resp = await self._call(
+                self.custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                RUNS,
+                label_selector=selector,
+                _preload_content=False,
+            )
         return list(_body(resp).get("items", []))
+
+    async def create_run(self, namespace: str, body: Obj) -> Obj:
+        resp = await self._call(
+            self.custom.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            RUNS,
+            body,
+            _preload_content=False,
+        )
+        return _body(resp)
+
+    async def delete_run(self, namespace: str, name: str) -> None:
+        try:
+            await self._call(
+                self.custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                RUNS,
+                name,
+                _preload_content=False,
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
 
     async def get_switch(self) -> Obj | None:
         return await self._get_or_none(

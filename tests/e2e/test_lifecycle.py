@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -315,3 +317,113 @@ def test_a_scheduled_run_while_disabled_is_recorded_failed_and_not_caught_up(
     assert len(scheduled()) == 1
     experiment = ready.get("experiment", "cron1", "-n", TEAM)
     assert experiment["status"]["lastScheduleTime"]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    status_code = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.server.status_code)  # type: ignore[attr-defined]
+        self.end_headers()
+        self.wfile.write(b"service healthy")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_service() -> Iterator[http.server.HTTPServer]:
+    """A real HTTP endpoint on loopback for HttpGet checks (status settable per test)."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
+    server.status_code = 200  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+def test_pod_delete_with_pod_and_http_checks(
+    ready: Cluster, http_service: http.server.HTTPServer
+) -> None:
+    deployment(ready, "web9", replicas=4)
+    before = {
+        p["metadata"]["name"] for p in ready.get("pods", "-n", TEAM, "-l", "app=web9")["items"]
+    }
+    url = f"http://127.0.0.1:{http_service.server_address[1]}/health"
+    ready.apply(
+        {
+            "apiVersion": "shakeout.dev/v1alpha1",
+            "kind": "Experiment",
+            "metadata": {"name": "web9", "namespace": TEAM},
+            "spec": {
+                "blastRadius": {
+                    "selector": {"matchLabels": {"app": "web9"}},
+                    "limit": {"percent": 25},
+                },
+                "attacks": [{"name": "kill", "type": "PodDelete", "durationSeconds": 2}],
+                "stateChecks": [
+                    {"name": "pods", "type": "PodsReady", "podsReady": {"minReadyPercent": 50}},
+                    {
+                        "name": "http",
+                        "type": "HttpGet",
+                        "intervalSeconds": 1,
+                        "httpGet": {"url": url, "bodyContains": "healthy"},
+                    },
+                ],
+            },
+        }
+    )
+    exp = eventually(
+        lambda: ready.get("experiment", "web9", "-n", TEAM).get("status", {}).get("attacks"),
+        what="experiment status",
+    )
+    assert exp == [{"name": "kill", "type": "PodDelete", "reversible": False}]
+    name, _ = create_run(ready, "web9")
+    status = wait_phase(ready, name, {"COMPLETED", "FAILED", "CANCELED"}, timeout=60)
+    assert status["phase"] == "COMPLETED", status
+    attack = status["attacks"][0]
+    assert (attack["state"], attack["reversible"], attack["targets"]) == ("Completed", False, 1)
+    assert status["targets"]["selected"] == 1  # 25 percent of 4 pods
+    after = {
+        p["metadata"]["name"] for p in ready.get("pods", "-n", TEAM, "-l", "app=web9")["items"]
+    }
+    assert len(before - after) == 1  # exactly one pod deleted (and replaced by its ReplicaSet)
+    tallies = {t["name"]: t for t in status["stateChecks"]}
+    assert tallies["http"]["successes"] >= 1
+    assert tallies["http"]["failures"] == 0
+    report = ready.plugin("report", name, "-n", TEAM).stdout
+    assert "NO (cannot be rolled back)" in report
+
+
+def test_preparation_times_out_with_its_own_reason(
+    ready: Cluster, http_service: http.server.HTTPServer
+) -> None:
+    http_service.status_code = 503  # type: ignore[attr-defined]
+    deployment(ready, "web10", replicas=1)
+    url = f"http://127.0.0.1:{http_service.server_address[1]}/"
+    ready.apply(
+        {
+            "apiVersion": "shakeout.dev/v1alpha1",
+            "kind": "Experiment",
+            "metadata": {"name": "web10", "namespace": TEAM},
+            "spec": {
+                "blastRadius": {"selector": {"matchLabels": {"app": "web10"}}},
+                "attacks": [{"name": "kill", "type": "PodDelete"}],
+                "stateChecks": [
+                    {
+                        "name": "http",
+                        "type": "HttpGet",
+                        "intervalSeconds": 1,
+                        "httpGet": {"url": url},
+                    }
+                ],
+                "preparationTimeoutSeconds": 3,
+            },
+        }
+    )
+    name, _ = create_run(ready, "web10")
+    status = wait_phase(ready, name, {"COMPLETED", "FAILED", "CANCELED"}, timeout=30)
+    assert (status["phase"], status["reason"]) == ("FAILED", "PreparationTimedOut"), status
+    assert status["stateChecks"][0]["failures"] >= 1
+    assert "status 503" in status["stateChecks"][0]["lastMessage"]
+    assert status["attacks"][0]["state"] == "Skipped"

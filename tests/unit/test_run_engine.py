@@ -153,6 +153,7 @@ def test_phases_never_go_back_and_terminal_is_final() -> None:
         enter(status, prepared, T0, 1)
     failed = refuse(status, Reason.NO_TARGETS, "none", T0, 1)
     assert failed.phase == Phase.FAILED
+    assert {a.state for a in failed.attacks} == {AttackState.SKIPPED}
     with pytest.raises(ValueError, match="terminal phase is final"):
         enter(failed, prepared, T0, 1)
 

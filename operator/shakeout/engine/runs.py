@@ -253,6 +253,13 @@ def enter(
     )
     if is_terminal(target):
         new.finished_at = now
+        # Attacks that never started are closed as skipped: a report has no open ends.
+        new.attacks = [
+            a.model_copy(update={"state": AttackState.SKIPPED})
+            if a.state == AttackState.PENDING
+            else a
+            for a in new.attacks
+        ]
     return new
 
 

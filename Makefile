@@ -66,11 +66,8 @@ sandbox-down: $(STAMP) ## stop the local control plane and delete its data
 sandbox-status: $(STAMP) ## show the sandbox's components
 	$(BIN)/shakeout sandbox status
 
-run: sandbox-up ## sandbox up, CRDs installed, operator started (Ctrl-C stops the operator)
-	eval "$$($(BIN)/shakeout sandbox env)"; \
-	kubectl apply -f crds/ && kubectl wait --for=condition=Established crd --all --timeout=60s; \
-	kubectl apply -f deploy/rbac/ -f deploy/sandbox/; \
-	exec $(BIN)/shakeout operator
+run: sandbox-up ## sandbox up, CRDs, operator, and a demo experiment run to COMPLETED with its report
+	bash tools/run-demo.sh
 
 clean: ## remove the venv and local caches (not the control-plane build cache)
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -257,3 +257,7 @@ def live_operator(operator: Operator) -> Operator:
     if not operator.running():
         operator.start()
     return operator
+
+
+# The `ready` fixture lives beside the run helpers it uses; registered here for all tests.
+from tests.e2e.runs import ready  # noqa: E402, F401

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
-from tests.e2e.conftest import Cluster, eventually
+import pytest
+
+from tests.e2e.conftest import Cluster, Operator, eventually
 
 TERMINAL = {"COMPLETED", "CANCELED", "FAILED"}
 TEAM = "team-a"  # alice is a member (edit), bob and carol are not
@@ -163,3 +166,30 @@ def events(cluster: Cluster, name: str, namespace: str = TEAM) -> list[str]:
         "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
     )["items"]
     return [e["reason"] for e in sorted(items, key=lambda e: e.get("firstTimestamp") or "")]
+
+
+def cancel_all(cluster: Cluster) -> None:
+    for run in cluster.get("experimentruns", "-A")["items"]:
+        if run.get("status", {}).get("phase") not in TERMINAL:
+            cluster.kubectl(
+                "patch",
+                "experimentrun",
+                run["metadata"]["name"],
+                "-n",
+                run["metadata"]["namespace"],
+                "--type=merge",
+                "-p",
+                '{"spec":{"cancel":true}}',
+            )
+
+
+@pytest.fixture
+def ready(crds: Cluster, live_operator: Operator) -> Iterator[Cluster]:
+    """Experimenting enabled and no run under way, before and after each test."""
+    set_switch(crds, True)
+    cancel_all(crds)
+    wait_no_active_runs(crds)
+    yield crds
+    set_switch(crds, True)
+    cancel_all(crds)
+    wait_no_active_runs(crds)

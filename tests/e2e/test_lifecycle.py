@@ -19,31 +19,8 @@ from tests.e2e.runs import (
     run_status,
     scale_experiment,
     set_switch,
-    wait_no_active_runs,
     wait_phase,
 )
-
-
-@pytest.fixture
-def ready(crds: Cluster, live_operator: Operator) -> Iterator[Cluster]:
-    """Experimenting enabled and no run under way, before and after each test."""
-    set_switch(crds, True)
-    wait_no_active_runs(crds)
-    yield crds
-    set_switch(crds, True)
-    for run in crds.get("experimentruns", "-A")["items"]:
-        if run.get("status", {}).get("phase") not in {"COMPLETED", "CANCELED", "FAILED"}:
-            crds.kubectl(
-                "patch",
-                "experimentrun",
-                run["metadata"]["name"],
-                "-n",
-                run["metadata"]["namespace"],
-                "--type=merge",
-                "-p",
-                '{"spec":{"cancel":true}}',
-            )
-    wait_no_active_runs(crds)
 
 
 def runs_in(cluster: Cluster, namespace: str = TEAM) -> set[str]:

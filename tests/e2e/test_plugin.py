@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
-
-from tests.e2e.conftest import Cluster, Operator
+from tests.e2e.conftest import REPO, Cluster
 from tests.e2e.runs import (
     TEAM,
     deployment,
     replicas,
     scale_experiment,
-    set_switch,
-    wait_no_active_runs,
     wait_phase,
 )
-
-
-@pytest.fixture
-def ready(crds: Cluster, live_operator: Operator) -> Iterator[Cluster]:
-    set_switch(crds, True)
-    wait_no_active_runs(crds)
-    yield crds
-    set_switch(crds, True)
 
 
 def test_run_wait_prints_progress_and_the_report(ready: Cluster) -> None:
@@ -44,6 +31,19 @@ def test_run_wait_prints_progress_and_the_report(ready: Cluster) -> None:
     human = ready.plugin("report", name, "-n", TEAM).stdout
     assert "Timeline:" in human
     assert "Action required: not set" in human
+    ready.plugin(
+        "findings",
+        name,
+        "p99 latency doubled",
+        "--action-required",
+        "yes",
+        "-n",
+        TEAM,
+        user="alice",
+    )
+    human = ready.plugin("report", name, "-n", TEAM).stdout
+    assert "Action required: Yes" in human
+    assert "Findings:        p99 latency doubled" in human
 
 
 def test_stop_stop_all_continue_and_status(ready: Cluster) -> None:
@@ -69,3 +69,13 @@ def test_stop_stop_all_continue_and_status(ready: Cluster) -> None:
     assert "experimenting: enabled" in ready.plugin("status").stdout
     again = ready.plugin("run", "plug2", "-n", TEAM, user="alice").stdout
     assert "created" in again
+
+
+def test_the_make_run_demo_manifests_run_to_completed(ready: Cluster) -> None:
+    """deploy/demo is what `make run` applies; the demo must keep working."""
+    ready.kubectl("apply", "-f", str(REPO / "deploy" / "demo"))
+    ready.kubectl("rollout", "status", "deployment/shop", "-n", TEAM, "--timeout=60s")
+    out = ready.plugin("run", "shop-resilience", "-n", TEAM, "--wait", user="alice").stdout
+    assert "Phase:       COMPLETED" in out
+    assert "NO (cannot be rolled back)" in out
+    assert replicas(ready, "shop") == 4

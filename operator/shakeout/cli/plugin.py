@@ -132,6 +132,18 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _findings(args: argparse.Namespace) -> int:
+    cluster = Cluster(args.namespace)
+    spec: dict[str, Any] = {"findings": args.text}
+    if args.action_required:
+        spec["actionRequired"] = args.action_required.capitalize()
+    cluster.api.patch_namespaced_custom_object(
+        GROUP, VERSION, cluster.namespace, "experimentruns", args.run, {"spec": spec}
+    )
+    print(f"experimentrun.shakeout.dev/{args.run} findings recorded")
+    return 0
+
+
 def _stop_all(args: argparse.Namespace) -> int:
     Cluster(None).set_switch(False)
     print("experimenting disabled (Stop All): running runs are canceled and rolled back")
@@ -197,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
     p = command("stop", _stop, "cancel a run (any authenticated user)")
     p.add_argument("run")
+    p = command("findings", _findings, "record what the run taught the team")
+    p.add_argument("run")
+    p.add_argument("text")
+    p.add_argument(
+        "--action-required",
+        choices=["yes", "no"],
+        default=None,
+        help="whether additional action is required",
+    )
     command("stop-all", _stop_all, "disable experimenting and cancel every run", False)
     command("continue", _continue, "enable experimenting again", False)
     p = command("list", _list, "the Reports list: runs with phase and result")

@@ -106,6 +106,7 @@ def report(run: Obj) -> str:
     lines += [
         "",
         f"Action required: {spec.get('actionRequired', 'not set')}",
-        "Findings:        " + (spec.get("findings") or "(none yet: kubectl shakeout findings)"),
+        "Findings:        "
+        + (spec.get("findings") or f"(none yet: kubectl shakeout findings {meta['name']} TEXT)"),
     ]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REPORTS := .cache/test-reports
 
-.PHONY: help venv controlplane crds verify lint format typecheck lint-imports check-crds \
+.PHONY: help venv controlplane crds verify lint format typecheck lint-imports check-crds bench \
         test test-unit test-e2e sandbox-up sandbox-down sandbox-status run clean
 
 help: ## show this help
@@ -68,6 +68,10 @@ sandbox-status: $(STAMP) ## show the sandbox's components
 
 run: sandbox-up ## sandbox up, CRDs, operator, and a demo experiment run to COMPLETED with its report
 	bash tools/run-demo.sh
+
+bench: $(STAMP) controlplane ## benchmarks: sandbox start, time to first fault, Stop All (minutes)
+	$(BIN)/python bench/sandbox_start.py 5
+	$(BIN)/python bench/lifecycle.py 30 100
 
 clean: ## remove the venv and local caches (not the control-plane build cache)
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -74,6 +74,7 @@ def _operator(args: argparse.Namespace) -> int:
         webhook_port=args.webhook_port,
         webhook_host=args.webhook_host,
         cert_dir=args.webhook_cert_dir,
+        batch_window=args.batch_window,
     )
 
 
@@ -123,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--webhook-cert-dir", default=None, help="where to write the webhook's TLS files"
+    )
+    p.add_argument(
+        "--batch-window",
+        type=float,
+        default=None,
+        help="seconds kopf waits to batch an object's events (default 0.02)",
     )
     p.add_argument(
         "--no-webhook",

@@ -22,6 +22,7 @@ def run_operator(
     webhook_port: int = 9443,
     webhook_host: str | None = None,
     cert_dir: str | None = None,
+    batch_window: float | None = None,
 ) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
@@ -30,6 +31,8 @@ def run_operator(
     settings.OPTIONS.webhook_port = webhook_port
     settings.OPTIONS.webhook_host = webhook_host or webhook_addr
     settings.OPTIONS.cert_dir = Path(cert_dir) if cert_dir else None
+    if batch_window is not None:
+        settings.OPTIONS.batch_window = batch_window
     if not webhook:
         # No server to serve them: drop the admission handlers, the operator re-checks.
         registry = kopf.get_default_registry()

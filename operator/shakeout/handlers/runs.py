@@ -111,6 +111,10 @@ class RunExecutor:
         self.status = ExperimentRunStatus.model_validate(dict(body.get("status") or {}))
         self.attack_failure: str | None = None
         self.rollback_failure: str | None = None
+        # A transition that needs no action is kept in memory and written together with
+        # the next write (the journal is always written before the cluster is touched).
+        self.dirty = False
+        self.background: set[asyncio.Task[None]] = set()
         self.next_check: dict[str, datetime] = {}
 
     # -- plumbing --------------------------------------------------------------
@@ -123,6 +127,13 @@ class RunExecutor:
     async def persist(self, status: ExperimentRunStatus) -> None:
         await api().patch_run_status(self.namespace, self.name, status.to_k8s())
         self.status = status
+        self.dirty = False
+
+    def in_background(self, coro: Any) -> None:
+        """Bookkeeping off the critical path (the Experiment's lastRun)."""
+        task = asyncio.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def event(self, transition: Transition) -> None:
         kopf.event(
@@ -168,7 +179,10 @@ class RunExecutor:
     async def pick_up(self) -> bool:
         """Check the preconditions again and take the lock; False if the run was refused."""
         ref = self.body["spec"]["experimentRef"]["name"]
-        obj = await api().get_experiment(self.namespace, ref)
+        # Independent reads at once: the pick-up is on the path to the first fault.
+        obj, switch = await asyncio.gather(
+            api().get_experiment(self.namespace, ref), api().get_switch()
+        )
         if obj is None:
             await self.refuse(
                 Reason.EXPERIMENT_NOT_FOUND, f"Experiment {self.namespace}/{ref} not found"
@@ -179,7 +193,7 @@ class RunExecutor:
         except ValidationError as err:
             await self.refuse(Reason.EXPERIMENT_INVALID, describe_validation_error(err))
             return False
-        if not await lock.switch_enabled():
+        if not (switch and switch.get("spec", {}).get("enabled")):
             await self.refuse(
                 Reason.EXPERIMENTING_DISABLED,
                 "experimenting is disabled (ChaosSwitch default missing or enabled: false)",
@@ -197,7 +211,7 @@ class RunExecutor:
                 f"({selection.matched} matched the selector)",
             )
             return False
-        got = await lock.acquire(self.namespace, self.name, self.uid)
+        got = await lock.acquire(self.namespace, self.name, self.uid, prefetched=switch)
         if not got.acquired:
             if got.disabled:
                 await self.refuse(Reason.EXPERIMENTING_DISABLED, "experimenting is disabled")
@@ -214,7 +228,7 @@ class RunExecutor:
         status.started_by = _user(self.body["metadata"].get("annotations", {}).get(STARTED_BY))
         await self.persist(status)
         self.event(Transition(Phase.CREATED, Reason.CREATED, "run picked up; lock acquired"))
-        await self.update_experiment_last_run()
+        self.in_background(self.update_experiment_last_run())
         return True
 
     # -- attacks ---------------------------------------------------------------
@@ -227,13 +241,17 @@ class RunExecutor:
         """Journal every attack as Applying (with its rollback data), then apply them."""
         spec = self.status.experiment
         assert spec is not None
+        # The rollback data of every attack and the current targets, read at once.
+        pods_task = asyncio.create_task(
+            api().list_pods(self.namespace, selector_to_string(spec.blast_radius.selector))
+        )
+        prepared = await asyncio.gather(*(self.agent.prepare(a) for a in spec.attacks))
+        pods = await pods_task
         status = self.status
-        for attack in spec.attacks:
-            prepared = await self.agent.prepare(attack)
+        for attack, rollback_data in zip(spec.attacks, prepared, strict=True):
             status = engine.update_attack(
-                status, attack.name, state=AttackState.APPLYING, **prepared
+                status, attack.name, state=AttackState.APPLYING, **rollback_data
             )
-        pods = await api().list_pods(self.namespace, selector_to_string(spec.blast_radius.selector))
         selection = select(
             [p.name for p in pods if not p.deleting], spec.blast_radius.limit, self.uid
         )
@@ -400,6 +418,8 @@ class RunExecutor:
         )
         transition = engine.decide(observation)
         if transition is None:
+            if self.dirty:
+                await self.persist(self.status)
             self.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), timeout=self.idle_for(utcnow()))
@@ -414,13 +434,22 @@ class RunExecutor:
             status.canceled_by = _user(
                 self.body["metadata"].get("annotations", {}).get(CANCELED_BY)
             )
-        await self.persist(status)
-        self.event(transition)
         if transition.apply_attacks:
+            # apply_attacks writes this phase together with its journal, before acting.
+            self.status = status
+            self.event(transition)
             await self.apply_attacks()
+        elif is_terminal(status.phase) or transition.rollback:
+            await self.persist(status)
+            self.event(transition)
+        else:
+            self.status, self.dirty = status, True
+            self.event(transition)
         if is_terminal(status.phase):
             await lock.release(self.uid)
             await self.update_experiment_last_run()
+            if self.background:
+                await asyncio.gather(*self.background, return_exceptions=True)
 
 
 __all__ = ["ExperimentSpec", "lifecycle", "run_event"]

@@ -26,6 +26,9 @@ class Options:
     # The host name the API server uses to reach the webhook (URL mode).
     webhook_host: str = "127.0.0.1"
     cert_dir: Path | None = None
+    # kopf waits this long for more events of an object before handling them; its default
+    # (0.1 s) is most of the time to first fault. See docs/benchmarks.md.
+    batch_window: float = 0.02
 
 
 OPTIONS = Options()
@@ -46,6 +49,7 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     settings.execution.max_workers = 20
+    settings.batching.batch_window = OPTIONS.batch_window
     if OPTIONS.webhook:
         cert_dir = OPTIONS.cert_dir or Path(tempfile.mkdtemp(prefix="shakeout-webhook-"))
         hosts = tuple(dict.fromkeys([OPTIONS.webhook_host, OPTIONS.webhook_addr, "localhost"]))

@@ -90,15 +90,18 @@ async def _holder_alive(ref: dict[str, Any]) -> bool:
     return not is_terminal(run.get("status", {}).get("phase"))
 
 
-async def acquire(namespace: str, name: str, uid: str) -> LockResult:
+async def acquire(
+    namespace: str, name: str, uid: str, prefetched: dict[str, Any] | None = None
+) -> LockResult:
     """Take the cluster-wide run lock: a compare-and-swap on the switch's status.
 
     Two runs racing both read the same resourceVersion; the API server accepts only the
     first write carrying it, and the second gets 409 and reads again, finding the lock
     held. A holder that is gone or finished is taken over.
     """
-    for _ in range(20):
-        switch = await api().get_switch()
+    for attempt in range(20):
+        # The first read may come from the caller, who fetched it alongside other reads.
+        switch = prefetched if attempt == 0 and prefetched else await api().get_switch()
         if switch is None or not switch.get("spec", {}).get("enabled"):
             return LockResult(False, disabled=True)
         holder = switch.get("status", {}).get("activeRun")

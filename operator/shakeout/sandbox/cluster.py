@@ -42,24 +42,33 @@ def default_dir() -> Path:
     return bins.cache_root() / "sandbox"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+def _free_ports(names: list[str]) -> dict[str, int]:
+    """Distinct free loopback ports: all sockets stay open until every port is picked,
+    or the kernel could hand the same just-closed port out twice."""
+    sockets = []
+    try:
+        for _ in names:
+            sock = socket.socket()
+            sock.bind((LOOPBACK, 0))
+            sockets.append(sock)
+        return {name: int(sock.getsockname()[1]) for name, sock in zip(names, sockets, strict=True)}
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _alive(pid: int, name: str) -> bool:
     """The pid runs and is still our binary (pids are reused after a reboot)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+    if stat.rsplit(")", 1)[-1].split()[0] in {"Z", "X"}:
         return False
+    if not cmdline:
+        # Seen right after spawn, while the kernel is still setting up the new image.
+        return True
     return name.encode() in cmdline.split(b"\0", 1)[0]
 
 
@@ -159,13 +168,7 @@ class Sandbox:
         self.logs.mkdir(exist_ok=True)
         create_pki(self.pki.dir)
         st = State(
-            ports={
-                "etcd": _free_port(),
-                "etcd-peer": _free_port(),
-                "apiserver": _free_port(),
-                "kcm": _free_port(),
-                "scheduler": _free_port(),
-            },
+            ports=_free_ports(["etcd", "etcd-peer", "apiserver", "kcm", "scheduler"]),
             kubectl=str(binaries.kubectl),
             has_nodes=binaries.has_nodes,
         )
@@ -452,9 +455,10 @@ def _stop(pid: int, name: str, grace: float = 10.0) -> None:
     if _alive(pid, name):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-    # Reap it if it is our own child (tests start the sandbox in-process).
+    # Reap it if it is our own child (tests start the sandbox in-process), so that no
+    # zombie is left behind by a process that ran `up` and `down` several times.
     with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+        os.waitpid(pid, 0)
 
 
 def _bootstrap_objects(nodes: list[str]) -> list[dict[str, Any]]:

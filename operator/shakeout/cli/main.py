@@ -75,6 +75,7 @@ def _operator(args: argparse.Namespace) -> int:
         webhook_host=args.webhook_host,
         cert_dir=args.webhook_cert_dir,
         batch_window=args.batch_window,
+        webhook_service=args.webhook_service,
     )
 
 
@@ -124,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--webhook-cert-dir", default=None, help="where to write the webhook's TLS files"
+    )
+    p.add_argument(
+        "--webhook-service",
+        default=None,
+        metavar="NAMESPACE/NAME[:PORT]",
+        help="in a cluster: the API server reaches the webhook through this Service",
     )
     p.add_argument(
         "--batch-window",

@@ -23,6 +23,7 @@ def run_operator(
     webhook_host: str | None = None,
     cert_dir: str | None = None,
     batch_window: float | None = None,
+    webhook_service: str | None = None,
 ) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
@@ -31,6 +32,7 @@ def run_operator(
     settings.OPTIONS.webhook_port = webhook_port
     settings.OPTIONS.webhook_host = webhook_host or webhook_addr
     settings.OPTIONS.cert_dir = Path(cert_dir) if cert_dir else None
+    settings.OPTIONS.webhook_service = webhook_service
     if batch_window is not None:
         settings.OPTIONS.batch_window = batch_window
     if not webhook:

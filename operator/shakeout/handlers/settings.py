@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from shakeout.certs import make_serving_cert
+from shakeout.handlers.webhook_server import ServiceRef, ServiceWebhookServer
 
 FINALIZER = "shakeout.dev/finalizer"
 WEBHOOK_CONFIGURATION = "shakeout.dev"
@@ -26,6 +27,8 @@ class Options:
     # The host name the API server uses to reach the webhook (URL mode).
     webhook_host: str = "127.0.0.1"
     cert_dir: Path | None = None
+    # In a cluster: announce the webhook as this Service (NAMESPACE/NAME[:PORT]).
+    webhook_service: str | None = None
     # kopf waits this long for more events of an object before handling them; its default
     # (0.1 s) is most of the time to first fault. See docs/benchmarks.md.
     batch_window: float = 0.02
@@ -52,15 +55,22 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.batching.batch_window = OPTIONS.batch_window
     if OPTIONS.webhook:
         cert_dir = OPTIONS.cert_dir or Path(tempfile.mkdtemp(prefix="shakeout-webhook-"))
-        hosts = tuple(dict.fromkeys([OPTIONS.webhook_host, OPTIONS.webhook_addr, "localhost"]))
+        service = ServiceRef.parse(OPTIONS.webhook_service) if OPTIONS.webhook_service else None
+        names = [OPTIONS.webhook_host, OPTIONS.webhook_addr, "localhost"]
+        hosts = tuple(dict.fromkeys([*(service.hosts if service else ()), *names]))
         cert = make_serving_cert(cert_dir, hosts)
-        settings.admission.server = kopf.WebhookServer(
-            addr=OPTIONS.webhook_addr,
-            port=OPTIONS.webhook_port,
-            host=OPTIONS.webhook_host,
-            certfile=str(cert.certfile),
-            pkeyfile=str(cert.keyfile),
-            cafile=str(cert.cafile),
+        server_options: dict[str, Any] = {
+            "addr": OPTIONS.webhook_addr,
+            "port": OPTIONS.webhook_port,
+            "host": OPTIONS.webhook_host,
+            "certfile": str(cert.certfile),
+            "pkeyfile": str(cert.keyfile),
+            "cafile": str(cert.cafile),
+        }
+        settings.admission.server = (
+            ServiceWebhookServer(service=service, **server_options)
+            if service
+            else kopf.WebhookServer(**server_options)
         )
         # kopf creates and keeps current the Validating/MutatingWebhookConfigurations
         # (named shakeout.dev) with the CA bundle of the certificate made above.

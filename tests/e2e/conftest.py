@@ -91,6 +91,19 @@ class Cluster:
         text = obj if isinstance(obj, str) else yaml.safe_dump(obj)
         return self.kubectl("create", "-f", "-", stdin=text, **kw)
 
+    def merge_patch(
+        self,
+        kind: str,
+        name: str,
+        body: dict[str, Any] | str,
+        namespace: str | None = None,
+        **kw: Any,
+    ) -> subprocess.CompletedProcess[str]:
+        """`kubectl patch KIND NAME --type=merge -p BODY`, as a user types it."""
+        text = body if isinstance(body, str) else json.dumps(body)
+        where = ["-n", namespace] if namespace else []
+        return self.kubectl("patch", kind, name, *where, "--type=merge", "-p", text, **kw)
+
     def get(self, *args: str) -> dict[str, Any]:
         return dict(json.loads(self.kubectl("get", *args, "-o", "json").stdout))
 

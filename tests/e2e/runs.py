@@ -171,15 +171,11 @@ def events(cluster: Cluster, name: str, namespace: str = TEAM) -> list[str]:
 def cancel_all(cluster: Cluster) -> None:
     for run in cluster.get("experimentruns", "-A")["items"]:
         if run.get("status", {}).get("phase") not in TERMINAL:
-            cluster.kubectl(
-                "patch",
+            cluster.merge_patch(
                 "experimentrun",
                 run["metadata"]["name"],
-                "-n",
-                run["metadata"]["namespace"],
-                "--type=merge",
-                "-p",
                 '{"spec":{"cancel":true}}',
+                namespace=run["metadata"]["namespace"],
             )
 
 

@@ -123,15 +123,11 @@ def test_the_experiment_reference_of_a_run_is_immutable(crds: Cluster, namespace
     assert "spec.experimentRef" in result.stderr
     assert "experimentRef is immutable" in result.stderr
     # findings stay editable
-    crds.kubectl(
-        "patch",
+    crds.merge_patch(
         "experimentrun",
         "r1",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
         json.dumps({"spec": {"findings": "all good", "actionRequired": "No"}}),
+        namespace=namespace,
     )
     out = crds.kubectl("get", "experimentrun", "r1", "-n", namespace).stdout
     assert "ACTION REQUIRED" in out

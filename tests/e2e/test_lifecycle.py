@@ -60,15 +60,11 @@ def test_a_run_passes_through_every_phase_to_completed(ready: Cluster) -> None:
     experiment = ready.get("experiment", "web1", "-n", TEAM)
     assert experiment["status"]["lastRun"]["name"] == name
     # The Reports list and the findings afterwards.
-    ready.kubectl(
-        "patch",
+    ready.merge_patch(
         "experimentrun",
         name,
-        "-n",
-        TEAM,
-        "--type=merge",
-        "-p",
         json.dumps({"spec": {"findings": "p99 doubled", "actionRequired": "Yes"}}),
+        namespace=TEAM,
         user="alice",
     )
     row = ready.kubectl("get", "experimentruns", name, "-n", TEAM, "--no-headers").stdout.split()
@@ -125,15 +121,11 @@ def test_an_authenticated_user_outside_the_team_can_cancel(ready: Cluster) -> No
     wait_phase(ready, name, {"ATTACKS_STARTED"}, timeout=30)
     eventually(lambda: replicas(ready, "web4") == 1, what="scaled down")
     # carol is in no team; RBAC lets any authenticated user cancel.
-    ready.kubectl(
-        "patch",
+    ready.merge_patch(
         "experimentrun",
         name,
-        "-n",
-        TEAM,
-        "--type=merge",
-        "-p",
         '{"spec":{"cancel":true}}',
+        namespace=TEAM,
         user="carol",
     )
     status = wait_phase(ready, name, {"CANCELED", "FAILED", "COMPLETED"}, timeout=15)
@@ -142,15 +134,11 @@ def test_an_authenticated_user_outside_the_team_can_cancel(ready: Cluster) -> No
     assert status["attacks"][0]["state"] == "RolledBack"
     assert replicas(ready, "web4") == 3
     # A cancel cannot be withdrawn.
-    result = ready.kubectl(
-        "patch",
+    result = ready.merge_patch(
         "experimentrun",
         name,
-        "-n",
-        TEAM,
-        "--type=merge",
-        "-p",
         '{"spec":{"cancel":false}}',
+        namespace=TEAM,
         check=False,
     )
     assert "cannot be withdrawn" in result.stderr
@@ -235,15 +223,11 @@ def test_racing_creates_without_the_webhook_execute_exactly_one(ready: Cluster) 
 
 def test_invalid_cron_is_refused_at_admission(ready: Cluster) -> None:
     scale_experiment(ready, "cron-ok", "web1")
-    result = ready.kubectl(
-        "patch",
+    result = ready.merge_patch(
         "experiment",
         "cron-ok",
-        "-n",
-        TEAM,
-        "--type=merge",
-        "-p",
         json.dumps({"spec": {"schedule": {"cron": "61 * * * *"}}}),
+        namespace=TEAM,
         check=False,
     )
     assert result.returncode != 0
@@ -257,15 +241,11 @@ def test_a_scheduled_run_while_disabled_is_recorded_failed_and_not_caught_up(
     deployment(ready, "cron1", replicas=1)
     scale_experiment(ready, "cron1", "cron1", to=0, duration=1)
     set_switch(ready, False)
-    ready.kubectl(
-        "patch",
+    ready.merge_patch(
         "experiment",
         "cron1",
-        "-n",
-        TEAM,
-        "--type=merge",
-        "-p",
         json.dumps({"spec": {"schedule": {"cron": "* * * * *"}}}),
+        namespace=TEAM,
     )
 
     def scheduled() -> list[dict[str, object]]:

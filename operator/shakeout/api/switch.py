@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import ClassVar
 
 from pydantic import ConfigDict, Field
@@ -12,14 +13,52 @@ from shakeout.api.common import Condition, Model, Resource, cel
 SWITCH_NAME = "default"
 
 
+PROTECTED_LABEL = "shakeout.dev/protected"
+OPT_IN_LABEL = "shakeout.dev/chaos"
+
+
+class NamespaceMode(StrEnum):
+    OPT_OUT = "OptOut"
+    OPT_IN = "OptIn"
+
+
+class TargetCaps(Model):
+    """Cluster-wide caps on the number of targets of any run."""
+
+    max_targets: int | None = Field(
+        default=None, ge=1, le=1000000, description="A run may target at most this many pods."
+    )
+    max_percent: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description=(
+            "A run may target at most this percent (1-100) of the pods its selector "
+            "matched, rounded down but never below one pod."
+        ),
+    )
+
+
 class ChaosSwitchSpec(Model):
-    """Whether experimenting is enabled."""
+    """Whether experimenting is enabled, and the cluster-wide safety rails."""
 
     enabled: bool = Field(
         description=(
             "true: runs may execute (Continue). false: every running run is canceled with "
             "rollback and no manual or scheduled run executes (Stop All)."
         )
+    )
+    namespace_mode: NamespaceMode = Field(
+        default=NamespaceMode.OPT_OUT,
+        description=(
+            "OptOut: every namespace may be targeted except protected ones (kube-system, "
+            "kube-public, kube-node-lease, the operator's own, and those labelled "
+            f"{PROTECTED_LABEL}=true). OptIn: additionally, only namespaces labelled "
+            f"{OPT_IN_LABEL}=enabled may be targeted."
+        ),
+    )
+    caps: TargetCaps | None = Field(
+        default=None, description="Cluster-wide caps on the number of targets per run."
     )
 
 

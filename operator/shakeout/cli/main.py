@@ -76,6 +76,7 @@ def _operator(args: argparse.Namespace) -> int:
         cert_dir=args.webhook_cert_dir,
         batch_window=args.batch_window,
         webhook_service=args.webhook_service,
+        protect_namespaces=args.protect_namespace,
     )
 
 
@@ -131,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="NAMESPACE/NAME[:PORT]",
         help="in a cluster: the API server reaches the webhook through this Service",
+    )
+    p.add_argument(
+        "--protect-namespace",
+        action="append",
+        default=[],
+        help="never attack this namespace (repeatable; the operator's own is always protected)",
     )
     p.add_argument(
         "--batch-window",

@@ -25,6 +25,9 @@ class RunRequest:
     experiment_error: str | None
     matched_pods: int
     targets: int
+    # From engine.policies: the namespace rails and the cluster-wide caps.
+    namespace_refusal: str | None = None
+    cap_refusal: str | None = None
 
 
 def refusal(req: RunRequest) -> str | None:
@@ -49,9 +52,13 @@ def refusal(req: RunRequest) -> str | None:
         return f"Experiment {req.namespace}/{req.experiment} not found"
     if req.experiment_error:
         return f"Experiment {req.namespace}/{req.experiment} is invalid: {req.experiment_error}"
+    if req.namespace_refusal:
+        return req.namespace_refusal
     if req.targets < 1:
         return (
             f"the blast radius of Experiment {req.namespace}/{req.experiment} resolves to no "
             f"pods ({req.matched_pods} matched the selector)"
         )
+    if req.cap_refusal:
+        return req.cap_refusal
     return None

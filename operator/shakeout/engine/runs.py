@@ -58,6 +58,8 @@ class Reason(StrEnum):
     EXPERIMENTING_DISABLED = "ExperimentingDisabled"
     ANOTHER_RUN_ACTIVE = "AnotherRunActive"
     NO_TARGETS = "NoTargets"
+    NAMESPACE_PROTECTED = "NamespaceProtected"
+    OVER_TARGET_CAP = "OverTargetCap"
     OPERATOR_SHUTDOWN = "OperatorShutdown"
 
 

@@ -8,6 +8,7 @@ that cancel and Stop All work even while the operator is down.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -22,6 +23,7 @@ from shakeout.engine.preconditions import RunRequest, refusal
 from shakeout.engine.runs import is_terminal
 from shakeout.engine.targets import limit_count, selector_to_string
 from shakeout.handlers.k8s import api
+from shakeout.handlers.rails import rails_refusal
 from shakeout.handlers.runs import CANCELED_BY, STARTED_BY
 from shakeout.handlers.schedules import TRIGGER_LABEL
 from shakeout.handlers.switch import CHANGED_AT, CHANGED_BY, now_iso
@@ -36,13 +38,14 @@ def _who(userinfo: Any) -> str:
 
 
 async def gather_run_request(namespace: str, experiment: str, uid: str | None) -> RunRequest:
-    switch = await api().get_switch()
+    switch, runs, obj = await asyncio.gather(
+        api().get_switch(), api().list_runs(), api().get_experiment(namespace, experiment)
+    )
     active = tuple(
         f"{r['metadata']['namespace']}/{r['metadata']['name']}"
-        for r in await api().list_runs()
+        for r in runs
         if r["metadata"].get("uid") != uid and not is_terminal(r.get("status", {}).get("phase"))
     )
-    obj = await api().get_experiment(namespace, experiment)
     error, matched, targets = None, 0, 0
     if obj is not None:
         try:
@@ -53,6 +56,7 @@ async def gather_run_request(namespace: str, experiment: str, uid: str | None) -
             pods = await api().list_pods(namespace, selector_to_string(spec.blast_radius.selector))
             matched = sum(not p.deleting for p in pods)
             targets = limit_count(matched, spec.blast_radius.limit)
+    namespace_problem, cap_problem = await rails_refusal(namespace, switch, matched, targets)
     return RunRequest(
         namespace=namespace,
         experiment=experiment,
@@ -63,6 +67,8 @@ async def gather_run_request(namespace: str, experiment: str, uid: str | None) -
         experiment_error=error,
         matched_pods=matched,
         targets=targets,
+        namespace_refusal=namespace_problem,
+        cap_refusal=cap_problem,
     )
 
 

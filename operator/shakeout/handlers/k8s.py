@@ -198,6 +198,10 @@ class Api:
             pods.append(Pod(item["metadata"]["name"], ready and not deleting, deleting))
         return pods
 
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        obj = await self._get_or_none(self.core.read_namespace, name)
+        return dict(((obj or {}).get("metadata") or {}).get("labels") or {})
+
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> bool:
         """Delete a pod; False when it was already gone (the delete is idempotent)."""
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import kopf
@@ -24,6 +25,7 @@ def run_operator(
     cert_dir: str | None = None,
     batch_window: float | None = None,
     webhook_service: str | None = None,
+    protect_namespaces: list[str] | None = None,
 ) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
@@ -33,6 +35,10 @@ def run_operator(
     settings.OPTIONS.webhook_host = webhook_host or webhook_addr
     settings.OPTIONS.cert_dir = Path(cert_dir) if cert_dir else None
     settings.OPTIONS.webhook_service = webhook_service
+    own = os.environ.get("POD_NAMESPACE")  # set from the downward API in deploy/
+    settings.OPTIONS.protected_namespaces = frozenset(
+        [*(protect_namespaces or []), *([own] if own else [])]
+    )
     if batch_window is not None:
         settings.OPTIONS.batch_window = batch_window
     if not webhook:

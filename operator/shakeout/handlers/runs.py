@@ -33,6 +33,7 @@ from shakeout.handlers import switch as lock
 from shakeout.handlers.attacks import ClusterAgent
 from shakeout.handlers.checks import run_check
 from shakeout.handlers.k8s import api
+from shakeout.handlers.rails import rails_refusal
 
 # Set by the mutating webhook from the admission request's user info.
 STARTED_BY = "shakeout.dev/started-by"
@@ -204,6 +205,15 @@ class RunExecutor:
         selection = select(
             [p.name for p in pods if not p.deleting], spec.blast_radius.limit, self.uid
         )
+        namespace_problem, cap_problem = await rails_refusal(
+            self.namespace, switch, selection.matched, len(selection.targets)
+        )
+        if namespace_problem:
+            await self.refuse(Reason.NAMESPACE_PROTECTED, namespace_problem)
+            return False
+        if cap_problem:
+            await self.refuse(Reason.OVER_TARGET_CAP, cap_problem)
+            return False
         if not selection.targets:
             await self.refuse(
                 Reason.NO_TARGETS,

@@ -27,6 +27,8 @@ class Options:
     # The host name the API server uses to reach the webhook (URL mode).
     webhook_host: str = "127.0.0.1"
     cert_dir: Path | None = None
+    # Namespaces never attacked besides the system ones: the operator's own.
+    protected_namespaces: frozenset[str] = frozenset()
     # In a cluster: announce the webhook as this Service (NAMESPACE/NAME[:PORT]).
     webhook_service: str | None = None
     # kopf waits this long for more events of an object before handling them; its default

@@ -1,0 +1,32 @@
+"""Gathering what the blast-radius rails need: the namespace's labels and the switch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from shakeout.api.switch import ChaosSwitchSpec
+from shakeout.engine.policies import NamespaceFacts, cap_refusal, namespace_refusal
+from shakeout.handlers.k8s import api
+from shakeout.handlers.settings import OPTIONS
+
+
+def switch_spec(switch: dict[str, Any] | None) -> ChaosSwitchSpec:
+    """The switch's spec; a missing or unreadable one is a disabled switch with no caps."""
+    try:
+        return ChaosSwitchSpec.model_validate((switch or {}).get("spec") or {"enabled": False})
+    except ValidationError:
+        return ChaosSwitchSpec(enabled=False)
+
+
+async def rails_refusal(
+    namespace: str, switch: dict[str, Any] | None, matched: int, targets: int
+) -> tuple[str | None, str | None]:
+    """(why the namespace may not be attacked, why the run is over the caps)."""
+    spec = switch_spec(switch)
+    facts = NamespaceFacts(namespace, await api().namespace_labels(namespace))
+    return (
+        namespace_refusal(facts, spec, OPTIONS.protected_namespaces),
+        cap_refusal(matched, targets, spec),
+    )

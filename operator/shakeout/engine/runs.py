@@ -60,6 +60,7 @@ class Reason(StrEnum):
     NO_TARGETS = "NoTargets"
     NAMESPACE_PROTECTED = "NamespaceProtected"
     OVER_TARGET_CAP = "OverTargetCap"
+    UNAUTHORIZED = "Unauthorized"
     OPERATOR_SHUTDOWN = "OperatorShutdown"
 
 

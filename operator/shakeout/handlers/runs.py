@@ -31,6 +31,7 @@ from shakeout.engine.runs import Reason, Transition, is_terminal
 from shakeout.engine.targets import select, selector_to_string
 from shakeout.handlers import switch as lock
 from shakeout.handlers.attacks import ClusterAgent
+from shakeout.handlers.authz import may_run_in
 from shakeout.handlers.checks import run_check
 from shakeout.handlers.k8s import api
 from shakeout.handlers.rails import rails_refusal
@@ -219,6 +220,15 @@ class RunExecutor:
                 Reason.NO_TARGETS,
                 f"the blast radius resolves to no pods in {self.namespace} "
                 f"({selection.matched} matched the selector)",
+            )
+            return False
+        # Defence in depth: the creator recorded at admission must still be a member of
+        # the team (RBAC alone authorized the create when no identity was recorded).
+        creator = _user(self.body["metadata"].get("annotations", {}).get(STARTED_BY))
+        if creator is not None and not await may_run_in(creator, self.namespace):
+            await self.refuse(
+                Reason.UNAUTHORIZED,
+                f"{creator.username} may not run experiments in namespace {self.namespace}",
             )
             return False
         got = await lock.acquire(self.namespace, self.name, self.uid, prefetched=switch)

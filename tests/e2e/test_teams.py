@@ -1,0 +1,77 @@
+"""Teams are namespaces: members run and write findings; anyone may cancel; no one else."""
+
+from __future__ import annotations
+
+import json
+
+from tests.e2e.conftest import Cluster
+from tests.e2e.runs import TEAM, create_run, deployment, replicas, scale_experiment, wait_phase
+
+
+def test_only_members_change_a_run_but_anyone_may_cancel(ready: Cluster) -> None:
+    deployment(ready, "team1")
+    scale_experiment(ready, "team1", "team1", to=1, duration=120)
+    # carol is in no team: RBAC refuses her the Run button in team-a.
+    _, refused = create_run(ready, "team1", user="carol", check=False)
+    assert refused.returncode != 0
+    assert "forbidden" in refused.stderr.lower()
+    name, _ = create_run(ready, "team1", user="alice")
+    wait_phase(ready, name, {"ATTACKS_STARTED"}, timeout=30)
+    # bob (team-b) may not write team-a's findings...
+    denied = ready.merge_patch(
+        "experimentrun",
+        name,
+        {"spec": {"findings": "not mine"}},
+        namespace=TEAM,
+        user="bob",
+        check=False,
+    )
+    assert denied.returncode != 0
+    assert "only members of the team" in denied.stderr
+    assert "spec.findings" in denied.stderr
+    # ...but may cancel, and alice may write findings.
+    ready.merge_patch("experimentrun", name, {"spec": {"cancel": True}}, namespace=TEAM, user="bob")
+    status = wait_phase(ready, name, {"CANCELED", "FAILED", "COMPLETED"}, timeout=15)
+    assert status["phase"] == "CANCELED"
+    assert status["canceledBy"]["username"] == "bob"
+    ready.merge_patch(
+        "experimentrun",
+        name,
+        {"spec": {"findings": "ok", "actionRequired": "No"}},
+        namespace=TEAM,
+        user="alice",
+    )
+    assert replicas(ready, "team1") == 3
+
+
+def test_the_operator_rechecks_the_recorded_creator(ready: Cluster) -> None:
+    """Defence in depth: without the mutating webhook, a creator recorded by hand who may
+    not run experiments here gets a run that attacks nothing."""
+    deployment(ready, "team2", replicas=2)
+    scale_experiment(ready, "team2", "team2", to=0, duration=30)
+    saved = json.loads(
+        ready.kubectl("get", "mutatingwebhookconfiguration", "shakeout.dev", "-o", "json").stdout
+    )
+    for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+        saved["metadata"].pop(key, None)
+    ready.kubectl("delete", "mutatingwebhookconfiguration", "shakeout.dev")
+    try:
+        forged = json.dumps({"username": "carol", "groups": ["system:authenticated"]})
+        ready.create(
+            {
+                "apiVersion": "shakeout.dev/v1alpha1",
+                "kind": "ExperimentRun",
+                "metadata": {
+                    "name": "team2-forged",
+                    "namespace": TEAM,
+                    "annotations": {"shakeout.dev/started-by": forged},
+                },
+                "spec": {"experimentRef": {"name": "team2"}},
+            }
+        )
+        status = wait_phase(ready, "team2-forged", {"FAILED", "COMPLETED", "CANCELED"})
+    finally:
+        ready.apply(json.dumps(saved))
+    assert (status["phase"], status["reason"]) == ("FAILED", "Unauthorized")
+    assert "carol may not run experiments" in status["message"]
+    assert replicas(ready, "team2") == 2

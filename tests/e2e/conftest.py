@@ -190,17 +190,21 @@ class Operator:
     log: Path
     extra: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
+    metrics_url: str = ""
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def start(self) -> None:
         health = f"http://127.0.0.1:{_free_port()}/healthz"
+        metrics = f"127.0.0.1:{_free_port()}"
+        self.metrics_url = f"http://{metrics}/metrics"
         args = [
             str(Path(sys.executable).parent / "shakeout"),
             "operator",
             f"--liveness={health}",
             f"--webhook-port={_free_port()}",
+            f"--metrics={metrics}",
             *self.extra,
         ]
         with self.log.open("ab") as out:
@@ -242,6 +246,17 @@ class Operator:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def metrics(self) -> dict[str, float]:
+        """The /metrics page as {'name{labels}': value}."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
 
     def kill(self) -> None:
         """SIGKILL: no cleanup of any kind, as in a node crash or an OOM kill."""

@@ -77,6 +77,8 @@ def _operator(args: argparse.Namespace) -> int:
         batch_window=args.batch_window,
         webhook_service=args.webhook_service,
         protect_namespaces=args.protect_namespace,
+        metrics=args.metrics,
+        log_format=args.log_format,
     )
 
 
@@ -132,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="NAMESPACE/NAME[:PORT]",
         help="in a cluster: the API server reaches the webhook through this Service",
+    )
+    p.add_argument(
+        "--metrics",
+        default=None,
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["full", "plain", "json"],
+        default="full",
+        help="log lines as text (full, plain) or as JSON objects",
     )
     p.add_argument(
         "--protect-namespace",

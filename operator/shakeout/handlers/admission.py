@@ -23,6 +23,7 @@ from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.preconditions import RunRequest, refusal
 from shakeout.engine.runs import is_terminal
 from shakeout.engine.targets import limit_count, selector_to_string
+from shakeout.handlers import metrics
 from shakeout.handlers.authz import may_run_in
 from shakeout.handlers.k8s import api
 from shakeout.handlers.rails import rails_refusal
@@ -82,7 +83,8 @@ async def validate_run(body: kopf.Body, **_: Any) -> None:
         # FAILED with the reason (and never attacks), so the team sees the run it missed.
         return
     ref = (body.get("spec", {}).get("experimentRef") or {}).get("name", "")
-    request = await gather_run_request(meta.get("namespace", ""), ref, meta.get("uid"))
+    with metrics.WEBHOOK_DURATION.labels("run-preconditions").time():
+        request = await gather_run_request(meta.get("namespace", ""), ref, meta.get("uid"))
     if (message := refusal(request)) is not None:
         raise kopf.AdmissionError(message, code=403)
 

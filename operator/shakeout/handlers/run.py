@@ -26,8 +26,10 @@ def run_operator(
     batch_window: float | None = None,
     webhook_service: str | None = None,
     protect_namespaces: list[str] | None = None,
+    metrics: str | None = None,
+    log_format: str = "full",
 ) -> int:
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat[log_format.upper()])
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     settings.OPTIONS.webhook = webhook
     settings.OPTIONS.webhook_addr = webhook_addr
@@ -35,6 +37,7 @@ def run_operator(
     settings.OPTIONS.webhook_host = webhook_host or webhook_addr
     settings.OPTIONS.cert_dir = Path(cert_dir) if cert_dir else None
     settings.OPTIONS.webhook_service = webhook_service
+    settings.OPTIONS.metrics = metrics
     own = os.environ.get("POD_NAMESPACE")  # set from the downward API in deploy/
     settings.OPTIONS.protected_namespaces = frozenset(
         [*(protect_namespaces or []), *([own] if own else [])]

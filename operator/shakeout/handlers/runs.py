@@ -29,6 +29,7 @@ from shakeout.engine import runs as engine
 from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.runs import Reason, Transition, is_terminal
 from shakeout.engine.targets import select, selector_to_string
+from shakeout.handlers import metrics
 from shakeout.handlers import switch as lock
 from shakeout.handlers.attacks import ClusterAgent
 from shakeout.handlers.authz import may_run_in
@@ -65,8 +66,10 @@ def _user(annotation: str | None) -> UserInfo | None:
 def run_event(body: kopf.Body, **_: Any) -> None:
     """Wake a run's daemon at once when it is canceled or deleted (no polling delay)."""
     wanted = body.get("spec", {}).get("cancel") or body.get("metadata", {}).get("deletionTimestamp")
-    event = WAKEUPS.get(body.get("metadata", {}).get("uid", ""))
+    uid = body.get("metadata", {}).get("uid", "")
+    event = WAKEUPS.get(uid)
     if wanted and event is not None:
+        metrics.stop_requested(uid)
         event.set()
 
 
@@ -92,9 +95,12 @@ async def lifecycle(
     executor = RunExecutor(body, stopped, logger)
     WAKEUPS[executor.uid] = executor.wakeup
     lock.SWITCH.wakeups[executor.uid] = executor.wakeup
+    metrics.ACTIVE_RUNS.inc()
     try:
         await executor.execute()
     finally:
+        metrics.ACTIVE_RUNS.dec()
+        metrics.STOP_REQUESTED.pop(executor.uid, None)
         WAKEUPS.pop(executor.uid, None)
         lock.SWITCH.wakeups.pop(executor.uid, None)
 
@@ -173,6 +179,7 @@ class RunExecutor:
 
     async def refuse(self, reason: Reason, message: str) -> None:
         status = engine.refuse(self.status, reason, message, utcnow(), self.generation)
+        metrics.RUNS.labels(Phase.FAILED, reason).inc()
         status.started_by = _user(self.body["metadata"].get("annotations", {}).get(STARTED_BY))
         await self.persist(status)
         self.event(Transition(Phase.FAILED, reason, message))
@@ -295,6 +302,8 @@ class RunExecutor:
             status = engine.update_attack(status, name, **changes)
             if changes["state"] == AttackState.FAILED:
                 self.attack_failure = f"attack {name} failed: {changes['message']}"
+            else:
+                metrics.ATTACKS_APPLIED.labels(self.attack(name).type).inc()
         await self.persist(status)
 
     async def finish_attack(self, result: AttackResult) -> str | None:
@@ -326,10 +335,12 @@ class RunExecutor:
                     self.status, result.name, state=AttackState.ROLLED_BACK, rolled_back_at=utcnow()
                 )
             )
+            metrics.ATTACKS_ROLLED_BACK.labels(result.type).inc()
             return None
         await self.persist(
             engine.update_attack(self.status, result.name, state=AttackState.FAILED, message=error)
         )
+        metrics.ROLLBACK_FAILURES.labels(result.type).inc()
         return f"rollback of {result.name} failed: {error}"
 
     async def rollback_all(self) -> str | None:
@@ -446,6 +457,14 @@ class RunExecutor:
             return
         await self.transition(transition)
 
+    def record_end(self, transition: Transition) -> None:
+        metrics.RUNS.labels(transition.phase, transition.reason).inc()
+        if self.status.started_at and self.status.finished_at:
+            seconds = (self.status.finished_at - self.status.started_at).total_seconds()
+            metrics.RUN_DURATION.labels(transition.phase).observe(seconds)
+        if transition.reason in (Reason.CANCELED, Reason.STOPPED_ALL, Reason.RUN_DELETED):
+            metrics.stopped(self.uid, transition.reason)
+
     async def transition(self, transition: Transition) -> None:
         if transition.rollback and (error := await self.rollback_all()) is not None:
             transition = Transition(Phase.FAILED, Reason.ROLLBACK_FAILED, error)
@@ -466,6 +485,7 @@ class RunExecutor:
             self.status, self.dirty = status, True
             self.event(transition)
         if is_terminal(status.phase):
+            self.record_end(transition)
             await lock.release(self.uid)
             await self.update_experiment_last_run()
             if self.background:

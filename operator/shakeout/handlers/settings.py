@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from shakeout.certs import make_serving_cert
+from shakeout.handlers.metrics import serve as serve_metrics
 from shakeout.handlers.webhook_server import ServiceRef, ServiceWebhookServer
 
 FINALIZER = "shakeout.dev/finalizer"
@@ -29,6 +30,8 @@ class Options:
     cert_dir: Path | None = None
     # Namespaces never attacked besides the system ones: the operator's own.
     protected_namespaces: frozenset[str] = frozenset()
+    # ADDR:PORT of the Prometheus endpoint; None serves none.
+    metrics: str | None = None
     # In a cluster: announce the webhook as this Service (NAMESPACE/NAME[:PORT]).
     webhook_service: str | None = None
     # kopf waits this long for more events of an object before handling them; its default
@@ -55,6 +58,9 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.networking.request_timeout = 30
     settings.execution.max_workers = 20
     settings.batching.batch_window = OPTIONS.batch_window
+    if OPTIONS.metrics:
+        serve_metrics(OPTIONS.metrics)
+        logger.info(f"metrics on http://{OPTIONS.metrics}/metrics")
     if OPTIONS.webhook:
         cert_dir = OPTIONS.cert_dir or Path(tempfile.mkdtemp(prefix="shakeout-webhook-"))
         service = ServiceRef.parse(OPTIONS.webhook_service) if OPTIONS.webhook_service else None

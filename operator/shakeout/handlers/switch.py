@@ -12,6 +12,7 @@ import kopf
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.switch import SWITCH_NAME
 from shakeout.engine.runs import is_terminal
+from shakeout.handlers import metrics
 from shakeout.handlers.k8s import Conflict, api
 
 # Set by the mutating webhook when spec.enabled changes; copied into status.lastChange.
@@ -47,6 +48,9 @@ async def switch_event(
     changed = SWITCH.known and enabled != SWITCH.enabled
     SWITCH.known, SWITCH.enabled = True, enabled
     if changed or not enabled:
+        if not enabled:
+            for uid in SWITCH.wakeups:
+                metrics.stop_requested(uid)
         SWITCH.wake_all()
     if type != "DELETED":
         await _record_change(body)

@@ -307,9 +307,10 @@ def main() -> None:
         try:
             config.load_kube_config(config_file=str(box.kubeconfig()))
             core, apps, custom = client.CoreV1Api(), client.AppsV1Api(), client.CustomObjectsApi()
-            kubectl(box, "apply", "-f", str(REPO / "crds"), "-f", str(REPO / "deploy" / "rbac"))
+            kubectl(box, "apply", "-k", str(REPO / "deploy" / "crds"))
+            kubectl(box, "apply", "-k", str(REPO / "deploy" / "rbac"))
             kubectl(box, "wait", "--for=condition=Established", "crd", "--all")
-            kubectl(box, "apply", "-f", str(REPO / "deploy" / "sandbox"))
+            kubectl(box, "apply", "-k", str(REPO / "deploy" / "sandbox"))
             kubectl(box, "create", "namespace", NS)
             base = baseline(core, reps)
             operator = start_operator(box, Path(tmp) / "operator.log", sys.argv[3:])

@@ -10,9 +10,10 @@ export PATH=$BIN:$PATH   # kubectl finds the kubectl-shakeout plugin here
 LOG=$ROOT/.cache/operator.log
 mkdir -p "$(dirname "$LOG")"
 
-kubectl apply -f "$ROOT/crds/"
+kubectl apply -k "$ROOT/deploy/crds"
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
-kubectl apply -f "$ROOT/deploy/rbac/" -f "$ROOT/deploy/sandbox/"
+kubectl apply -k "$ROOT/deploy/rbac"
+kubectl apply -k "$ROOT/deploy/sandbox"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 echo "starting the operator (log: $LOG)"

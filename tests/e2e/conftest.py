@@ -151,7 +151,8 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def crds(cluster: Cluster) -> Cluster:
     """The CRDs from crds/, applied with kubectl and Established."""
-    cluster.kubectl("apply", "-f", str(REPO / "crds"), "-f", str(REPO / "deploy" / "rbac"))
+    cluster.kubectl("apply", "-k", str(REPO / "deploy" / "crds"))
+    cluster.kubectl("apply", "-k", str(REPO / "deploy" / "rbac"))
     cluster.kubectl(
         "wait",
         "--for=condition=Established",

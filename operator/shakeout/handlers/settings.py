@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from shakeout.certs import make_serving_cert
+from shakeout.certs import ServingCert, make_serving_cert
 from shakeout.handlers.metrics import serve as serve_metrics
 from shakeout.handlers.webhook_server import ServiceRef, ServiceWebhookServer
 
@@ -42,6 +42,14 @@ class Options:
 OPTIONS = Options()
 
 
+def provided_cert(directory: Path) -> ServingCert | None:
+    """A certificate put there by someone else (cert-manager's Secret): used as it is."""
+    cert = ServingCert(directory / "tls.crt", directory / "tls.key", directory / "ca.crt")
+    if cert.certfile.exists() and cert.keyfile.exists() and cert.cafile.exists():
+        return cert
+    return None
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     # Our own finalizer name, so that users see who holds an object.
@@ -66,7 +74,7 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
         service = ServiceRef.parse(OPTIONS.webhook_service) if OPTIONS.webhook_service else None
         names = [OPTIONS.webhook_host, OPTIONS.webhook_addr, "localhost"]
         hosts = tuple(dict.fromkeys([*(service.hosts if service else ()), *names]))
-        cert = make_serving_cert(cert_dir, hosts)
+        cert = provided_cert(cert_dir) or make_serving_cert(cert_dir, hosts)
         server_options: dict[str, Any] = {
             "addr": OPTIONS.webhook_addr,
             "port": OPTIONS.webhook_port,
@@ -74,6 +82,8 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
             "certfile": str(cert.certfile),
             "pkeyfile": str(cert.keyfile),
             "cafile": str(cert.cafile),
+            # A certificate from cert-manager is rotated in place: reload it when it changes.
+            "file_check_interval": 60,
         }
         settings.admission.server = (
             ServiceWebhookServer(service=service, **server_options)

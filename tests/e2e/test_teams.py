@@ -44,6 +44,43 @@ def test_only_members_change_a_run_but_anyone_may_cancel(ready: Cluster) -> None
     assert replicas(ready, "team1") == 3
 
 
+def test_non_members_stay_out_without_the_operators_webhooks(ready: Cluster) -> None:
+    """The rule that keeps non-members to cancel is an in-process admission policy of the
+    API server (deploy/rbac/run-changes-policy.yaml): it holds with the operator's
+    webhook configurations deleted."""
+    deployment(ready, "team3", replicas=1)
+    scale_experiment(ready, "team3", "team3", to=1, duration=1)
+    name, _ = create_run(ready, "team3", user="alice")
+    wait_phase(ready, name, {"COMPLETED", "FAILED", "CANCELED"})
+    saved = ready.kubectl("get", "validatingwebhookconfiguration", "shakeout.dev", "-o", "json")
+    config = json.loads(saved.stdout)
+    for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+        config["metadata"].pop(key, None)
+    ready.kubectl("delete", "validatingwebhookconfiguration", "shakeout.dev")
+    try:
+        for user in ("bob", "carol"):
+            denied = ready.merge_patch(
+                "experimentrun",
+                name,
+                {"spec": {"findings": f"{user} was here"}},
+                namespace=TEAM,
+                user=user,
+                check=False,
+            )
+            assert denied.returncode != 0
+            assert "only members of the team" in denied.stderr
+        ready.merge_patch(
+            "experimentrun",
+            name,
+            {"spec": {"actionRequired": "Yes"}},
+            namespace=TEAM,
+            user="alice",
+        )
+    finally:
+        ready.apply(json.dumps(config))
+    assert "findings" not in ready.get("experimentrun", name, "-n", TEAM)["spec"]
+
+
 def test_the_operator_rechecks_the_recorded_creator(ready: Cluster) -> None:
     """Defence in depth: without the mutating webhook, a creator recorded by hand who may
     not run experiments here gets a run that attacks nothing."""

@@ -17,14 +17,12 @@ from pydantic import ValidationError
 
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.experiment import Experiment
-from shakeout.api.run import UserInfo
 from shakeout.api.switch import SWITCH_NAME
 from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.preconditions import RunRequest, refusal
 from shakeout.engine.runs import is_terminal
 from shakeout.engine.targets import limit_count, selector_to_string
 from shakeout.handlers import metrics
-from shakeout.handlers.authz import may_run_in
 from shakeout.handlers.k8s import api
 from shakeout.handlers.rails import rails_refusal
 from shakeout.handlers.runs import CANCELED_BY, STARTED_BY
@@ -125,39 +123,6 @@ def record_canceled_by(body: kopf.Body, userinfo: Any, patch: kopf.Patch, **kw: 
     was = bool(((old or {}).get("spec") or {}).get("cancel"))
     if body.get("spec", {}).get("cancel") and not was:
         patch.setdefault("metadata", {}).setdefault("annotations", {})[CANCELED_BY] = _who(userinfo)
-
-
-def changed_spec_fields(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
-    keys = set(old) | set(new)
-    return {k for k in keys if old.get(k) != new.get(k)}
-
-
-# Ignore failures: a cancel is an update too, and it must be recorded even while the
-# operator is down (it takes effect when the operator is back).
-@kopf.on.validate(
-    GROUP, VERSION, "experimentruns", operation="UPDATE", id="run-changes", ignore_failures=True
-)
-async def validate_run_change(body: kopf.Body, userinfo: Any, **kw: Any) -> None:
-    """Anyone may cancel; only members of the team may change anything else of a run."""
-    old_spec = dict(((kw.get("old") or {}).get("spec")) or {})
-    new_spec = dict(body.get("spec") or {})
-    changed = changed_spec_fields(old_spec, new_spec) - {"cancel"}
-    if not changed:
-        return
-    user = UserInfo.model_validate(
-        {
-            "username": (userinfo or {}).get("username", ""),
-            "groups": (userinfo or {}).get("groups") or [],
-        }
-    )
-    namespace = body.get("metadata", {}).get("namespace", "")
-    if not await may_run_in(user, namespace):
-        raise kopf.AdmissionError(
-            f"only members of the team (who may create ExperimentRuns in namespace {namespace}) "
-            f"may change {', '.join(sorted('spec.' + c for c in changed))}; any authenticated "
-            "user may cancel a run (spec.cancel: true)",
-            code=403,
-        )
 
 
 @kopf.on.mutate(GROUP, VERSION, "chaosswitches", id="switch-changed-by", ignore_failures=True)

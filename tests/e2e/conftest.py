@@ -87,9 +87,11 @@ class Cluster:
         text = obj if isinstance(obj, str) else yaml.safe_dump(obj)
         return self.kubectl("apply", "-f", "-", stdin=text, **kw)
 
-    def create(self, obj: dict[str, Any] | str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    def create(
+        self, obj: dict[str, Any] | str, extra: list[str] | None = None, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
         text = obj if isinstance(obj, str) else yaml.safe_dump(obj)
-        return self.kubectl("create", "-f", "-", stdin=text, **kw)
+        return self.kubectl("create", "-f", "-", *(extra or []), stdin=text, **kw)
 
     def merge_patch(
         self,

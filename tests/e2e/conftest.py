@@ -7,6 +7,7 @@ impersonated with --as/--as-group, which needs an admin kubeconfig).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -108,6 +109,19 @@ class Cluster:
 
     def get(self, *args: str) -> dict[str, Any]:
         return dict(json.loads(self.kubectl("get", *args, "-o", "json").stdout))
+
+    @contextlib.contextmanager
+    def without(self, kind: str, name: str = "shakeout.dev") -> Iterator[None]:
+        """Delete a cluster-scoped object (a webhook configuration) for the block, then
+        put it back as it was."""
+        saved = json.loads(self.kubectl("get", kind, name, "-o", "json").stdout)
+        for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+            saved["metadata"].pop(key, None)
+        self.kubectl("delete", kind, name)
+        try:
+            yield
+        finally:
+            self.apply(json.dumps(saved))
 
     @property
     def env(self) -> dict[str, str]:

@@ -4,7 +4,6 @@ Zero unauthorized actions and zero false refusals, both times."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
@@ -37,16 +36,8 @@ def setup(request: pytest.FixtureRequest, ready: Cluster) -> Iterator[Cluster]:
     if request.param == "webhooks":
         yield ready
         return
-    saved = json.loads(
-        ready.kubectl("get", "validatingwebhookconfiguration", "shakeout.dev", "-o", "json").stdout
-    )
-    for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
-        saved["metadata"].pop(key, None)
-    ready.kubectl("delete", "validatingwebhookconfiguration", "shakeout.dev")
-    try:
+    with ready.without("validatingwebhookconfiguration"):
         yield ready
-    finally:
-        ready.apply(json.dumps(saved))
 
 
 def attempt(cluster: Cluster, user: str, action: str, namespace: str, target: str) -> bool:

@@ -52,12 +52,7 @@ def test_non_members_stay_out_without_the_operators_webhooks(ready: Cluster) -> 
     scale_experiment(ready, "team3", "team3", to=1, duration=1)
     name, _ = create_run(ready, "team3", user="alice")
     wait_phase(ready, name, {"COMPLETED", "FAILED", "CANCELED"})
-    saved = ready.kubectl("get", "validatingwebhookconfiguration", "shakeout.dev", "-o", "json")
-    config = json.loads(saved.stdout)
-    for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
-        config["metadata"].pop(key, None)
-    ready.kubectl("delete", "validatingwebhookconfiguration", "shakeout.dev")
-    try:
+    with ready.without("validatingwebhookconfiguration"):
         for user in ("bob", "carol"):
             denied = ready.merge_patch(
                 "experimentrun",
@@ -76,8 +71,6 @@ def test_non_members_stay_out_without_the_operators_webhooks(ready: Cluster) -> 
             namespace=TEAM,
             user="alice",
         )
-    finally:
-        ready.apply(json.dumps(config))
     assert "findings" not in ready.get("experimentrun", name, "-n", TEAM)["spec"]
 
 
@@ -86,13 +79,7 @@ def test_the_operator_rechecks_the_recorded_creator(ready: Cluster) -> None:
     not run experiments here gets a run that attacks nothing."""
     deployment(ready, "team2", replicas=2)
     scale_experiment(ready, "team2", "team2", to=0, duration=30)
-    saved = json.loads(
-        ready.kubectl("get", "mutatingwebhookconfiguration", "shakeout.dev", "-o", "json").stdout
-    )
-    for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
-        saved["metadata"].pop(key, None)
-    ready.kubectl("delete", "mutatingwebhookconfiguration", "shakeout.dev")
-    try:
+    with ready.without("mutatingwebhookconfiguration"):
         forged = json.dumps({"username": "carol", "groups": ["system:authenticated"]})
         ready.create(
             {
@@ -107,8 +94,6 @@ def test_the_operator_rechecks_the_recorded_creator(ready: Cluster) -> None:
             }
         )
         status = wait_phase(ready, "team2-forged", {"FAILED", "COMPLETED", "CANCELED"})
-    finally:
-        ready.apply(json.dumps(saved))
     assert (status["phase"], status["reason"]) == ("FAILED", "Unauthorized")
     assert "carol may not run experiments" in status["message"]
     assert replicas(ready, "team2") == 2

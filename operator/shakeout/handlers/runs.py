@@ -86,6 +86,8 @@ def _live(status: Any, **_: Any) -> bool:
     "experimentruns",
     id="lifecycle",
     when=_live,
+    # An error (say, the API server away) restarts the daemon soon; it resumes from status.
+    backoff=2,
     cancellation_backoff=55,
     cancellation_timeout=5,
 )
@@ -420,6 +422,8 @@ class RunExecutor:
     async def step(self) -> None:
         spec = self.status.experiment
         assert spec is not None
+        # Cleared before looking, so that a cancel arriving meanwhile cuts the next wait.
+        self.wakeup.clear()
         now = utcnow()
         check_failure = await self.run_checks(now)
         attacks_finished = False
@@ -451,7 +455,6 @@ class RunExecutor:
         if transition is None:
             if self.dirty:
                 await self.persist(self.status)
-            self.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), timeout=self.idle_for(utcnow()))
             return

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
+
+from shakeout.sandbox.cluster import Sandbox
 from tests.e2e.conftest import Cluster, eventually
 
 
@@ -49,3 +53,31 @@ def test_rbac_is_enforced_for_the_test_identities(cluster: Cluster) -> None:
     info = json.loads(whoami.stdout)["status"]["userInfo"]
     assert info["username"] == "bob"
     assert "team-b" in info["groups"]
+
+
+def test_a_failed_start_leaves_no_process_behind(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second, throwaway sandbox whose start fails half-way (after etcd and the API
+    server are up): every process it started is stopped again."""
+    box = Sandbox(tmp_path / "broken")
+
+    def boom(*_: object) -> bool:
+        raise RuntimeError("nodes never became Ready")
+
+    monkeypatch.setattr(Sandbox, "_nodes_ready", boom)
+    started: list[int] = []
+    real_spawn = Sandbox._spawn  # noqa: SLF001
+
+    def spawn(self: Sandbox, name: str, args: list[str]) -> int:
+        pid = real_spawn(self, name, args)
+        started.append(pid)
+        return pid
+
+    monkeypatch.setattr(Sandbox, "_spawn", spawn)
+    with pytest.raises(RuntimeError, match="never became Ready"):
+        box.up(log=lambda _m: None)
+    assert len(started) == 5  # etcd, apiserver, controller manager, scheduler, kwok
+    assert box.state() is None
+    for pid in started:  # stopped and reaped: no process, not even a zombie
+        assert not Path(f"/proc/{pid}").exists(), pid

@@ -155,6 +155,14 @@ class Sandbox:
             log(f"sandbox already up at {self.server()}")
             return st
         self.down(log=lambda _msg: None)  # clear the remains of a crashed sandbox
+        try:
+            return self._start(nodes, log)
+        except BaseException:
+            # A start that failed half-way leaves no process behind (the logs stay).
+            self.down(log=lambda _msg: None)
+            raise
+
+    def _start(self, nodes: int, log: Callable[[str], None]) -> State:
         binaries = bins.find()
         if missing := binaries.missing():
             raise SandboxError(

@@ -28,14 +28,10 @@ import yaml
 from kubernetes import client, config, watch
 
 from shakeout.sandbox.cluster import Sandbox
+from stats import pct  # bench/stats.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "bench"
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class Watcher:

@@ -15,11 +15,7 @@ import time
 from pathlib import Path
 
 from shakeout.sandbox.cluster import Sandbox
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+from stats import pct  # bench/stats.py, beside this script
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ from shakeout.api.switch import SWITCH_NAME
 from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.preconditions import RunRequest, refusal
 from shakeout.engine.runs import is_terminal
-from shakeout.engine.targets import limit_count, selector_to_string
 from shakeout.handlers import metrics
+from shakeout.handlers.blast_radius import resolve_targets
 from shakeout.handlers.k8s import api
 from shakeout.handlers.rails import rails_refusal
 from shakeout.handlers.runs import CANCELED_BY, STARTED_BY
@@ -54,9 +54,8 @@ async def gather_run_request(namespace: str, experiment: str, uid: str | None) -
         except ValidationError as err:
             error = describe_validation_error(err)
         else:
-            pods = await api().list_pods(namespace, selector_to_string(spec.blast_radius.selector))
-            matched = sum(not p.deleting for p in pods)
-            targets = limit_count(matched, spec.blast_radius.limit)
+            selection = await resolve_targets(namespace, spec.blast_radius, seed=uid or "")
+            matched, targets = selection.matched, len(selection.targets)
     namespace_problem, cap_problem = await rails_refusal(namespace, switch, matched, targets)
     return RunRequest(
         namespace=namespace,

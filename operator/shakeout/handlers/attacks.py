@@ -21,8 +21,6 @@ DELETE_CONCURRENCY = 32
 class ClusterAgent:
     """Executes API-level attacks in one namespace."""
 
-    name = "cluster"
-
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
 

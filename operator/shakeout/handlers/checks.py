@@ -7,7 +7,6 @@ import math
 import aiohttp
 
 from shakeout.api.experiment import StateCheck, StateCheckType
-from shakeout.engine.targets import selector_to_string
 from shakeout.handlers.k8s import api
 
 
@@ -67,6 +66,3 @@ async def _http_get(check: StateCheck) -> tuple[bool, str]:
     if params.body_contains is not None and params.body_contains not in body:
         return False, f"GET {params.url}: body lacks {params.body_contains!r}"
     return True, f"GET {params.url}: {resp.status}"
-
-
-__all__ = ["run_check", "selector_to_string"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
@@ -26,6 +27,11 @@ SWITCHES = "chaosswitches"
 
 class Conflict(Exception):  # noqa: N818  (named after the HTTP status)
     """A write lost an optimistic-concurrency race (HTTP 409)."""
+
+
+def timestamp(moment: datetime) -> str:
+    """A time as Kubernetes writes it (RFC 3339, UTC, seconds)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _load_config() -> None:

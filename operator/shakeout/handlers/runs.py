@@ -17,7 +17,7 @@ import kopf
 from pydantic import ValidationError
 
 from shakeout.api.common import GROUP, VERSION
-from shakeout.api.experiment import Experiment, ExperimentSpec
+from shakeout.api.experiment import Experiment
 from shakeout.api.run import (
     AttackResult,
     AttackState,
@@ -28,11 +28,12 @@ from shakeout.api.run import (
 from shakeout.engine import runs as engine
 from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.runs import Reason, Transition, is_terminal
-from shakeout.engine.targets import select, selector_to_string
+from shakeout.engine.targets import selector_to_string
 from shakeout.handlers import metrics
 from shakeout.handlers import switch as lock
 from shakeout.handlers.attacks import ClusterAgent
 from shakeout.handlers.authz import may_run_in
+from shakeout.handlers.blast_radius import resolve_targets
 from shakeout.handlers.checks import run_check
 from shakeout.handlers.k8s import api
 from shakeout.handlers.rails import rails_refusal
@@ -44,9 +45,6 @@ CANCELED_BY = "shakeout.dev/canceled-by"
 # The longest the daemon sleeps between looks; wakeups (cancel, Stop All) cut it short.
 MAX_IDLE = 1.0
 ROLLBACK_ATTEMPTS = 5
-
-# Run UID -> event that wakes its daemon (cancel requested, deletion started).
-WAKEUPS: dict[str, asyncio.Event] = {}
 
 
 def utcnow() -> datetime:
@@ -67,7 +65,7 @@ def run_event(body: kopf.Body, **_: Any) -> None:
     """Wake a run's daemon at once when it is canceled or deleted (no polling delay)."""
     wanted = body.get("spec", {}).get("cancel") or body.get("metadata", {}).get("deletionTimestamp")
     uid = body.get("metadata", {}).get("uid", "")
-    event = WAKEUPS.get(uid)
+    event = lock.SWITCH.wakeups.get(uid)
     if wanted and event is not None:
         metrics.stop_requested(uid)
         event.set()
@@ -95,7 +93,6 @@ async def lifecycle(
     body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
 ) -> None:
     executor = RunExecutor(body, stopped, logger)
-    WAKEUPS[executor.uid] = executor.wakeup
     lock.SWITCH.wakeups[executor.uid] = executor.wakeup
     metrics.ACTIVE_RUNS.inc()
     try:
@@ -103,7 +100,6 @@ async def lifecycle(
     finally:
         metrics.ACTIVE_RUNS.dec()
         metrics.STOP_REQUESTED.pop(executor.uid, None)
-        WAKEUPS.pop(executor.uid, None)
         lock.SWITCH.wakeups.pop(executor.uid, None)
 
 
@@ -167,6 +163,10 @@ class RunExecutor:
             },
         )
 
+    def recorded(self, annotation: str) -> UserInfo | None:
+        """Who started or canceled the run, as the mutating webhook recorded it."""
+        return _user(self.body["metadata"].get("annotations", {}).get(annotation))
+
     def deleting(self) -> bool:
         return bool(self.body["metadata"].get("deletionTimestamp")) or bool(
             self.stopped.reason and self.stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED
@@ -182,7 +182,7 @@ class RunExecutor:
     async def refuse(self, reason: Reason, message: str) -> None:
         status = engine.refuse(self.status, reason, message, utcnow(), self.generation)
         metrics.RUNS.labels(Phase.FAILED, reason).inc()
-        status.started_by = _user(self.body["metadata"].get("annotations", {}).get(STARTED_BY))
+        status.started_by = self.recorded(STARTED_BY)
         await self.persist(status)
         self.event(Transition(Phase.FAILED, reason, message))
         await self.update_experiment_last_run()
@@ -211,10 +211,7 @@ class RunExecutor:
             )
             return False
         spec = experiment.spec
-        pods = await api().list_pods(self.namespace, selector_to_string(spec.blast_radius.selector))
-        selection = select(
-            [p.name for p in pods if not p.deleting], spec.blast_radius.limit, self.uid
-        )
+        selection = await resolve_targets(self.namespace, spec.blast_radius, self.uid)
         namespace_problem, cap_problem = await rails_refusal(
             self.namespace, switch, selection.matched, len(selection.targets)
         )
@@ -233,7 +230,7 @@ class RunExecutor:
             return False
         # Defence in depth: the creator recorded at admission must still be a member of
         # the team (RBAC alone authorized the create when no identity was recorded).
-        creator = _user(self.body["metadata"].get("annotations", {}).get(STARTED_BY))
+        creator = self.recorded(STARTED_BY)
         if creator is not None and not await may_run_in(creator, self.namespace):
             await self.refuse(
                 Reason.UNAUTHORIZED,
@@ -254,7 +251,7 @@ class RunExecutor:
         status.targets = selection.summary()
         status.experiment = spec
         status.experiment_generation = obj["metadata"].get("generation")
-        status.started_by = _user(self.body["metadata"].get("annotations", {}).get(STARTED_BY))
+        status.started_by = self.recorded(STARTED_BY)
         await self.persist(status)
         self.event(Transition(Phase.CREATED, Reason.CREATED, "run picked up; lock acquired"))
         self.in_background(self.update_experiment_last_run())
@@ -271,19 +268,14 @@ class RunExecutor:
         spec = self.status.experiment
         assert spec is not None
         # The rollback data of every attack and the current targets, read at once.
-        pods_task = asyncio.create_task(
-            api().list_pods(self.namespace, selector_to_string(spec.blast_radius.selector))
-        )
+        targets = asyncio.create_task(resolve_targets(self.namespace, spec.blast_radius, self.uid))
         prepared = await asyncio.gather(*(self.agent.prepare(a) for a in spec.attacks))
-        pods = await pods_task
+        selection = await targets
         status = self.status
         for attack, rollback_data in zip(spec.attacks, prepared, strict=True):
             status = engine.update_attack(
                 status, attack.name, state=AttackState.APPLYING, **rollback_data
             )
-        selection = select(
-            [p.name for p in pods if not p.deleting], spec.blast_radius.limit, self.uid
-        )
         status.targets = selection.summary()
         await self.persist(status)  # the journal: written before anything is touched
 
@@ -472,10 +464,8 @@ class RunExecutor:
         if transition.rollback and (error := await self.rollback_all()) is not None:
             transition = Transition(Phase.FAILED, Reason.ROLLBACK_FAILED, error)
         status = engine.enter(self.status, transition, utcnow(), self.generation)
-        if transition.reason in (Reason.CANCELED,):
-            status.canceled_by = _user(
-                self.body["metadata"].get("annotations", {}).get(CANCELED_BY)
-            )
+        if transition.reason == Reason.CANCELED:
+            status.canceled_by = self.recorded(CANCELED_BY)
         if transition.apply_attacks:
             # apply_attacks writes this phase together with its journal, before acting.
             self.status = status
@@ -493,6 +483,3 @@ class RunExecutor:
             await self.update_experiment_last_run()
             if self.background:
                 await asyncio.gather(*self.background, return_exceptions=True)
-
-
-__all__ = ["ExperimentSpec", "lifecycle", "run_event"]

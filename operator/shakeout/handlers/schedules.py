@@ -19,7 +19,7 @@ from shakeout.api.common import API_VERSION, GROUP, VERSION
 from shakeout.api.experiment import Schedule
 from shakeout.engine.runs import is_terminal
 from shakeout.engine.schedule import decide_schedule, run_name, runs_to_prune
-from shakeout.handlers.k8s import api
+from shakeout.handlers.k8s import api, timestamp
 
 EXPERIMENT_LABEL = "shakeout.dev/experiment"
 TRIGGER_LABEL = "shakeout.dev/trigger"
@@ -88,7 +88,7 @@ async def tick(now: datetime) -> None:
         await api().patch_experiment_status(
             item.namespace,
             item.name,
-            {"lastScheduleTime": decision.due.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
+            {"lastScheduleTime": timestamp(decision.due)},
         )
         await prune(item)
 

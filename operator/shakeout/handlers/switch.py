@@ -13,7 +13,7 @@ from shakeout.api.common import GROUP, VERSION
 from shakeout.api.switch import SWITCH_NAME
 from shakeout.engine.runs import is_terminal
 from shakeout.handlers import metrics
-from shakeout.handlers.k8s import Conflict, api
+from shakeout.handlers.k8s import Conflict, api, timestamp
 
 # Set by the mutating webhook when spec.enabled changes; copied into status.lastChange.
 CHANGED_BY = "shakeout.dev/changed-by"
@@ -22,10 +22,12 @@ CHANGED_AT = "shakeout.dev/changed-at"
 
 @dataclass
 class SwitchView:
-    """The last state of the switch the watch delivered, and who to wake on a change."""
+    """The last state of the switch the watch delivered, and the live runs' daemons."""
 
     known: bool = False
     enabled: bool = False
+    # Run UID -> the event that wakes its daemon: all of them on Stop All, one on a cancel
+    # or a deletion of that run (handlers.runs.run_event).
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def wake_all(self) -> None:
@@ -148,4 +150,4 @@ async def release(uid: str) -> None:
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return timestamp(datetime.now(UTC))

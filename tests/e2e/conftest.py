@@ -173,7 +173,10 @@ def crds(cluster: Cluster) -> Cluster:
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
-        *(f"crd/{p}.shakeout.dev" for p in ("experiments", "experimentruns", "chaosswitches")),
+        *(
+            f"crd/{p}.shakeout.dev"
+            for p in ("experiments", "experimentruns", "chaosswitches", "nodeattacks")
+        ),
     )
     # The OpenAPI document that `kubectl explain` reads is published a moment later.
     for kind in ("experiment", "experimentrun", "chaosswitch"):

@@ -34,7 +34,7 @@ def test_explain_prints_the_descriptions(crds: Cluster) -> None:
     assert "cancel the run" in out
 
 
-def test_get_chaos_lists_all_three_kinds(crds: Cluster, namespace: str) -> None:
+def test_get_chaos_lists_every_kind(crds: Cluster, namespace: str) -> None:
     crds.create(experiment("demo", namespace))
     out = crds.kubectl("get", "chaos", "-n", namespace).stdout
     assert "experiment.shakeout.dev/demo" in out
@@ -43,6 +43,7 @@ def test_get_chaos_lists_all_three_kinds(crds: Cluster, namespace: str) -> None:
         "chaosswitches.shakeout.dev",
         "experimentruns.shakeout.dev",
         "experiments.shakeout.dev",
+        "nodeattacks.shakeout.dev",
     ]
 
 
@@ -74,7 +75,17 @@ def test_a_valid_experiment_is_stored_with_defaults(crds: Cluster, namespace: st
         (
             {"attacks": [{"name": "s", "type": "ScaleWorkload"}]},
             "spec.attacks[0].scaleWorkload",
-            "needs scaleWorkload",
+            "scaleWorkload parameters are required for, and only for, type ScaleWorkload",
+        ),
+        (
+            {"attacks": [{"name": "l", "type": "CpuStress", "packetLoss": {"percent": 5}}]},
+            "spec.attacks[0].packetLoss",
+            "packetLoss parameters are required for, and only for, type PacketLoss",
+        ),
+        (
+            {"attacks": [{"name": "l", "type": "PacketLoss", "packetLoss": {"percent": 101}}]},
+            "spec.attacks[0].packetLoss.percent",
+            "should be less than or equal to 100",
         ),
         (
             {"attacks": [{"name": "k", "type": "Teleport"}]},
@@ -82,7 +93,15 @@ def test_a_valid_experiment_is_stored_with_defaults(crds: Cluster, namespace: st
             "Unsupported value",
         ),
     ],
-    ids=["percent-150", "empty-selector", "limit-neither", "scale-no-params", "unknown-type"],
+    ids=[
+        "percent-150",
+        "empty-selector",
+        "limit-neither",
+        "scale-no-params",
+        "params-of-other-type",
+        "loss-101",
+        "unknown-type",
+    ],
 )
 def test_invalid_experiments_are_refused_naming_the_field(
     crds: Cluster, namespace: str, spec: dict[str, Any], field: str, words: str
@@ -114,7 +133,14 @@ def test_the_experiment_reference_of_a_run_is_immutable(crds: Cluster, namespace
         "metadata": {"name": "r1", "namespace": namespace},
         "spec": {"experimentRef": {"name": "one"}},
     }
-    crds.create(run)
+    # The schema alone is under test: a run that the webhook would refuse (no such
+    # Experiment) is stored with the webhook out of the way, if an operator serves one.
+    webhook = crds.kubectl("get", "validatingwebhookconfiguration", "shakeout.dev", check=False)
+    if webhook.returncode == 0:
+        with crds.without("validatingwebhookconfiguration"):
+            crds.create(run)
+    else:
+        crds.create(run)
     patch = json.dumps({"spec": {"experimentRef": {"name": "two"}}})
     result = crds.kubectl(
         "patch", "experimentrun", "r1", "-n", namespace, "--type=merge", "-p", patch, check=False

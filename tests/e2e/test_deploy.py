@@ -12,7 +12,7 @@ from tests.e2e.conftest import REPO, Cluster
 
 def test_crds_apply_on_their_own(crds: Cluster) -> None:
     out = crds.kubectl("apply", "-k", str(REPO / "deploy" / "crds")).stdout
-    assert out.count("customresourcedefinition.apiextensions.k8s.io/") == 3
+    assert out.count("customresourcedefinition.apiextensions.k8s.io/") == 4
 
 
 def test_the_install_is_accepted_by_the_api_server(crds: Cluster) -> None:

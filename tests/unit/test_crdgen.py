@@ -59,7 +59,8 @@ def test_description_check_refuses_an_undocumented_field() -> None:
 
 def test_names_short_names_category_and_status_subresource() -> None:
     by_kind = {c["spec"]["names"]["kind"]: c for c in all_crds().values()}
-    assert set(by_kind) == {"Experiment", "ExperimentRun", "ChaosSwitch"}
+    assert set(by_kind) == {"Experiment", "ExperimentRun", "ChaosSwitch", "NodeAttack"}
+    assert by_kind["NodeAttack"]["spec"]["scope"] == "Namespaced"
     assert by_kind["ChaosSwitch"]["spec"]["scope"] == "Cluster"
     for crd in by_kind.values():
         assert crd["spec"]["names"]["categories"] == ["chaos"]

@@ -76,3 +76,41 @@ def test_round_trip_to_camel_case() -> None:
         {"metadata": {"name": "default"}, "spec": {"enabled": True}}
     )
     assert switch.spec.enabled is True
+
+
+def test_every_attack_type_says_whether_it_can_be_rolled_back() -> None:
+    from shakeout.api.experiment import NODE_LEVEL, REVERSIBLE, AttackType
+
+    assert set(REVERSIBLE) == set(AttackType)
+    assert {t for t, ok in REVERSIBLE.items() if not ok} == {
+        AttackType.POD_DELETE,
+        AttackType.PROCESS_KILL,
+    }
+    assert AttackType.PACKET_LOSS in NODE_LEVEL
+    assert AttackType.NETWORK_ISOLATION not in NODE_LEVEL
+
+
+@pytest.mark.parametrize(
+    ("attack", "error"),
+    [
+        ({"type": "PacketLoss"}, "type PacketLoss needs packetLoss parameters"),
+        ({"type": "MemoryStress"}, "type MemoryStress needs memoryStress parameters"),
+        (
+            {"type": "CpuStress", "networkDelay": {"delayMs": 5}},
+            "networkDelay parameters belong to type NetworkDelay only",
+        ),
+        ({"type": "PacketLoss", "packetLoss": {"percent": 0}}, "greater than or equal to 1"),
+        ({"type": "ProcessKill", "processKill": {"processName": "a b"}}, "should match pattern"),
+    ],
+)
+def test_attack_parameters_must_match_the_type(attack: dict[str, object], error: str) -> None:
+    with pytest.raises(ValidationError, match=error):
+        Attack.model_validate({"name": "a", **attack})
+
+
+def test_optional_parameters_default() -> None:
+    attack = Attack.model_validate({"name": "b", "type": "NetworkBlackhole"})
+    assert attack.parameters() is None and attack.node_level and attack.reversible
+    loss = Attack.model_validate({"name": "l", "type": "PacketLoss", "packetLoss": {"percent": 5}})
+    assert loss.parameters() is not None
+    assert loss.parameters().model_dump(by_alias=True) == {"percent": 5, "direction": "Both"}  # type: ignore[union-attr]

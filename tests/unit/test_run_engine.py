@@ -58,9 +58,15 @@ def obs(phase: Phase, after: float = 0, **kw: object) -> Observation:
     [
         (obs(Phase.CREATED, checks_succeeded_once=False), None, None),
         (obs(Phase.CREATED), Phase.PREPARED, Reason.PREPARED),
-        (obs(Phase.CREATED, agents_connected=False, after=59), None, None),
+        (obs(Phase.CREATED, agents_missing=("n1",), after=29), None, None),
         (
-            obs(Phase.CREATED, agents_connected=False, after=60),
+            obs(Phase.CREATED, agents_missing=("n1",), after=30),
+            Phase.FAILED,
+            Reason.AGENTS_NOT_CONNECTED,
+        ),
+        (obs(Phase.CREATED, checks_succeeded_once=False, after=59), None, None),
+        (
+            obs(Phase.CREATED, checks_succeeded_once=False, after=60),
             Phase.FAILED,
             Reason.PREPARATION_TIMED_OUT,
         ),
@@ -81,7 +87,7 @@ def obs(phase: Phase, after: float = 0, **kw: object) -> Observation:
         ),
         (obs(Phase.ATTACKS_STARTED, attack_failure="boom"), Phase.FAILED, Reason.ATTACK_FAILED),
         (
-            obs(Phase.ATTACKS_STARTED, agents_connected=False),
+            obs(Phase.ATTACKS_STARTED, agents_missing=("n1",)),
             Phase.FAILED,
             Reason.AGENT_DISCONNECTED,
         ),

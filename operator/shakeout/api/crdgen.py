@@ -14,6 +14,7 @@ from typing import Any
 
 from shakeout.api.common import GROUP, VERSION, Resource
 from shakeout.api.experiment import Experiment
+from shakeout.api.nodeattack import NodeAttack
 from shakeout.api.run import ExperimentRun
 from shakeout.api.switch import ChaosSwitch
 
@@ -89,6 +90,20 @@ CRDS: list[CrdInfo] = [
                 "Action Required", ".spec.actionRequired", description="Follow-up needed"
             ),
             PrinterColumn("Reason", ".status.reason", description="Why", priority=1),
+            AGE,
+        ],
+    ),
+    CrdInfo(
+        model=NodeAttack,
+        singular="nodeattack",
+        scope="Namespaced",
+        short_names=["na"],
+        columns=[
+            PrinterColumn("Run", ".spec.runName", description="The run"),
+            PrinterColumn("Attack", ".spec.attack.type", description="Attack type"),
+            PrinterColumn("Node", ".spec.node", description="The node"),
+            PrinterColumn("Phase", ".status.phase", description="The agent's report"),
+            PrinterColumn("Rollback", ".spec.rollback", "boolean", "Rollback requested"),
             AGE,
         ],
     ),

@@ -8,7 +8,7 @@ from typing import ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, JsonValue, model_validator
 
 from shakeout.api.common import (
     DNS_LABEL,
@@ -71,15 +71,50 @@ class BlastRadius(Model):
 
 
 class AttackType(StrEnum):
+    # API-level: executed by the operator's built-in cluster agent.
     POD_DELETE = "PodDelete"
     SCALE_WORKLOAD = "ScaleWorkload"
+    NETWORK_ISOLATION = "NetworkIsolation"
+    ENDPOINT_REMOVAL = "EndpointRemoval"
+    NODE_CORDON = "NodeCordon"
+    # Node-level: executed by the node agent of each target's node.
+    CPU_STRESS = "CpuStress"
+    MEMORY_STRESS = "MemoryStress"
+    NETWORK_BLACKHOLE = "NetworkBlackhole"
+    PACKET_LOSS = "PacketLoss"
+    BANDWIDTH_LIMIT = "BandwidthLimit"
+    NETWORK_DELAY = "NetworkDelay"
+    PROCESS_KILL = "ProcessKill"
 
 
 # Whether an attack type can be rolled back; shown in status and reports.
 REVERSIBLE: dict[AttackType, bool] = {
     AttackType.POD_DELETE: False,
     AttackType.SCALE_WORKLOAD: True,
+    AttackType.NETWORK_ISOLATION: True,
+    AttackType.ENDPOINT_REMOVAL: True,
+    AttackType.NODE_CORDON: True,
+    AttackType.CPU_STRESS: True,
+    AttackType.MEMORY_STRESS: True,
+    AttackType.NETWORK_BLACKHOLE: True,
+    AttackType.PACKET_LOSS: True,
+    AttackType.BANDWIDTH_LIMIT: True,
+    AttackType.NETWORK_DELAY: True,
+    AttackType.PROCESS_KILL: False,
 }
+
+# Attacks that a node agent executes on the node of each target.
+NODE_LEVEL: frozenset[AttackType] = frozenset(
+    {
+        AttackType.CPU_STRESS,
+        AttackType.MEMORY_STRESS,
+        AttackType.NETWORK_BLACKHOLE,
+        AttackType.PACKET_LOSS,
+        AttackType.BANDWIDTH_LIMIT,
+        AttackType.NETWORK_DELAY,
+        AttackType.PROCESS_KILL,
+    }
+)
 
 
 class WorkloadKind(StrEnum):
@@ -92,6 +127,12 @@ class WorkloadRef(Model):
 
     kind: WorkloadKind = Field(description="Deployment or StatefulSet.")
     name: str = Field(description="Name of the workload.", max_length=253, pattern=DNS_SUBDOMAIN)
+
+
+class Direction(StrEnum):
+    INGRESS = "Ingress"
+    EGRESS = "Egress"
+    BOTH = "Both"
 
 
 class PodDeleteParameters(Model):
@@ -112,38 +153,137 @@ class ScaleWorkloadParameters(Model):
     replicas: int = Field(ge=0, le=10000, description="The replica count during the attack.")
 
 
+class NetworkIsolationParameters(Model):
+    """NetworkIsolation: a NetworkPolicy denies the targets' traffic; rollback deletes it."""
+
+    direction: Direction = Field(
+        default=Direction.BOTH, description="Which traffic is denied: Ingress, Egress or Both."
+    )
+
+
+class CpuStressParameters(Model):
+    """CpuStress: worker processes that keep CPUs busy, in the target pod's cgroup."""
+
+    workers: int = Field(default=1, ge=1, le=64, description="Busy processes, one CPU each.")
+
+
+class MemoryStressParameters(Model):
+    """MemoryStress: a process that allocates and holds memory, in the pod's cgroup."""
+
+    megabytes: int = Field(ge=1, le=65536, description="MiB allocated and held.")
+
+
+class NetworkBlackholeParameters(Model):
+    """NetworkBlackhole: nftables in the target's network namespace drops all traffic."""
+
+    direction: Direction = Field(
+        default=Direction.BOTH, description="Which traffic is dropped: Ingress, Egress or Both."
+    )
+
+
+class PacketLossParameters(Model):
+    """PacketLoss: nftables in the target's network namespace drops a share of packets."""
+
+    percent: int = Field(ge=1, le=100, description="Percent (1-100) of the packets dropped.")
+    direction: Direction = Field(
+        default=Direction.BOTH, description="Which traffic loses packets: Ingress, Egress or Both."
+    )
+
+
+class BandwidthLimitParameters(Model):
+    """BandwidthLimit: a tc tbf qdisc caps the target's outgoing throughput."""
+
+    rate_kbit: int = Field(ge=8, le=100_000_000, description="The cap in kbit/s.")
+    burst_kbyte: int = Field(
+        default=32, ge=2, le=1_048_576, description="Bucket size in KiB (bytes sent at full speed)."
+    )
+
+
+class NetworkDelayParameters(Model):
+    """NetworkDelay: a tc netem qdisc delays the target's outgoing packets."""
+
+    delay_ms: int = Field(ge=1, le=60_000, description="Added delay in milliseconds.")
+    jitter_ms: int = Field(default=0, ge=0, le=60_000, description="Jitter in milliseconds.")
+
+
+class KillSignal(StrEnum):
+    KILL = "KILL"
+    TERM = "TERM"
+
+
+class ProcessKillParameters(Model):
+    """ProcessKill: signals the target pod's processes. Cannot be rolled back."""
+
+    signal: KillSignal = Field(default=KillSignal.KILL, description="KILL or TERM.")
+    process_name: str | None = Field(
+        default=None,
+        max_length=15,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Only processes with this name (comm, at most 15 characters); else all.",
+    )
+
+
+# The parameter field of each attack type: (field name, required).
+PARAMETERS: dict[AttackType, tuple[str, bool]] = {
+    AttackType.POD_DELETE: ("pod_delete", False),
+    AttackType.SCALE_WORKLOAD: ("scale_workload", True),
+    AttackType.NETWORK_ISOLATION: ("network_isolation", False),
+    AttackType.CPU_STRESS: ("cpu_stress", False),
+    AttackType.MEMORY_STRESS: ("memory_stress", True),
+    AttackType.NETWORK_BLACKHOLE: ("network_blackhole", False),
+    AttackType.PACKET_LOSS: ("packet_loss", True),
+    AttackType.BANDWIDTH_LIMIT: ("bandwidth_limit", True),
+    AttackType.NETWORK_DELAY: ("network_delay", True),
+    AttackType.PROCESS_KILL: ("process_kill", False),
+}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _parameter_rules() -> list[JsonValue]:
+    """CEL: each type's parameters are given for that type only (and when required)."""
+    rules: list[JsonValue] = []
+    for kind, (field, required) in PARAMETERS.items():
+        key = _camel(field)
+        if required:
+            rules.append(
+                cel(
+                    f"(self.type == '{kind}') == has(self.{key})",
+                    f"{key} parameters are required for, and only for, type {kind}",
+                    fieldPath=f".{key}",
+                )
+            )
+        else:
+            rules.append(
+                cel(
+                    f"self.type == '{kind}' || !has(self.{key})",
+                    f"{key} parameters belong to type {kind} only",
+                    fieldPath=f".{key}",
+                )
+            )
+    return rules
+
+
 class Attack(Model):
     """One attack: what happens to the targets, for how long."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.type != 'ScaleWorkload' || has(self.scaleWorkload)",
-                    "type ScaleWorkload needs scaleWorkload parameters",
-                    fieldPath=".scaleWorkload",
-                    reason="FieldValueRequired",
-                ),
-                cel(
-                    "self.type == 'ScaleWorkload' || !has(self.scaleWorkload)",
-                    "scaleWorkload parameters belong to type ScaleWorkload only",
-                    fieldPath=".scaleWorkload",
-                ),
-                cel(
-                    "self.type == 'PodDelete' || !has(self.podDelete)",
-                    "podDelete parameters belong to type PodDelete only",
-                    fieldPath=".podDelete",
-                ),
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _parameter_rules()})
 
     name: str = Field(
         description="Name of the attack, unique in the Experiment (a DNS label).",
         max_length=63,
         pattern=DNS_LABEL,
     )
-    type: AttackType = Field(description="What the attack does: PodDelete or ScaleWorkload.")
+    type: AttackType = Field(
+        description=(
+            "What the attack does. API-level: PodDelete, ScaleWorkload, NetworkIsolation, "
+            "EndpointRemoval, NodeCordon. Node-level (node agents): CpuStress, MemoryStress, "
+            "NetworkBlackhole, PacketLoss, BandwidthLimit, NetworkDelay, ProcessKill."
+        )
+    )
     duration_seconds: int = Field(
         default=60,
         ge=1,
@@ -156,19 +296,53 @@ class Attack(Model):
     scale_workload: ScaleWorkloadParameters | None = Field(
         default=None, description="Parameters of a ScaleWorkload attack (required for it)."
     )
+    network_isolation: NetworkIsolationParameters | None = Field(
+        default=None, description="Parameters of a NetworkIsolation attack."
+    )
+    cpu_stress: CpuStressParameters | None = Field(
+        default=None, description="Parameters of a CpuStress attack."
+    )
+    memory_stress: MemoryStressParameters | None = Field(
+        default=None, description="Parameters of a MemoryStress attack (required for it)."
+    )
+    network_blackhole: NetworkBlackholeParameters | None = Field(
+        default=None, description="Parameters of a NetworkBlackhole attack."
+    )
+    packet_loss: PacketLossParameters | None = Field(
+        default=None, description="Parameters of a PacketLoss attack (required for it)."
+    )
+    bandwidth_limit: BandwidthLimitParameters | None = Field(
+        default=None, description="Parameters of a BandwidthLimit attack (required for it)."
+    )
+    network_delay: NetworkDelayParameters | None = Field(
+        default=None, description="Parameters of a NetworkDelay attack (required for it)."
+    )
+    process_kill: ProcessKillParameters | None = Field(
+        default=None, description="Parameters of a ProcessKill attack."
+    )
 
     @property
     def reversible(self) -> bool:
         return REVERSIBLE[AttackType(self.type)]
 
+    @property
+    def node_level(self) -> bool:
+        return AttackType(self.type) in NODE_LEVEL
+
+    def parameters(self) -> Model | None:
+        """The parameters of this attack's type (None where the type has none or defaults)."""
+        entry = PARAMETERS.get(AttackType(self.type))
+        return getattr(self, entry[0]) if entry else None
+
     @model_validator(mode="after")
     def _parameters_match_type(self) -> Attack:
-        if self.type == AttackType.SCALE_WORKLOAD and self.scale_workload is None:
-            raise ValueError("type ScaleWorkload needs scaleWorkload parameters")
-        if self.type != AttackType.SCALE_WORKLOAD and self.scale_workload is not None:
-            raise ValueError("scaleWorkload parameters belong to type ScaleWorkload only")
-        if self.type != AttackType.POD_DELETE and self.pod_delete is not None:
-            raise ValueError("podDelete parameters belong to type PodDelete only")
+        for kind, (field, required) in PARAMETERS.items():
+            given = getattr(self, field) is not None
+            key = _camel(field)
+            if required and self.type == kind and not given:
+                raise ValueError(f"type {kind} needs {key} parameters")
+            if given and self.type != kind:
+                raise ValueError(f"{key} parameters belong to type {kind} only")
         return self
 
 
@@ -387,6 +561,16 @@ class ExperimentSpec(Model):
         description=(
             "A run that is not PREPARED after this long (agents not connected, no check "
             "success) fails with reason PreparationTimedOut."
+        ),
+    )
+    agent_timeout_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description=(
+            "A run with node-level attacks waits in CREATED at most this long for the node "
+            "agents of its targets' nodes to connect, then fails with reason "
+            "AgentsNotConnected."
         ),
     )
     schedule: Schedule | None = Field(

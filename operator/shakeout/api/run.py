@@ -14,6 +14,8 @@ from shakeout.api.experiment import ExperimentSpec
 # Status keeps at most this many target names: a run over 5,000 pods must not push the
 # object towards etcd's size limit (Chaos Mesh overflowed it with per-pod records).
 MAX_TARGET_NAMES = 20
+# Node agents a run may involve: node-level attacks on more nodes are refused.
+MAX_AGENT_NODES = 500
 
 
 class Phase(StrEnum):
@@ -198,6 +200,11 @@ class ExperimentRunStatus(Model):
     targets: Targets | None = Field(default=None, description="The resolved blast radius.")
     attacks: list[AttackResult] = Field(
         default_factory=list, max_length=16, description="Per-attack results."
+    )
+    agents: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_AGENT_NODES,
+        description="The nodes whose node agents take part (node-level attacks only).",
     )
     state_checks: list[StateCheckTally] = Field(
         default_factory=list, max_length=8, description="Per-check tallies."

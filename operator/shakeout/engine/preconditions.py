@@ -28,6 +28,8 @@ class RunRequest:
     # From engine.policies: the namespace rails and the cluster-wide caps.
     namespace_refusal: str | None = None
     cap_refusal: str | None = None
+    # Node-level attacks that the targets' node agents report they cannot do.
+    agent_refusal: str | None = None
 
 
 def refusal(req: RunRequest) -> str | None:
@@ -61,4 +63,6 @@ def refusal(req: RunRequest) -> str | None:
         )
     if req.cap_refusal:
         return req.cap_refusal
+    if req.agent_refusal:
+        return f"the run needs attacks its node agents cannot do: {req.agent_refusal}"
     return None

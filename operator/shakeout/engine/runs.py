@@ -52,6 +52,8 @@ class Reason(StrEnum):
     ATTACK_FAILED = "AttackFailed"
     ROLLBACK_FAILED = "RollbackFailed"
     AGENT_DISCONNECTED = "AgentDisconnected"
+    AGENTS_NOT_CONNECTED = "AgentsNotConnected"
+    ATTACK_UNSUPPORTED = "AttackUnsupported"
     PREPARATION_TIMED_OUT = "PreparationTimedOut"
     EXPERIMENT_NOT_FOUND = "ExperimentNotFound"
     EXPERIMENT_INVALID = "ExperimentInvalid"
@@ -88,7 +90,8 @@ class Observation:
     switch_enabled: bool = True
     deleting: bool = False
     shutting_down: bool = False
-    agents_connected: bool = True
+    # Nodes whose agents take part in the run and hold no live lease.
+    agents_missing: tuple[str, ...] = ()
     # A state check that failed in this instant: (name, message).
     check_failure: tuple[str, str] | None = None
     # Every state check has reported at least one success.
@@ -96,6 +99,15 @@ class Observation:
     attack_failure: str | None = None
     rollback_failure: str | None = None
     attacks_finished: bool = False
+
+    @property
+    def agents_connected(self) -> bool:
+        return not self.agents_missing
+
+    def missing_agents(self) -> str:
+        shown = ", ".join(self.agents_missing[:5])
+        more = len(self.agents_missing) - 5
+        return shown + (f" and {more} more" if more > 0 else "")
 
 
 @dataclass(frozen=True)
@@ -139,7 +151,11 @@ def _abort(obs: Observation) -> Transition | None:
         return Transition(Phase.FAILED, Reason.ATTACK_FAILED, obs.attack_failure, rollback=True)
     if not obs.agents_connected and obs.phase != Phase.CREATED:
         return Transition(
-            Phase.FAILED, Reason.AGENT_DISCONNECTED, "an agent disconnected", rollback=True
+            Phase.FAILED,
+            Reason.AGENT_DISCONNECTED,
+            f"the node agent of {obs.missing_agents()} lost its lease during the run; "
+            "it rolls back its own attacks, the operator rolled back the rest",
+            rollback=True,
         )
     if obs.check_failure and obs.phase != Phase.CREATED:
         name, message = obs.check_failure
@@ -166,6 +182,13 @@ def decide(obs: Observation) -> Transition | None:
                 Phase.PREPARED,
                 Reason.PREPARED,
                 f"agents connected and state checks succeeded; warm-up {exp.warm_up_seconds}s",
+            )
+        if not obs.agents_connected and spent >= timedelta(seconds=exp.agent_timeout_seconds):
+            return Transition(
+                Phase.FAILED,
+                Reason.AGENTS_NOT_CONNECTED,
+                f"the node agents of {obs.missing_agents()} did not connect within "
+                f"{exp.agent_timeout_seconds}s (agentTimeoutSeconds)",
             )
         if spent >= timedelta(seconds=exp.preparation_timeout_seconds):
             waiting = "agents" if not obs.agents_connected else "a success of every state check"

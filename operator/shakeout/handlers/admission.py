@@ -21,8 +21,8 @@ from shakeout.api.switch import SWITCH_NAME
 from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.preconditions import RunRequest, refusal
 from shakeout.engine.runs import is_terminal
-from shakeout.handlers import metrics
-from shakeout.handlers.blast_radius import resolve_targets
+from shakeout.handlers import agents, metrics
+from shakeout.handlers.blast_radius import resolve_target_pods
 from shakeout.handlers.k8s import api
 from shakeout.handlers.rails import rails_refusal
 from shakeout.handlers.runs import CANCELED_BY, STARTED_BY
@@ -47,15 +47,18 @@ async def gather_run_request(namespace: str, experiment: str, uid: str | None) -
         for r in runs
         if r["metadata"].get("uid") != uid and not is_terminal(r.get("status", {}).get("phase"))
     )
-    error, matched, targets = None, 0, 0
+    error, matched, targets, agent_problem = None, 0, 0, None
     if obj is not None:
         try:
             spec = Experiment.model_validate(obj).spec
         except ValidationError as err:
             error = describe_validation_error(err)
         else:
-            selection = await resolve_targets(namespace, spec.blast_radius, seed=uid or "")
+            selection, pods = await resolve_target_pods(
+                namespace, spec.blast_radius, seed=uid or ""
+            )
             matched, targets = selection.matched, len(selection.targets)
+            agent_problem = agents.unsupported(spec, sorted({p.node for p in pods if p.node}))
     namespace_problem, cap_problem = await rails_refusal(namespace, switch, matched, targets)
     return RunRequest(
         namespace=namespace,
@@ -69,6 +72,7 @@ async def gather_run_request(namespace: str, experiment: str, uid: str | None) -
         targets=targets,
         namespace_refusal=namespace_problem,
         cap_refusal=cap_problem,
+        agent_refusal=agent_problem,
     )
 
 

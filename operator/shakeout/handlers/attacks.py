@@ -1,28 +1,103 @@
 """The operator's built-in cluster agent: API-level attacks and their rollback.
 
-Every method is idempotent: applying a scale twice sets the same count, rolling it back
-twice restores the same count, deleting a pod that is gone is a no-op. The caller
-journals each step in the run's status before calling in here.
+Every method is idempotent: applying twice gives the same state, rolling back twice
+restores the same state, a target that is gone is skipped. The caller journals each attack
+in the run's status before calling in here; per target, the record of what was changed
+lives on the changed object itself (a label or an annotation written in the same request
+as the change), so that a rollback after an operator restart finds every target.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
-from shakeout.api.experiment import Attack, AttackType
+from shakeout.api.common import API_VERSION
+from shakeout.api.experiment import Attack, AttackType, Direction
 from shakeout.api.run import AttackResult
-from shakeout.handlers.k8s import api
+from shakeout.handlers.k8s import Conflict, Obj, Pod, api
 
-# Pod deletions in flight at once: enough for 1,000 targets in about a second, few
-# enough not to trip the API server's priority-and-fairness limits.
-DELETE_CONCURRENCY = 32
+# Requests in flight at once: enough for 1,000 targets in about a second, few enough not
+# to trip the API server's priority-and-fairness limits.
+CONCURRENCY = 32
+
+REMOVED_LABELS = "shakeout.dev/removed-labels"
+CORDONED_BY = "shakeout.dev/cordoned-by"
+
+# Controllers whose selector must keep matching their pods (or they would replace them).
+OWNER_PATHS = {
+    "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
+    "StatefulSet": "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
+    "DaemonSet": "/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
+    "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
+}
+
+
+class AttackError(Exception):
+    """An attack could not be applied or rolled back; the message says why."""
+
+
+def _short(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def isolation_label(attack: Attack) -> str:
+    return f"shakeout.dev/isolated-{_short(attack.name)}"
+
+
+async def _each(items: Iterable[Any], action: Callable[[Any], Awaitable[Any]]) -> list[Any]:
+    limiter = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(item: Any) -> Any:
+        async with limiter:
+            return await action(item)
+
+    return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+def _selector_keys(obj: Obj | None) -> set[str]:
+    selector = ((obj or {}).get("spec") or {}).get("selector") or {}
+    keys = set(selector.get("matchLabels") or {})
+    keys.update(e["key"] for e in selector.get("matchExpressions") or [])
+    return keys
 
 
 class ClusterAgent:
-    """Executes API-level attacks in one namespace."""
+    """Executes API-level attacks in the run's namespace."""
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, run_name: str = "", run_uid: str = "") -> None:
         self.namespace = namespace
+        self.run_name = run_name
+        self.run_uid = run_uid
+
+    def owner_reference(self) -> Obj:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "ExperimentRun",
+            "name": self.run_name,
+            "uid": self.run_uid,
+        }
+
+    def record(self, attack: Attack, **extra: Any) -> str:
+        return json.dumps({"run": self.run_uid, "attack": attack.name, **extra}, sort_keys=True)
+
+    def ours(self, annotation: str | None, attack: Attack) -> dict[str, Any] | None:
+        try:
+            value = json.loads(annotation or "")
+        except ValueError:
+            return None
+        mine = isinstance(value, dict) and value.get("run") == self.run_uid
+        return value if mine and value.get("attack") == attack.name else None
+
+    async def patch_pod(self, name: str, patch: Obj) -> bool:
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{name}"
+        return await api().request("PATCH", path, patch, merge_patch=True) is not None
+
+    # -- the catalogue -----------------------------------------------------------
 
     async def prepare(self, attack: Attack) -> dict[str, object]:
         """What to journal before applying: for a scale, the count to restore."""
@@ -34,31 +109,188 @@ class ClusterAgent:
             }
         return {}
 
-    async def apply(self, attack: Attack, targets: tuple[str, ...]) -> int:
+    async def apply(self, attack: Attack, pods: list[Pod]) -> int:
         """Apply the attack; returns how many targets it acted on."""
-        if attack.type == AttackType.SCALE_WORKLOAD:
+        kind = AttackType(attack.type)
+        if kind == AttackType.SCALE_WORKLOAD:
             assert attack.scale_workload is not None
             ref = attack.scale_workload.workload
             await api().set_replicas(
                 ref.kind, self.namespace, ref.name, attack.scale_workload.replicas
             )
             return 1
+        if kind == AttackType.NETWORK_ISOLATION:
+            return await self.isolate(attack, pods)
+        if kind == AttackType.ENDPOINT_REMOVAL:
+            return await self.remove_endpoints(attack, pods)
+        if kind == AttackType.NODE_CORDON:
+            return await self.cordon(attack, pods)
         grace = attack.pod_delete.grace_period_seconds if attack.pod_delete else 0
-        limiter = asyncio.Semaphore(DELETE_CONCURRENCY)
 
-        async def delete(name: str) -> bool:
-            async with limiter:
-                return await api().delete_pod(self.namespace, name, grace)
+        async def delete(pod: Pod) -> bool:
+            return await api().delete_pod(self.namespace, pod.name, grace)
 
-        deleted = await asyncio.gather(*(delete(name) for name in targets))
-        return sum(deleted)
+        return sum(await _each(pods, delete))
 
     async def rollback(self, attack: Attack, result: AttackResult) -> None:
-        """Undo a reversible attack (only ScaleWorkload is, among the cluster's attacks)."""
-        if attack.type != AttackType.SCALE_WORKLOAD:
-            return
-        assert attack.scale_workload is not None
-        if result.previous_replicas is None:
-            return  # never applied: nothing was journaled, nothing to restore
-        ref = attack.scale_workload.workload
-        await api().set_replicas(ref.kind, self.namespace, ref.name, result.previous_replicas)
+        """Undo a reversible attack; a no-op for what was never applied or is undone."""
+        kind = AttackType(attack.type)
+        if kind == AttackType.SCALE_WORKLOAD:
+            assert attack.scale_workload is not None
+            if result.previous_replicas is None:
+                return  # never applied: nothing was journaled, nothing to restore
+            ref = attack.scale_workload.workload
+            await api().set_replicas(ref.kind, self.namespace, ref.name, result.previous_replicas)
+        elif kind == AttackType.NETWORK_ISOLATION:
+            await self.end_isolation(attack)
+        elif kind == AttackType.ENDPOINT_REMOVAL:
+            await self.restore_endpoints(attack)
+        elif kind == AttackType.NODE_CORDON:
+            await self.uncordon(attack)
+
+    # -- NetworkIsolation: a deny-all NetworkPolicy over labelled targets ----------
+
+    def policy_name(self, attack: Attack) -> str:
+        return f"shakeout-{attack.name}-{self.run_uid[:8]}"
+
+    async def isolate(self, attack: Attack, pods: list[Pod]) -> int:
+        label = isolation_label(attack)
+        direction = attack.network_isolation.direction if attack.network_isolation else "Both"
+        types = ["Ingress", "Egress"] if direction == Direction.BOTH else [str(direction)]
+        policy = {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": self.policy_name(attack),
+                "labels": {"shakeout.dev/run-uid": self.run_uid},
+                # Deleting the run deletes the policy too (after our own rollback).
+                "ownerReferences": [self.owner_reference()],
+            },
+            # No rules: everything of the listed directions is denied.
+            "spec": {"podSelector": {"matchLabels": {label: self.run_uid}}, "policyTypes": types},
+        }
+        path = f"/apis/networking.k8s.io/v1/namespaces/{self.namespace}/networkpolicies"
+        with contextlib.suppress(Conflict):  # already there: applied before a restart
+            await api().request("POST", path, policy)
+
+        async def mark(pod: Pod) -> bool:
+            return await self.patch_pod(pod.name, {"metadata": {"labels": {label: self.run_uid}}})
+
+        return sum(await _each(pods, mark))
+
+    async def end_isolation(self, attack: Attack) -> None:
+        base = f"/apis/networking.k8s.io/v1/namespaces/{self.namespace}/networkpolicies"
+        await api().request("DELETE", f"{base}/{self.policy_name(attack)}")
+        label = isolation_label(attack)
+        marked = await api().list_pods(self.namespace, f"{label}={self.run_uid}")
+
+        async def unmark(pod: Pod) -> bool:
+            return await self.patch_pod(pod.name, {"metadata": {"labels": {label: None}}})
+
+        await _each(marked, unmark)
+
+    # -- EndpointRemoval: drop the labels that only Services select ----------------
+
+    async def remove_endpoints(self, attack: Attack, pods: list[Pod]) -> int:
+        listing = await api().request("GET", f"/api/v1/namespaces/{self.namespace}/services")
+        selectors = [
+            dict((svc.get("spec") or {}).get("selector") or {})
+            for svc in (listing or {}).get("items", [])
+        ]
+        owners: dict[tuple[str, str], set[str]] = {}
+        problems: list[str] = []
+
+        async def owner_keys(pod: Pod) -> set[str]:
+            if pod.owner_kind not in OWNER_PATHS or pod.owner_name is None:
+                return set()
+            key = (pod.owner_kind, pod.owner_name)
+            if key not in owners:
+                path = OWNER_PATHS[pod.owner_kind].format(ns=self.namespace, name=pod.owner_name)
+                owners[key] = _selector_keys(await api().request("GET", path))
+            return owners[key]
+
+        async def remove(pod: Pod) -> bool:
+            if self.ours(pod.annotations.get(REMOVED_LABELS), attack) is not None:
+                return True  # removed before an operator restart
+            selected = [s for s in selectors if s and s.items() <= pod.labels.items()]
+            keys = set().union(*selected) - await owner_keys(pod) if selected else set()
+            if not keys:
+                why = (
+                    "no Service selects it"
+                    if not selected
+                    else (f"its {pod.owner_kind} selects every label its Services select")
+                )
+                problems.append(f"{pod.name}: {why}")
+                return False
+            removed = {k: pod.labels[k] for k in sorted(keys)}
+            patch = {
+                "metadata": {
+                    "labels": dict.fromkeys(removed),
+                    "annotations": {REMOVED_LABELS: self.record(attack, labels=removed)},
+                }
+            }
+            return await self.patch_pod(pod.name, patch)
+
+        done: int = sum(await _each(pods, remove))
+        if done == 0 and problems:
+            raise AttackError("no target could leave its endpoints: " + "; ".join(problems[:3]))
+        return done
+
+    async def restore_endpoints(self, attack: Attack) -> None:
+        pods = await api().list_pods(self.namespace, "")
+
+        async def restore(pod: Pod) -> None:
+            record = self.ours(pod.annotations.get(REMOVED_LABELS), attack)
+            if record is None:
+                return
+            patch = {
+                "metadata": {
+                    "labels": dict(record.get("labels") or {}),
+                    "annotations": {REMOVED_LABELS: None},
+                }
+            }
+            await self.patch_pod(pod.name, patch)
+
+        await _each(pods, restore)
+
+    # -- NodeCordon: the targets' nodes become unschedulable -----------------------
+
+    async def cordon(self, attack: Attack, pods: list[Pod]) -> int:
+        nodes = sorted({p.node for p in pods if p.node})
+
+        async def one(name: str) -> bool:
+            node = await api().request("GET", f"/api/v1/nodes/{name}")
+            if node is None:
+                return False
+            annotations = node["metadata"].get("annotations") or {}
+            if self.ours(annotations.get(CORDONED_BY), attack) is not None:
+                return True  # cordoned by us before an operator restart
+            if (node.get("spec") or {}).get("unschedulable"):
+                return False  # cordoned by someone else: theirs to uncordon, not ours
+            patch = {
+                "metadata": {
+                    # A CAS: a node cordoned meanwhile by someone else is not taken over.
+                    "resourceVersion": node["metadata"]["resourceVersion"],
+                    "annotations": {CORDONED_BY: self.record(attack)},
+                },
+                "spec": {"unschedulable": True},
+            }
+            await api().request("PATCH", f"/api/v1/nodes/{name}", patch, merge_patch=True)
+            return True
+
+        return sum(await _each(nodes, one))
+
+    async def uncordon(self, attack: Attack) -> None:
+        listing = await api().request("GET", "/api/v1/nodes")
+
+        async def one(node: Obj) -> None:
+            meta = node["metadata"]
+            if self.ours((meta.get("annotations") or {}).get(CORDONED_BY), attack) is None:
+                return
+            patch = {
+                "metadata": {"annotations": {CORDONED_BY: None}},
+                "spec": {"unschedulable": None},
+            }
+            await api().request("PATCH", f"/api/v1/nodes/{meta['name']}", patch, merge_patch=True)
+
+        await _each((listing or {}).get("items", []), one)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,14 +50,43 @@ class Pod:
     name: str
     ready: bool
     deleting: bool
+    uid: str = ""
+    node: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    owner_kind: str | None = None
+    owner_name: str | None = None
+
+
+def pod_from(item: Obj) -> Pod:
+    meta = item["metadata"]
+    conditions = item.get("status", {}).get("conditions") or []
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    deleting = bool(meta.get("deletionTimestamp"))
+    owner: Obj = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")), {})
+    return Pod(
+        name=meta["name"],
+        ready=ready and not deleting,
+        deleting=deleting,
+        uid=meta.get("uid", ""),
+        node=item.get("spec", {}).get("nodeName"),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        owner_kind=owner.get("kind"),
+        owner_name=owner.get("name"),
+    )
 
 
 class Api:
     """Thin async wrappers; each method is one API request."""
 
-    def __init__(self) -> None:
+    def __init__(self, request_timeout: float | None = None) -> None:
         _load_config()
+        # None waits as long as the connection lives (the operator); the node agent sets a
+        # bound so that a blackholed API server cannot hang its renewals.
+        self.request_timeout = request_timeout
         api_client = client.ApiClient()
+        self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
@@ -77,6 +106,43 @@ class Api:
             if err.status == 404:
                 return None
             raise
+        return _body(resp)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Obj | None = None,
+        query: dict[str, str] | None = None,
+        merge_patch: bool = False,
+    ) -> Obj | None:
+        """Any REST call by path (objects without a typed client here); None on 404."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = (
+                "application/merge-patch+json" if merge_patch else "application/json"
+            )
+
+        def call() -> Any:
+            serialized = self.api_client.param_serialize(
+                method,
+                path,
+                query_params=list((query or {}).items()),
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            resp = self.api_client.call_api(*serialized, _request_timeout=self.request_timeout)
+            resp.read()
+            return resp
+
+        resp = await asyncio.to_thread(call)
+        if resp.status == 404:
+            return None
+        if resp.status == 409:
+            raise Conflict(f"{method} {path}: conflict")
+        if resp.status >= 400:
+            raise ApiException(status=resp.status, reason=f"{method} {path}: {resp.data[:500]!r}")
         return _body(resp)
 
     # -- shakeout objects ------------------------------------------------------
@@ -196,13 +262,7 @@ class Api:
             label_selector=selector,
             _preload_content=False,
         )
-        pods = []
-        for item in _body(resp).get("items", []):
-            conditions = item.get("status", {}).get("conditions") or []
-            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-            deleting = bool(item["metadata"].get("deletionTimestamp"))
-            pods.append(Pod(item["metadata"]["name"], ready and not deleting, deleting))
-        return pods
+        return [pod_from(item) for item in _body(resp).get("items", [])]
 
     async def namespace_labels(self, name: str) -> dict[str, str]:
         obj = await self._get_or_none(self.core.read_namespace, name)
@@ -256,9 +316,9 @@ class Api:
 _api: Api | None = None
 
 
-def api() -> Api:
+def api(request_timeout: float | None = None) -> Api:
     """The process-wide client, made on first use (after kopf has logged in)."""
     global _api  # noqa: PLW0603
     if _api is None:
-        _api = Api()
+        _api = Api(request_timeout)
     return _api

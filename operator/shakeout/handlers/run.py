@@ -10,7 +10,7 @@ from pathlib import Path
 import kopf
 
 # Importing the modules registers their handlers with kopf's default registry.
-from shakeout.handlers import admission, experiments, runs, settings, switch  # noqa: F401
+from shakeout.handlers import admission, agents, experiments, runs, settings, switch  # noqa: F401
 
 
 def run_operator(

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.experiment import Experiment
 from shakeout.api.run import (
+    MAX_AGENT_NODES,
     AttackResult,
     AttackState,
     ExperimentRunStatus,
@@ -29,13 +30,14 @@ from shakeout.engine import runs as engine
 from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.runs import Reason, Transition, is_terminal
 from shakeout.engine.targets import selector_to_string
-from shakeout.handlers import metrics
+from shakeout.handlers import agents, metrics
 from shakeout.handlers import switch as lock
 from shakeout.handlers.attacks import ClusterAgent
 from shakeout.handlers.authz import may_run_in
-from shakeout.handlers.blast_radius import resolve_targets
+from shakeout.handlers.blast_radius import resolve_target_pods
 from shakeout.handlers.checks import run_check
-from shakeout.handlers.k8s import api
+from shakeout.handlers.k8s import Pod, api
+from shakeout.handlers.node_attacks import NodeDispatcher
 from shakeout.handlers.rails import rails_refusal
 
 # Set by the mutating webhook from the admission request's user info.
@@ -113,7 +115,11 @@ class RunExecutor:
         self.name: str = meta["name"]
         self.uid: str = meta["uid"]
         self.wakeup = asyncio.Event()
-        self.agent = ClusterAgent(self.namespace)
+        self.agent = ClusterAgent(self.namespace, self.name, self.uid)
+        self.node_agents = NodeDispatcher(self.namespace, self.name, self.uid)
+        # Each node agent's lease holder when the attacks went out: another holder later
+        # means the agent restarted, and its faults with it.
+        self.agent_holders: dict[str, str] = {}
         self.status = ExperimentRunStatus.model_validate(dict(body.get("status") or {}))
         self.attack_failure: str | None = None
         self.rollback_failure: str | None = None
@@ -211,7 +217,7 @@ class RunExecutor:
             )
             return False
         spec = experiment.spec
-        selection = await resolve_targets(self.namespace, spec.blast_radius, self.uid)
+        selection, pods = await resolve_target_pods(self.namespace, spec.blast_radius, self.uid)
         namespace_problem, cap_problem = await rails_refusal(
             self.namespace, switch, selection.matched, len(selection.targets)
         )
@@ -237,6 +243,16 @@ class RunExecutor:
                 f"{creator.username} may not run experiments in namespace {self.namespace}",
             )
             return False
+        nodes = sorted({p.node for p in pods if p.node}) if agents.node_attack_types(spec) else []
+        if len(nodes) > MAX_AGENT_NODES:
+            await self.refuse(
+                Reason.ATTACK_UNSUPPORTED,
+                f"node-level attacks on {len(nodes)} nodes; at most {MAX_AGENT_NODES} per run",
+            )
+            return False
+        if (problem := agents.unsupported(spec, nodes)) is not None:
+            await self.refuse(Reason.ATTACK_UNSUPPORTED, problem)
+            return False
         got = await lock.acquire(self.namespace, self.name, self.uid, prefetched=switch)
         if not got.acquired:
             if got.disabled:
@@ -249,6 +265,7 @@ class RunExecutor:
             return False
         status = engine.initial_status(spec, utcnow(), self.generation)
         status.targets = selection.summary()
+        status.agents = nodes
         status.experiment = spec
         status.experiment_generation = obj["metadata"].get("generation")
         status.started_by = self.recorded(STARTED_BY)
@@ -263,25 +280,35 @@ class RunExecutor:
         assert self.status.experiment is not None
         return next(a for a in self.status.experiment.attacks if a.name == name)
 
+    async def apply_one(self, attack: Any, pods: list[Pod]) -> int:
+        if attack.node_level:
+            return await self.node_agents.apply(attack, pods)
+        return await self.agent.apply(attack, pods)
+
     async def apply_attacks(self) -> None:
         """Journal every attack as Applying (with its rollback data), then apply them."""
         spec = self.status.experiment
         assert spec is not None
         # The rollback data of every attack and the current targets, read at once.
-        targets = asyncio.create_task(resolve_targets(self.namespace, spec.blast_radius, self.uid))
+        targets = asyncio.create_task(
+            resolve_target_pods(self.namespace, spec.blast_radius, self.uid)
+        )
         prepared = await asyncio.gather(*(self.agent.prepare(a) for a in spec.attacks))
-        selection = await targets
+        selection, pods = await targets
         status = self.status
         for attack, rollback_data in zip(spec.attacks, prepared, strict=True):
             status = engine.update_attack(
                 status, attack.name, state=AttackState.APPLYING, **rollback_data
             )
         status.targets = selection.summary()
+        if agents.node_attack_types(spec):
+            status.agents = sorted({*status.agents, *(p.node for p in pods if p.node)})
+            self.agent_holders = agents.holders(status.agents)
         await self.persist(status)  # the journal: written before anything is touched
 
         async def one(attack: Any) -> tuple[str, dict[str, Any]]:
             try:
-                count = await self.agent.apply(attack, selection.targets)
+                count = await self.apply_one(attack, pods)
             except Exception as err:  # noqa: BLE001  (recorded, then the run fails)
                 return attack.name, {"state": AttackState.FAILED, "message": str(err)[:1024]}
             return attack.name, {
@@ -318,15 +345,23 @@ class RunExecutor:
         )
         error = ""
         for attempt in range(ROLLBACK_ATTEMPTS):
+            note = None
             try:
-                await self.agent.rollback(attack, result)
+                if attack.node_level:
+                    note = await self.node_agents.rollback(attack)
+                else:
+                    await self.agent.rollback(attack, result)
             except Exception as err:  # noqa: BLE001  (retried, then reported)
                 error = str(err)[:900]
                 await asyncio.sleep(0.2 * 2**attempt)
                 continue
             await self.persist(
                 engine.update_attack(
-                    self.status, result.name, state=AttackState.ROLLED_BACK, rolled_back_at=utcnow()
+                    self.status,
+                    result.name,
+                    state=AttackState.ROLLED_BACK,
+                    rolled_back_at=utcnow(),
+                    message=note or result.message,
                 )
             )
             metrics.ATTACKS_ROLLED_BACK.labels(result.type).inc()
@@ -356,11 +391,18 @@ class RunExecutor:
         """After an operator restart: finish what the journal says was under way."""
         self.logger.info(f"resuming run in phase {self.status.phase}")
         status = self.status
+        pods: list[Pod] | None = None
         for result in status.attacks:
             if result.state == AttackState.APPLYING:
                 if result.reversible:
-                    # Re-applying a scale is idempotent; its rollback data is journaled.
-                    await self.agent.apply(self.attack(result.name), ())
+                    # Re-applying is idempotent (each target's record is on the target);
+                    # the rollback data of a scale is journaled.
+                    if pods is None:
+                        assert status.experiment is not None
+                        _, pods = await resolve_target_pods(
+                            self.namespace, status.experiment.blast_radius, self.uid
+                        )
+                    await self.apply_one(self.attack(result.name), pods)
                 # An irreversible attack may have been applied: never apply it twice.
                 status = engine.update_attack(
                     status,
@@ -391,6 +433,16 @@ class RunExecutor:
                 failure = (check.name, message)
         await self.persist(status)
         return failure
+
+    def agents_missing(self, phase: Phase) -> tuple[str, ...]:
+        """Node agents of this run without a live lease, while they matter."""
+        if not self.status.agents or phase not in (
+            Phase.CREATED,
+            Phase.PREPARED,
+            Phase.ATTACKS_STARTED,
+        ):
+            return ()
+        return agents.missing(self.status.agents, self.agent_holders)
 
     def idle_for(self, now: datetime) -> float:
         deadlines = list(self.next_check.values())
@@ -439,6 +491,7 @@ class RunExecutor:
             shutting_down=self.shutting_down(),
             check_failure=check_failure,
             checks_succeeded_once=engine.checks_succeeded_once(self.status, spec),
+            agents_missing=self.agents_missing(phase),
             attack_failure=self.attack_failure,
             rollback_failure=self.rollback_failure,
             attacks_finished=attacks_finished,

@@ -82,13 +82,37 @@ def _operator(args: argparse.Namespace) -> int:
     )
 
 
-def _agent(_args: argparse.Namespace) -> int:
-    print(
-        "shakeout agent: the node agent is not part of this release yet; "
-        "the operator's built-in cluster agent executes the API-level attacks",
-        file=sys.stderr,
+def _agent(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from shakeout.agent.daemon import AgentOptions, run_agent
+
+    if not args.node:
+        print("shakeout agent: give --node or set NODE_NAME", file=sys.stderr)
+        return 2
+    if args.renew_interval >= args.lease_duration:
+        print("shakeout agent: --renew-interval must be below --lease-duration", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    return 2
+    options = AgentOptions(
+        node=args.node,
+        namespace=args.namespace,
+        lease_duration=args.lease_duration,
+        renew_interval=args.renew_interval,
+        locator=args.locator,
+        journal=Path(args.journal),
+        proc_root=args.proc_root,
+        netns_dir=args.netns_dir,
+    )
+    try:
+        asyncio.run(run_agent(options))
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +190,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_operator)
 
-    p = sub.add_parser("agent", help="the node agent (node-level attacks)")
+    p = sub.add_parser("agent", help="the node agent (node-level attacks on its node)")
+    p.add_argument("--node", default=os.environ.get("NODE_NAME"), help="this node (NODE_NAME)")
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE", "shakeout-system"),
+        help="namespace of the agents' Leases (default: POD_NAMESPACE or shakeout-system)",
+    )
+    p.add_argument("--lease-duration", type=float, default=6.0, help="seconds (default 6)")
+    p.add_argument("--renew-interval", type=float, default=2.0, help="seconds (default 2)")
+    p.add_argument(
+        "--locator",
+        choices=["runtime", "netns-annotation"],
+        default="runtime",
+        help=(
+            "how pods are found on the node: runtime (/proc and cgroups, real nodes) or "
+            "netns-annotation (kwok and test nodes only: unsafe elsewhere)"
+        ),
+    )
+    p.add_argument(
+        "--journal",
+        default="/var/lib/shakeout/journal.json",
+        help="the keeper's journal of applied faults (a hostPath in the DaemonSet)",
+    )
+    p.add_argument("--proc-root", default="/proc", help="the host's /proc (default /proc)")
+    p.add_argument("--netns-dir", default="/run/netns", help="netns-annotation: netns dir")
+    p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_agent)
     return parser
 

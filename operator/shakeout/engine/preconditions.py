@@ -30,6 +30,8 @@ class RunRequest:
     cap_refusal: str | None = None
     # Node-level attacks that the targets' node agents report they cannot do.
     agent_refusal: str | None = None
+    # Attacks that cannot be rolled back, as "name (Type)": warned about, not refused.
+    irreversible: tuple[str, ...] = ()
 
 
 def refusal(req: RunRequest) -> str | None:

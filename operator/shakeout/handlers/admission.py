@@ -48,6 +48,7 @@ async def gather_run_request(namespace: str, experiment: str, uid: str | None) -
         if r["metadata"].get("uid") != uid and not is_terminal(r.get("status", {}).get("phase"))
     )
     error, matched, targets, agent_problem = None, 0, 0, None
+    irreversible: tuple[str, ...] = ()
     if obj is not None:
         try:
             spec = Experiment.model_validate(obj).spec
@@ -59,6 +60,7 @@ async def gather_run_request(namespace: str, experiment: str, uid: str | None) -
             )
             matched, targets = selection.matched, len(selection.targets)
             agent_problem = agents.unsupported(spec, sorted({p.node for p in pods if p.node}))
+            irreversible = tuple(f"{a.name} ({a.type})" for a in spec.attacks if not a.reversible)
     namespace_problem, cap_problem = await rails_refusal(namespace, switch, matched, targets)
     return RunRequest(
         namespace=namespace,
@@ -73,11 +75,12 @@ async def gather_run_request(namespace: str, experiment: str, uid: str | None) -
         namespace_refusal=namespace_problem,
         cap_refusal=cap_problem,
         agent_refusal=agent_problem,
+        irreversible=irreversible,
     )
 
 
 @kopf.on.validate(GROUP, VERSION, "experimentruns", operation="CREATE", id="run-preconditions")
-async def validate_run(body: kopf.Body, **_: Any) -> None:
+async def validate_run(body: kopf.Body, warnings: list[str], **_: Any) -> None:
     meta = body.get("metadata", {})
     if (meta.get("labels") or {}).get(TRIGGER_LABEL) == "schedule":
         # A scheduled run is always recorded: if a precondition fails, the operator ends it
@@ -88,6 +91,12 @@ async def validate_run(body: kopf.Body, **_: Any) -> None:
         request = await gather_run_request(meta.get("namespace", ""), ref, meta.get("uid"))
     if (message := refusal(request)) is not None:
         raise kopf.AdmissionError(message, code=403)
+    if request.irreversible:
+        # Said before the run starts: kubectl prints admission warnings to the user.
+        warnings.append(
+            "this run contains attacks that cannot be rolled back: "
+            + ", ".join(request.irreversible)
+        )
 
 
 # Ignore failures: GitOps must be able to apply Experiments while the operator is away

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 REPORTS := .cache/test-reports
 
 .PHONY: help venv controlplane crds verify lint format typecheck lint-imports check-crds bench \
-        test test-unit test-e2e sandbox-up sandbox-down sandbox-status run clean
+        test test-unit test-node test-e2e host-tools sandbox-up sandbox-down sandbox-status run clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,11 +51,18 @@ verify: check-crds lint typecheck lint-imports ## CRD drift, ruff, mypy, import-
 test-unit: $(STAMP) ## fast tests, no cluster
 	$(BIN)/pytest tests/unit -q
 
-test-e2e: $(STAMP) controlplane ## tests on the real control plane (starts and stops the sandbox)
+host-tools: ## nft, ip, tc, nsenter for the node agent (installs Debian packages as root)
+	bash tools/host-tools.sh
+
+test-node: $(STAMP) host-tools ## node-agent faults on real network namespaces (root, no cluster)
+	mkdir -p $(REPORTS)
+	$(BIN)/pytest tests/node -q --junitxml=$(REPORTS)/node.xml
+
+test-e2e: $(STAMP) controlplane host-tools ## tests on the real control plane (starts and stops the sandbox)
 	mkdir -p $(REPORTS)
 	$(BIN)/pytest tests/e2e -q --junitxml=$(REPORTS)/e2e.xml
 
-test: verify test-unit test-e2e ## everything CI runs: verify, unit tier, e2e tier
+test: verify test-unit test-node test-e2e ## everything CI runs: verify, unit, node and e2e tiers
 
 sandbox-up: $(STAMP) controlplane ## start the local control plane; prints the admin kubeconfig
 	$(BIN)/shakeout sandbox up --no-build

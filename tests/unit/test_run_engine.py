@@ -148,6 +148,18 @@ def test_a_full_run_moves_forward_with_timeline_and_conditions() -> None:
         conds["Prepared"][0] == conds["AttacksStarted"][0] == conds["AttacksStopped"][0] == "True"
     )
     assert status.finished_at == now
+    # kstatus: Current once done, not Stalled.
+    assert conds["Reconciling"][0] == "False"
+    assert conds["Stalled"][0] == "False"
+
+
+def test_kstatus_conditions_say_in_progress_then_failed() -> None:
+    status = initial_status(SPEC, T0, generation=1)
+    conds = {c.type: c.status for c in status.conditions}
+    assert (conds["Reconciling"], conds["Stalled"]) == ("True", "False")
+    failed = refuse(status, Reason.STATE_CHECK_FAILED, "down", T0, 1)
+    conds = {c.type: c.status for c in failed.conditions}
+    assert (conds["Reconciling"], conds["Stalled"]) == ("False", "True")
 
 
 def test_phases_never_go_back_and_terminal_is_final() -> None:

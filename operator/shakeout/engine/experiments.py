@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shakeout.api.common import ConditionStatus
+from shakeout.api.common import Condition, ConditionStatus
 from shakeout.api.experiment import AttackSummary, Experiment, ExperimentStatus
 from shakeout.engine.conditions import set_condition
 
@@ -39,6 +39,7 @@ def experiment_status(
             now=now,
             generation=generation,
         )
+        status.conditions = _stalled(status.conditions, True, now, generation)
         status.observed_generation = generation
         return status
     status.attacks = [
@@ -58,5 +59,21 @@ def experiment_status(
         now=now,
         generation=generation,
     )
+    status.conditions = _stalled(status.conditions, False, now, generation)
     status.observed_generation = generation
     return status
+
+
+def _stalled(
+    conditions: list[Condition], invalid: bool, now: datetime, generation: int | None
+) -> list[Condition]:
+    """kstatus (Flux, kpt) reads Stalled: an invalid Experiment is Failed there, too."""
+    return set_condition(
+        conditions,
+        type="Stalled",
+        status=ConditionStatus.TRUE if invalid else ConditionStatus.FALSE,
+        reason="InvalidSpec" if invalid else "SpecValid",
+        message="the spec is invalid: see the Valid condition" if invalid else "",
+        now=now,
+        generation=generation,
+    )

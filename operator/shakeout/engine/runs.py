@@ -277,6 +277,21 @@ def enter(
         now=now,
         generation=generation,
     )
+    # kstatus (Flux, kpt, cli-utils) reads Reconciling and Stalled: a live run is
+    # InProgress, a COMPLETED or CANCELED one Current, a FAILED one Failed.
+    for kstatus_type, is_true in (
+        ("Reconciling", not is_terminal(target)),
+        ("Stalled", target == Phase.FAILED),
+    ):
+        new.conditions = set_condition(
+            new.conditions,
+            type=kstatus_type,
+            status=ConditionStatus.TRUE if is_true else ConditionStatus.FALSE,
+            reason=transition.reason,
+            message=transition.message,
+            now=now,
+            generation=generation,
+        )
     if is_terminal(target):
         new.finished_at = now
         # Attacks that never started are closed as skipped: a report has no open ends.

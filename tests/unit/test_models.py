@@ -110,7 +110,10 @@ def test_attack_parameters_must_match_the_type(attack: dict[str, object], error:
 
 def test_optional_parameters_default() -> None:
     attack = Attack.model_validate({"name": "b", "type": "NetworkBlackhole"})
-    assert attack.parameters() is None and attack.node_level and attack.reversible
+    assert attack.parameters() is None
+    assert attack.node_level
+    assert attack.reversible
     loss = Attack.model_validate({"name": "l", "type": "PacketLoss", "packetLoss": {"percent": 5}})
-    assert loss.parameters() is not None
-    assert loss.parameters().model_dump(by_alias=True) == {"percent": 5, "direction": "Both"}  # type: ignore[union-attr]
+    parameters = loss.parameters()
+    assert parameters is not None
+    assert parameters.model_dump(by_alias=True) == {"percent": 5, "direction": "Both"}

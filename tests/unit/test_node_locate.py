@@ -23,13 +23,11 @@ OTHER_UID = "0a1b2c3d-1111-2222-3333-444455557777"
 U_ = UID.replace("-", "_")
 CONTAINER = "cri-containerd-7f3e.scope"
 
-SYSTEMD_V1 = f"""12:memory:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice/{CONTAINER}
-11:cpu,cpuacct:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice/{CONTAINER}
-3:pids:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice/{CONTAINER}
-1:name=systemd:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice/{CONTAINER}
-0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice/{CONTAINER}
-"""
 SYSTEMD_POD = f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice"
+SYSTEMD_V1 = "".join(
+    f"{line}:{SYSTEMD_POD}/{CONTAINER}\n"
+    for line in ("12:memory", "11:cpu,cpuacct", "3:pids", "1:name=systemd", "0:")
+)
 CGROUPFS_V2 = f"0::/kubepods/besteffort/pod{UID}/4c5d6e\n"
 CGROUPFS_POD = f"/kubepods/besteffort/pod{UID}"
 
@@ -163,7 +161,7 @@ def test_runtime_locator_without_cgroup_dirs_still_locates(node: FakeNode) -> No
 
 def test_runtime_locator_refuses_a_pod_that_is_not_here(node: FakeNode) -> None:
     node.process(5, "app", CGROUPFS_V2)
-    with pytest.raises(LocateError, match=f"team-a/web-0 .*has no processes on this node"):
+    with pytest.raises(LocateError, match=r"team-a/web-0 .*has no processes on this node"):
         RuntimeLocator(str(node.proc), str(node.cgroup)).locate(pod(OTHER_UID))
     with pytest.raises(LocateError, match="not a pod UID"):
         RuntimeLocator(str(node.proc), str(node.cgroup)).locate(pod("../x"))

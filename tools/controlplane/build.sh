@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok) from Go modules, into a cache outside the checkout
-# keyed by version. A component is rebuilt only when its version (or Go) changes.
+# kube-scheduler, kubectl, kwok) and the kstatus checker (kstatus/main.go, on
+# sigs.k8s.io/cli-utils) from Go modules, into a cache outside the checkout keyed by
+# version. A component is rebuilt only when its version (or Go) changes; kstatus also
+# when its sources (main.go, go.mod, go.sum) change.
 #
 #   tools/controlplane/build.sh            build what is missing, print the bin dirs
 #   tools/controlplane/build.sh --print    only print where the binaries live
@@ -17,9 +19,15 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod
 K8S_DIR=$BIN/k8s-$K8S_VERSION
 ETCD_DIR=$BIN/etcd-$ETCD_VERSION
 KWOK_DIR=$BIN/kwok-$KWOK_VERSION
+KSTATUS_DIR=$BIN/kstatus-$KSTATUS_CLI_UTILS
+
+print_dirs() {
+  printf 'K8S_BIN=%s\nETCD_BIN=%s\nKWOK_BIN=%s\nKSTATUS_BIN=%s\n' \
+    "$K8S_DIR" "$ETCD_DIR" "$KWOK_DIR" "$KSTATUS_DIR"
+}
 
 if [[ "${1:-}" == "--print" ]]; then
-  printf 'K8S_BIN=%s\nETCD_BIN=%s\nKWOK_BIN=%s\n' "$K8S_DIR" "$ETCD_DIR" "$KWOK_DIR"
+  print_dirs
   exit 0
 fi
 
@@ -76,6 +84,18 @@ build_kwok() {
   chmod u+w "$KWOK_DIR.tmp/stages/"*
 }
 
+build_kstatus() {
+  cd "$HERE/kstatus"
+  local pinned
+  pinned=$(go list -m -f '{{.Version}}' sigs.k8s.io/cli-utils)
+  if [[ "$pinned" != "$KSTATUS_CLI_UTILS" ]]; then
+    log "kstatus: versions.env says cli-utils $KSTATUS_CLI_UTILS but kstatus/go.mod has $pinned"
+    return 1
+  fi
+  mkdir -p "$KSTATUS_DIR.tmp"
+  go build -trimpath -ldflags "-s -w" -o "$KSTATUS_DIR.tmp/kstatus" .
+}
+
 component() {
   local name=$1 dir=$2 version=$3 fn=$4
   local stamp="$version $GOVER"
@@ -90,5 +110,8 @@ component() {
 mkdir -p "$BIN"
 component etcd "$ETCD_DIR" "$ETCD_VERSION" build_etcd
 component kwok "$KWOK_DIR" "$KWOK_VERSION" build_kwok
+# Our own source is part of kstatus's key: editing main.go rebuilds it (in seconds).
+KSTATUS_SRC=$(cat "$HERE"/kstatus/{main.go,go.mod,go.sum} | sha256sum | cut -c1-12)
+component kstatus "$KSTATUS_DIR" "$KSTATUS_CLI_UTILS+src.$KSTATUS_SRC" build_kstatus
 component kubernetes "$K8S_DIR" "$K8S_VERSION" build_k8s
-printf 'K8S_BIN=%s\nETCD_BIN=%s\nKWOK_BIN=%s\n' "$K8S_DIR" "$ETCD_DIR" "$KWOK_DIR"
+print_dirs

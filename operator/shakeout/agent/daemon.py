@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -57,6 +58,9 @@ class AgentOptions:
     journal: Path = Path("/var/lib/shakeout/journal.json")
     proc_root: str = "/proc"
     netns_dir: str = "/run/netns"
+    # cgroup v2 in a container: the host's cgroup namespace (e.g. /proc/1/ns/cgroup with
+    # hostPID), so that stress processes can join the target pod's cgroup.
+    cgroup_namespace: str | None = None
     resync: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -153,7 +157,10 @@ class NodeAgent:
                 if expired and not lost:
                     lost = True
                     log.error("lease expired: rolling back every fault of this node")
-                    await self.keeper.rollback_all()
+                    try:
+                        await self.keeper.rollback_all()
+                    except Exception as err:  # noqa: BLE001  (the keeper keeps the rest journaled)
+                        log.error(f"rollback after lease expiry incomplete: {err}")
                     self.held.clear()
             spent = time.monotonic() - started
             with contextlib.suppress(TimeoutError):
@@ -397,10 +404,18 @@ async def run_agent(options: AgentOptions) -> None:
         locator=options.locator,
         proc_root=options.proc_root,
         netns_dir=options.netns_dir,
+        cgroup_namespace=options.cgroup_namespace,
     )
     agent = NodeAgent(options, api, keeper, capabilities)
     log.info(f"node agent for {options.node} (pid {os.getpid()}, keeper {keeper.pid})")
+    # A stop (the kubelet's SIGTERM) rolls back every fault before the process ends.
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     try:
         await agent.run()
+    except asyncio.CancelledError:
+        log.info("stopping: rolling back every fault of this node")
     finally:
+        agent.stopping.set()
         await keeper.stop()

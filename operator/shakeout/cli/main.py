@@ -84,6 +84,7 @@ def _operator(args: argparse.Namespace) -> int:
 
 def _agent(args: argparse.Namespace) -> int:
     import asyncio
+    import contextlib
     import logging
 
     from shakeout.agent.daemon import AgentOptions, run_agent
@@ -107,11 +108,10 @@ def _agent(args: argparse.Namespace) -> int:
         journal=Path(args.journal),
         proc_root=args.proc_root,
         netns_dir=args.netns_dir,
+        cgroup_namespace=args.cgroup_namespace,
     )
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_agent(options))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -215,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--proc-root", default="/proc", help="the host's /proc (default /proc)")
     p.add_argument("--netns-dir", default="/run/netns", help="netns-annotation: netns dir")
+    p.add_argument(
+        "--cgroup-namespace",
+        default=None,
+        help="cgroup v2 in a container: the host's cgroup namespace, e.g. /proc/1/ns/cgroup",
+    )
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_agent)
     return parser

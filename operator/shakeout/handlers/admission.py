@@ -101,9 +101,25 @@ async def validate_run(body: kopf.Body, warnings: list[str], **_: Any) -> None:
 
 # Ignore failures: GitOps must be able to apply Experiments while the operator is away
 # (the Valid condition reports the same problems once it is back).
-@kopf.on.validate(GROUP, VERSION, "experiments", id="experiment-valid", ignore_failures=True)
-def validate_experiment(body: kopf.Body, **_: Any) -> None:
-    """What the schema cannot check (cron syntax, time zones), refused with the field."""
+@kopf.on.validate(
+    GROUP,
+    VERSION,
+    "experiments",
+    operations=["CREATE", "UPDATE"],
+    id="experiment-valid",
+    ignore_failures=True,
+)
+def validate_experiment(body: kopf.Body, **kw: Any) -> None:
+    """What the schema cannot check (cron syntax, time zones), refused with the field.
+
+    Only a change of the spec is judged: an object stored while the webhook was away stays
+    deletable, and its labels and finalizers changeable, whatever its spec.
+    """
+    old = kw.get("old")  # kopf passes the old object, though its WebhookFn type omits it
+    if old is not None and (
+        old.get("spec") == body.get("spec") or body.get("metadata", {}).get("deletionTimestamp")
+    ):
+        return
     try:
         Experiment.model_validate(dict(body))
     except ValidationError as err:
@@ -137,7 +153,14 @@ def record_canceled_by(body: kopf.Body, userinfo: Any, patch: kopf.Patch, **kw: 
         patch.setdefault("metadata", {}).setdefault("annotations", {})[CANCELED_BY] = _who(userinfo)
 
 
-@kopf.on.mutate(GROUP, VERSION, "chaosswitches", id="switch-changed-by", ignore_failures=True)
+@kopf.on.mutate(
+    GROUP,
+    VERSION,
+    "chaosswitches",
+    operations=["CREATE", "UPDATE"],
+    id="switch-changed-by",
+    ignore_failures=True,
+)
 def record_switch_change(body: kopf.Body, userinfo: Any, patch: kopf.Patch, **kw: Any) -> None:
     old = kw.get("old")
     if body.get("metadata", {}).get("name") != SWITCH_NAME:

@@ -62,6 +62,18 @@ def build() -> None:
     )
 
 
+def kstatus() -> Path:
+    """The kstatus checker (tools/controlplane/kstatus) in the build cache.
+
+    It prints kstatus's verdict (sigs.k8s.io/cli-utils, as Flux and kpt compute it) for
+    objects given as JSON on stdin. The path may not exist yet: `make controlplane`
+    builds it. envtest assets never ship it, so only the build cache is consulted.
+    """
+    if not BUILD_SCRIPT.exists():
+        raise FileNotFoundError(f"{BUILD_SCRIPT} not found: run from a shakeout checkout")
+    return _built_dirs()["KSTATUS_BIN"] / "kstatus"
+
+
 def find() -> Binaries:
     """envtest binaries (KUBEBUILDER_ASSETS) first when set, else the build cache.
 

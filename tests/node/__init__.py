@@ -1,0 +1,1 @@
+"""Node agent tests with real effects: root, nftables, tc and network namespaces."""

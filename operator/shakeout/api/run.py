@@ -33,6 +33,13 @@ class Phase(StrEnum):
 TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.CANCELED, Phase.FAILED})
 
 
+# The order of phases for CEL; the terminal ones share the last rank.
+_PHASE_RANK = (
+    "{'CREATED': 0, 'PREPARED': 1, 'ATTACKS_STARTED': 2, 'ATTACKS_STOPPED': 3, "
+    "'COMPLETED': 4, 'CANCELED': 4, 'FAILED': 4}"
+)
+
+
 class ActionRequired(StrEnum):
     YES = "Yes"
     NO = "No"
@@ -156,6 +163,13 @@ class ExperimentRunStatus(Model):
                     "!has(oldSelf.phase) || !(oldSelf.phase in "
                     "['COMPLETED', 'CANCELED', 'FAILED']) || self.phase == oldSelf.phase",
                     "a terminal phase is final",
+                    fieldPath=".phase",
+                ),
+                # Whoever writes status, and however writes race, a phase never goes back.
+                cel(
+                    f"!has(oldSelf.phase) || (has(self.phase) && {_PHASE_RANK}[self.phase] >= "
+                    f"{_PHASE_RANK}[oldSelf.phase])",
+                    "a phase never goes back",
                     fieldPath=".phase",
                 ),
             ]

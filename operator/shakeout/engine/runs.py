@@ -64,6 +64,7 @@ class Reason(StrEnum):
     OVER_TARGET_CAP = "OverTargetCap"
     UNAUTHORIZED = "Unauthorized"
     OPERATOR_SHUTDOWN = "OperatorShutdown"
+    INVALID_STATUS = "InvalidStatus"
 
 
 # The condition that says a phase was reached, per phase.

@@ -117,6 +117,19 @@ class NodeDispatcher:
             return f"the agents of {', '.join(away)} lost their lease and roll back on their own"
         return None
 
+    async def lost(self) -> list[str]:
+        """Nodes whose agent reported the run's applied faults lost (a lapse, a restart)."""
+        selector = f"{RUN_UID_LABEL}={self.run_uid}"
+        listing = await api().request("GET", self.path, query={"labelSelector": selector})
+        return sorted(
+            {
+                obj["spec"]["node"]
+                for obj in (listing or {}).get("items", [])
+                if (obj.get("status") or {}).get("phase") == NodeAttackPhase.FAILED
+                and not obj["spec"].get("rollback")
+            }
+        )
+
     async def wait(
         self, attack: Attack, done: set[NodeAttackPhase], timeout: float = APPLY_TIMEOUT
     ) -> list[dict[str, Any]]:

@@ -434,15 +434,24 @@ class RunExecutor:
         await self.persist(status)
         return failure
 
-    def agents_missing(self, phase: Phase) -> tuple[str, ...]:
-        """Node agents of this run without a live lease, while they matter."""
+    async def agents_missing(self, phase: Phase) -> tuple[str, ...]:
+        """Node agents of this run without a live lease, or that lost the run's faults."""
         if not self.status.agents or phase not in (
             Phase.CREATED,
             Phase.PREPARED,
             Phase.ATTACKS_STARTED,
         ):
             return ()
-        return agents.missing(self.status.agents, self.agent_holders)
+        missing = agents.missing(self.status.agents, self.agent_holders)
+        applied = any(
+            r.state == AttackState.APPLIED and self.attack(r.name).node_level
+            for r in self.status.attacks
+        )
+        if phase == Phase.ATTACKS_STARTED and applied and not missing:
+            # An agent cut off for a lease duration rolled back on its own and may hold
+            # its lease again by now: its report says so.
+            return tuple(await self.node_agents.lost())
+        return missing
 
     def idle_for(self, now: datetime) -> float:
         deadlines = list(self.next_check.values())
@@ -458,6 +467,14 @@ class RunExecutor:
         if self.status.phase is None:
             if not await self.pick_up():
                 return
+        elif self.status.experiment is None:
+            # A phase that the operator never wrote (someone patched status): there is no
+            # journal to resume from and nothing was attacked by us. End it, never wedge.
+            await self.refuse(
+                Reason.INVALID_STATUS,
+                "the run's status was not written by the operator (no experiment snapshot)",
+            )
+            return
         else:
             await self.resume()
         while not is_terminal(self.status.phase):
@@ -491,7 +508,7 @@ class RunExecutor:
             shutting_down=self.shutting_down(),
             check_failure=check_failure,
             checks_succeeded_once=engine.checks_succeeded_once(self.status, spec),
-            agents_missing=self.agents_missing(phase),
+            agents_missing=await self.agents_missing(phase),
             attack_failure=self.attack_failure,
             rollback_failure=self.rollback_failure,
             attacks_finished=attacks_finished,

@@ -438,6 +438,26 @@ class Sandbox:
                     path.unlink(missing_ok=True)
         log("sandbox down")
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone (an outage: everything else keeps running)."""
+        st = self.state()
+        if st is None:
+            raise SandboxError("the sandbox is not up")
+        pid = st.pids.get("kube-apiserver")
+        if pid is not None and _alive(pid, "kube-apiserver"):
+            _stop(pid, "kube-apiserver")
+
+    def start_apiserver(self, timeout: float = 60) -> None:
+        """Start kube-apiserver again on its port, after stop_apiserver."""
+        st = self.state()
+        if st is None:
+            raise SandboxError("the sandbox is not up")
+        st.pids["kube-apiserver"] = self._spawn(
+            "kube-apiserver", self._apiserver_args(bins.find(), st)
+        )
+        st.save(self.state_file)
+        self._wait("kube-apiserver ready", self._ready, timeout, st)
+
     def status(self) -> dict[str, Any]:
         st = self.state()
         if st is None:

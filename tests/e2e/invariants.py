@@ -1,0 +1,74 @@
+"""The invariant checker: what the runs' status says, compared with what is really there.
+
+After runs end, nothing of theirs may remain applied: replica counts back, no
+NetworkPolicy or isolation label, no label removed for EndpointRemoval, no node cordoned
+by a run, every NodeAttack closed, no nftables table in the targets' network namespaces,
+and the lock released.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from tests.e2e.conftest import Cluster
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELED"}
+OPEN_ATTACK_STATES = {"Pending", "Applying", "Applied", "RollingBack"}
+
+# Quick samples in `make test`; the full counts with SHAKEOUT_RELIABILITY=full
+# (`make reliability`).
+FULL = os.environ.get("SHAKEOUT_RELIABILITY") == "full"
+
+
+def scaled(quick: int, full: int) -> int:
+    return full if FULL else quick
+
+
+def violations(
+    cluster: Cluster,
+    namespace: str,
+    replicas: dict[str, int] | None = None,
+    netns: list[Any] | None = None,
+) -> list[str]:
+    """Every way in which reality differs from 'all runs over, everything rolled back'."""
+    found: list[str] = []
+    for run in cluster.get("experimentruns", "-n", namespace)["items"]:
+        status = run.get("status") or {}
+        name = run["metadata"]["name"]
+        if status.get("phase") not in TERMINAL:
+            found.append(f"run {name} is {status.get('phase')}, not terminal")
+        for attack in status.get("attacks") or []:
+            if attack["state"] in OPEN_ATTACK_STATES:
+                found.append(f"run {name}: attack {attack['name']} left {attack['state']}")
+    for name, count in (replicas or {}).items():
+        actual = cluster.get("deployment", name, "-n", namespace)["spec"]["replicas"]
+        if actual != count:
+            found.append(f"deployment {name} has {actual} replicas, not {count}")
+    for policy in cluster.get("networkpolicies", "-n", namespace)["items"]:
+        if "shakeout.dev/run-uid" in (policy["metadata"].get("labels") or {}):
+            found.append(f"NetworkPolicy {policy['metadata']['name']} left behind")
+    for pod in cluster.get("pods", "-n", namespace)["items"]:
+        meta = pod["metadata"]
+        marks = [k for k in meta.get("labels") or {} if k.startswith("shakeout.dev/isolated-")]
+        if marks:
+            found.append(f"pod {meta['name']} still labelled {marks}")
+        if "shakeout.dev/removed-labels" in (meta.get("annotations") or {}):
+            found.append(f"pod {meta['name']} still out of its endpoints")
+    for node in cluster.get("nodes")["items"]:
+        if "shakeout.dev/cordoned-by" in (node["metadata"].get("annotations") or {}):
+            found.append(f"node {node['metadata']['name']} still cordoned by a run")
+    for obj in cluster.get("nodeattacks", "-n", namespace)["items"]:
+        phase = (obj.get("status") or {}).get("phase")
+        reversible = obj["spec"]["attack"]["type"] not in ("ProcessKill", "PodDelete")
+        if phase in ("Applying", "Applied") and reversible:
+            found.append(f"NodeAttack {obj['metadata']['name']} is {phase}")
+    for ns in netns or []:
+        tables = ns.exec("nft", "list", "tables").stdout
+        if "shakeout_" in tables:
+            found.append(f"nftables tables left in {ns.name}: {tables.strip()}")
+    switch = cluster.get("chaosswitch", "default")
+    if (switch.get("status") or {}).get("activeRun"):
+        found.append(f"the lock is held: {json.dumps(switch['status']['activeRun'])}")
+    return found

@@ -33,22 +33,45 @@ def violations(
     netns: list[Any] | None = None,
 ) -> list[str]:
     """Every way in which reality differs from 'all runs over, everything rolled back'."""
-    found: list[str] = []
+    return [
+        *_runs(cluster, namespace),
+        *_replicas(cluster, namespace, replicas or {}),
+        *_api_faults(cluster, namespace),
+        *_node_faults(cluster, namespace, netns or []),
+        *_lock(cluster),
+    ]
+
+
+def _runs(cluster: Cluster, namespace: str) -> list[str]:
+    found = []
     for run in cluster.get("experimentruns", "-n", namespace)["items"]:
         status = run.get("status") or {}
         name = run["metadata"]["name"]
         if status.get("phase") not in TERMINAL:
             found.append(f"run {name} is {status.get('phase')}, not terminal")
-        for attack in status.get("attacks") or []:
-            if attack["state"] in OPEN_ATTACK_STATES:
-                found.append(f"run {name}: attack {attack['name']} left {attack['state']}")
-    for name, count in (replicas or {}).items():
+        found += [
+            f"run {name}: attack {a['name']} left {a['state']}"
+            for a in status.get("attacks") or []
+            if a["state"] in OPEN_ATTACK_STATES
+        ]
+    return found
+
+
+def _replicas(cluster: Cluster, namespace: str, replicas: dict[str, int]) -> list[str]:
+    found = []
+    for name, count in replicas.items():
         actual = cluster.get("deployment", name, "-n", namespace)["spec"]["replicas"]
         if actual != count:
             found.append(f"deployment {name} has {actual} replicas, not {count}")
-    for policy in cluster.get("networkpolicies", "-n", namespace)["items"]:
-        if "shakeout.dev/run-uid" in (policy["metadata"].get("labels") or {}):
-            found.append(f"NetworkPolicy {policy['metadata']['name']} left behind")
+    return found
+
+
+def _api_faults(cluster: Cluster, namespace: str) -> list[str]:
+    found = [
+        f"NetworkPolicy {p['metadata']['name']} left behind"
+        for p in cluster.get("networkpolicies", "-n", namespace)["items"]
+        if "shakeout.dev/run-uid" in (p["metadata"].get("labels") or {})
+    ]
     for pod in cluster.get("pods", "-n", namespace)["items"]:
         meta = pod["metadata"]
         marks = [k for k in meta.get("labels") or {} if k.startswith("shakeout.dev/isolated-")]
@@ -56,19 +79,30 @@ def violations(
             found.append(f"pod {meta['name']} still labelled {marks}")
         if "shakeout.dev/removed-labels" in (meta.get("annotations") or {}):
             found.append(f"pod {meta['name']} still out of its endpoints")
-    for node in cluster.get("nodes")["items"]:
-        if "shakeout.dev/cordoned-by" in (node["metadata"].get("annotations") or {}):
-            found.append(f"node {node['metadata']['name']} still cordoned by a run")
+    found += [
+        f"node {n['metadata']['name']} still cordoned by a run"
+        for n in cluster.get("nodes")["items"]
+        if "shakeout.dev/cordoned-by" in (n["metadata"].get("annotations") or {})
+    ]
+    return found
+
+
+def _node_faults(cluster: Cluster, namespace: str, netns: list[Any]) -> list[str]:
+    found = []
     for obj in cluster.get("nodeattacks", "-n", namespace)["items"]:
         phase = (obj.get("status") or {}).get("phase")
         reversible = obj["spec"]["attack"]["type"] not in ("ProcessKill", "PodDelete")
         if phase in ("Applying", "Applied") and reversible:
             found.append(f"NodeAttack {obj['metadata']['name']} is {phase}")
-    for ns in netns or []:
+    for ns in netns:
         tables = ns.exec("nft", "list", "tables").stdout
         if "shakeout_" in tables:
             found.append(f"nftables tables left in {ns.name}: {tables.strip()}")
+    return found
+
+
+def _lock(cluster: Cluster) -> list[str]:
     switch = cluster.get("chaosswitch", "default")
     if (switch.get("status") or {}).get("activeRun"):
-        found.append(f"the lock is held: {json.dumps(switch['status']['activeRun'])}")
-    return found
+        return [f"the lock is held: {json.dumps(switch['status']['activeRun'])}"]
+    return []

@@ -80,7 +80,8 @@ def test_operator_sigkill_at_random_points_leaves_nothing_behind(
     recoveries.sort()
     print(
         f"\n{runs} runs, operator SIGKILLed at a random point in each: every run terminal "
-        f"after restart within max {recoveries[-1]:.1f} s (p50 {recoveries[len(recoveries) // 2]:.1f} s)"
+        f"after restart within max {recoveries[-1]:.1f} s "
+        f"(p50 {recoveries[len(recoveries) // 2]:.1f} s)"
     )
 
 
@@ -128,7 +129,8 @@ def test_twenty_concurrent_creates_execute_exactly_one(ready: Cluster) -> None:
             assert (status["phase"], status["reason"]) == ("FAILED", "AnotherRunActive")
             assert status.get("attacks", []) == []
     print(
-        f"\n20 concurrent creates: {len(refused)} refused at admission, {len(stored)} stored, 1 executed"
+        f"\n20 concurrent creates: {len(refused)} refused at admission, "
+        f"{len(stored)} stored, 1 executed"
     )
     assert violations(ready, TEAM, replicas={"rel-race": 2}) == []
 
@@ -173,7 +175,7 @@ def test_concurrent_status_writers_cannot_move_a_phase_back(
             with ThreadPoolExecutor(2) as pool:
                 logs = list(pool.map(writer, [1, 2]))
         for log in logs:
-            for phase, ok, err in log:
+            for _, ok, err in log:
                 if not ok:
                     assert "a phase never goes back" in err, err
         final = run_status(ready, name)["phase"]

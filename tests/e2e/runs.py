@@ -44,7 +44,9 @@ def wait_no_active_runs(cluster: Cluster) -> None:
     eventually(idle, timeout=60, what="every run terminal")
 
 
-def deployment(cluster: Cluster, name: str, replicas: int = 3, namespace: str = TEAM) -> None:
+def deployment(
+    cluster: Cluster, name: str, replicas: int = 3, namespace: str = TEAM, timeout: float = 60
+) -> None:
     cluster.apply(
         {
             "apiVersion": "apps/v1",
@@ -65,7 +67,7 @@ def deployment(cluster: Cluster, name: str, replicas: int = 3, namespace: str = 
             cluster.get("deployment", name, "-n", namespace).get("status", {}).get("readyReplicas")
             == replicas
         ),
-        timeout=60,
+        timeout=timeout,
         what=f"deployment {name} ready",
     )
 

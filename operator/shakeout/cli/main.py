@@ -79,6 +79,9 @@ def _operator(args: argparse.Namespace) -> int:
         protect_namespaces=args.protect_namespace,
         metrics=args.metrics,
         log_format=args.log_format,
+        leader_elect=args.leader_elect,
+        leader_lease_duration=args.leader_lease_duration,
+        leader_renew_interval=args.leader_renew_interval,
     )
 
 
@@ -183,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds kopf waits to batch an object's events (default 0.02)",
     )
+    p.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="run as one of several replicas: act only while holding the Lease shakeout-operator",
+    )
+    p.add_argument("--leader-lease-duration", type=float, default=4.0, help="seconds (default 4)")
+    p.add_argument("--leader-renew-interval", type=float, default=1.0, help="seconds (default 1)")
     p.add_argument(
         "--no-webhook",
         action="store_true",

@@ -6,11 +6,13 @@ import asyncio
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import kopf
 
 # Importing the modules registers their handlers with kopf's default registry.
 from shakeout.handlers import admission, agents, experiments, runs, settings, switch  # noqa: F401
+from shakeout.handlers.leader import LeaderElector, StandbyHealth
 
 
 def run_operator(
@@ -28,6 +30,10 @@ def run_operator(
     protect_namespaces: list[str] | None = None,
     metrics: str | None = None,
     log_format: str = "full",
+    leader_elect: bool = False,
+    leader_namespace: str | None = None,
+    leader_lease_duration: float = 4.0,
+    leader_renew_interval: float = 1.0,
 ) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat[log_format.upper()])
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
@@ -48,12 +54,34 @@ def run_operator(
         # No server to serve them: drop the admission handlers, the operator re-checks.
         registry = kopf.get_default_registry()
         registry._webhooks._handlers.clear()  # noqa: SLF001
-    asyncio.run(
-        kopf.operator(
-            standalone=True,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            liveness_endpoint=liveness,
-        )
+    operator = kopf.operator(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
     )
+    if not leader_elect:
+        asyncio.run(operator)
+        return 0
+    elector = LeaderElector(
+        namespace=leader_namespace or own or "shakeout-system",
+        duration=leader_lease_duration,
+        renew=leader_renew_interval,
+    )
+    asyncio.run(_lead(elector, operator, liveness))
     return 0
+
+
+async def _lead(elector: LeaderElector, operator: Any, liveness: str | None) -> None:
+    """Wait as a standby (alive, not ready: no webhook), then operate while leader."""
+    standby = StandbyHealth(liveness) if liveness else None
+    try:
+        await elector.acquire()
+    finally:
+        if standby is not None:
+            standby.close()  # kopf serves the liveness endpoint from here on
+    keeper = asyncio.create_task(elector.keep())
+    try:
+        await operator
+    finally:
+        keeper.cancel()

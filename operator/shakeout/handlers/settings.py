@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,16 @@ class Options:
 OPTIONS = Options()
 
 
+class EndlessBackoffs:
+    """Retry delays for kopf's API requests: quick at first, then every 10 s, forever.
+
+    Iterable but not Sized, so kopf counts no attempts; each request iterates anew.
+    """
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1.0, 1.0, 2.0, 3.0, 5.0, 8.0), itertools.repeat(10.0))
+
+
 def provided_cert(directory: Path) -> ServingCert | None:
     """A certificate put there by someone else (cert-manager's Secret): used as it is."""
     cert = ServingCert(directory / "tls.crt", directory / "tls.key", directory / "ca.crt")
@@ -64,6 +76,9 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
+    # kopf gives up on the API server after 8 retries (about a minute) and its watchers
+    # die with it; an operator must outlive an API server outage of any length instead.
+    settings.networking.error_backoffs = EndlessBackoffs()
     settings.execution.max_workers = 20
     settings.batching.batch_window = OPTIONS.batch_window
     if OPTIONS.metrics:

@@ -438,14 +438,17 @@ class Sandbox:
                     path.unlink(missing_ok=True)
         log("sandbox down")
 
-    def stop_apiserver(self) -> None:
-        """Stop kube-apiserver alone (an outage: everything else keeps running)."""
+    def stop_apiserver(self, abrupt: bool = True) -> None:
+        """Stop kube-apiserver alone (an outage: everything else keeps running).
+
+        abrupt: SIGKILL, as a crash or a lost machine; otherwise its graceful shutdown.
+        """
         st = self.state()
         if st is None:
             raise SandboxError("the sandbox is not up")
         pid = st.pids.get("kube-apiserver")
         if pid is not None and _alive(pid, "kube-apiserver"):
-            _stop(pid, "kube-apiserver")
+            _stop(pid, "kube-apiserver", grace=0.0 if abrupt else 10.0)
 
     def start_apiserver(self, timeout: float = 60) -> None:
         """Start kube-apiserver again on its port, after stop_apiserver."""

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 REPORTS := .cache/test-reports
 
 .PHONY: help venv controlplane crds verify lint format typecheck lint-imports check-crds bench \
-        test test-unit test-node test-e2e host-tools sandbox-up sandbox-down sandbox-status run clean
+        test test-unit test-node test-e2e host-tools reliability sandbox-up sandbox-down sandbox-status run clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,6 +63,13 @@ test-e2e: $(STAMP) controlplane host-tools ## tests on the real control plane (s
 	$(BIN)/pytest tests/e2e -q --junitxml=$(REPORTS)/e2e.xml
 
 test: verify test-unit test-node test-e2e ## everything CI runs: verify, unit, node and e2e tiers
+
+reliability: $(STAMP) controlplane host-tools ## the reliability suite at full counts (about an hour)
+	mkdir -p $(REPORTS)
+	SHAKEOUT_RELIABILITY=full SHAKEOUT_FUZZ_EXAMPLES=10000 $(BIN)/pytest -s -q \
+	  tests/e2e/test_reliability.py tests/e2e/test_outage.py tests/e2e/test_ha.py \
+	  tests/e2e/test_node_agents.py tests/reliability \
+	  --junitxml=$(REPORTS)/reliability.xml
 
 sandbox-up: $(STAMP) controlplane ## start the local control plane; prints the admin kubeconfig
 	$(BIN)/shakeout sandbox up --no-build

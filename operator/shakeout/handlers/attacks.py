@@ -19,11 +19,11 @@ from typing import Any
 from shakeout.api.common import API_VERSION
 from shakeout.api.experiment import Attack, AttackType, Direction
 from shakeout.api.run import AttackResult
-from shakeout.handlers.k8s import Conflict, Obj, Pod, api
+from shakeout.handlers.k8s import CONCURRENT_REQUESTS, Conflict, Obj, Pod, api
 
-# Requests in flight at once: enough for 1,000 targets in about a second, few enough not
-# to trip the API server's priority-and-fairness limits.
-CONCURRENCY = 32
+# Requests in flight at once: as many as the client has threads and connections, few
+# enough not to trip the API server's priority-and-fairness limits.
+CONCURRENCY = CONCURRENT_REQUESTS
 
 REMOVED_LABELS = "shakeout.dev/removed-labels"
 CORDONED_BY = "shakeout.dev/cordoned-by"

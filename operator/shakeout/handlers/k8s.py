@@ -7,6 +7,7 @@ loop never blocks. Objects come back as plain dicts, as the API server sent them
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,18 @@ EXPERIMENTS = "experiments"
 SWITCHES = "chaosswitches"
 
 
+# Requests the operator keeps in flight at once (a thread and a connection each): the
+# attacks and rollbacks over many targets (handlers/attacks.py) are bounded by this.
+CONCURRENT_REQUESTS = 32
+
+
+def widen_executor() -> None:
+    """The client is synchronous: give asyncio.to_thread as many threads as requests."""
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(CONCURRENT_REQUESTS, thread_name_prefix="api")
+    )
+
+
 class Conflict(Exception):  # noqa: N818  (named after the HTTP status)
     """A write lost an optimistic-concurrency race (HTTP 409)."""
 
@@ -34,7 +47,10 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _load_config() -> None:
+def _load_config(config_file: str | None = None) -> None:
+    if config_file is not None:
+        config.load_kube_config(config_file=config_file)
+        return
     try:
         config.load_incluster_config()
     except config.ConfigException:
@@ -80,12 +96,15 @@ def pod_from(item: Obj) -> Pod:
 class Api:
     """Thin async wrappers; each method is one API request."""
 
-    def __init__(self, request_timeout: float | None = None) -> None:
-        _load_config()
+    def __init__(self, request_timeout: float | None = None, config_file: str | None = None):
+        _load_config(config_file)
         # None waits as long as the connection lives (the operator); the node agent sets a
         # bound so that a blackholed API server cannot hang its renewals.
         self.request_timeout = request_timeout
-        api_client = client.ApiClient()
+        configuration = client.Configuration.get_default_copy()
+        # As many connections as requests in flight (attacks on many targets at once).
+        configuration.connection_pool_maxsize = CONCURRENT_REQUESTS
+        api_client = client.ApiClient(configuration)
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
@@ -322,3 +341,9 @@ def api(request_timeout: float | None = None) -> Api:
     if _api is None:
         _api = Api(request_timeout)
     return _api
+
+
+def use(client_api: Api) -> None:
+    """Make `client_api` the process-wide client (benchmarks drive handler code with it)."""
+    global _api  # noqa: PLW0603
+    _api = client_api

@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from shakeout.certs import ServingCert, make_serving_cert
+from shakeout.handlers.k8s import widen_executor
 from shakeout.handlers.metrics import serve as serve_metrics
 from shakeout.handlers.webhook_server import ServiceRef, ServiceWebhookServer
 
@@ -63,7 +64,8 @@ def provided_cert(directory: Path) -> ServingCert | None:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    widen_executor()
     # Our own finalizer name, so that users see who holds an object.
     settings.persistence.finalizer = FINALIZER
     # kopf's progress and diff-base annotations under our own prefix.

@@ -1,0 +1,320 @@
+"""Scale: big blast radii, Stop All over many targets, API cost per target, status size.
+
+Usage: .venv/bin/python bench/scale.py [--pods-a N] [--pods-b N] [--targets N ...] [--reps R]
+Starts its own sandbox and a real `shakeout operator`. Namespace scale-a holds the blast
+radius' pods, scale-b as many again (6,000 pods over two namespaces by default): the
+targets never leave scale-a, and its pods are all that a run may list.
+
+Each run is a NetworkIsolation of N target pods (a label per target and one policy), the
+attack whose cost grows with the targets. Measured per N, next to the watch-then-patch
+baseline of bench/lifecycle.py measured in the same run:
+  time to first fault (run created -> first target labelled), to all N labelled;
+  Stop All -> every target unlabelled and the policy gone, and -> run CANCELED;
+  API writes of the run per target (the API server's own request counters, for the
+  kinds a run writes), request and response bytes, the largest status seen.
+And blast radius resolution: the operator's own resolve_target_pods, timed in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from lifecycle import REPO, Watcher, baseline, kubectl, set_switch, start_operator
+from shakeout.api.experiment import Attack, BlastRadius
+from shakeout.handlers import k8s
+from shakeout.handlers.attacks import isolation_label
+from shakeout.handlers.blast_radius import resolve_target_pods
+from shakeout.sandbox.cluster import Sandbox
+from stats import pct
+
+GROUP, VERSION = "shakeout.dev", "v1alpha1"
+WRITES = {"POST", "PATCH", "PUT", "DELETE", "CREATE", "UPDATE"}
+# What a run writes; the fake nodes' own lease and status traffic is left out.
+RUN_RESOURCES = {"pods", "networkpolicies", "experimentruns", "chaosswitches", "events"}
+METRIC = re.compile(r"^(\w+)\{(.*)\} ([0-9.e+-]+)$")
+ATTACK = Attack.model_validate({"name": "isolate", "type": "NetworkIsolation"})
+
+
+def api_counters(box: Sandbox) -> Counter[str]:
+    """The API server's request count by verb and resource, and body bytes in and out."""
+    counts: Counter[str] = Counter()
+    for line in kubectl(box, "get", "--raw", "/metrics").splitlines():
+        match = METRIC.match(line)
+        if not match:
+            continue
+        name, labels, value = match.groups()
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if fields.get("resource") not in RUN_RESOURCES:
+            continue
+        if name == "apiserver_request_total" and fields.get("verb", "").upper() in WRITES:
+            counts[f"writes:{fields['resource']}"] += int(float(value))
+        elif name in ("apiserver_response_sizes_sum", "apiserver_request_body_size_bytes_sum"):
+            counts["bytes"] += int(float(value))
+    return counts
+
+
+def create_pods(core: client.CoreV1Api, namespace: str, count: int, nodes: list[str]) -> None:
+    core.create_namespace({"metadata": {"name": namespace}})
+
+    def one(i: int) -> None:
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": f"p{i:05d}", "labels": {"app": "scale"}},
+                # Placed by hand: the scheduler is not what this measures.
+                "spec": {
+                    "nodeName": nodes[i % len(nodes)],
+                    "containers": [{"name": "c", "image": "x"}],
+                },
+            },
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(count)))
+
+
+def running(core: client.CoreV1Api, namespace: str) -> int:
+    pods = core.list_namespaced_pod(namespace, label_selector="app=scale").items
+    return sum(1 for p in pods if p.status.phase == "Running")
+
+
+def experiment(
+    custom: client.CustomObjectsApi, namespace: str, targets: int, name: str = ""
+) -> str:
+    name = name or f"isolate-{targets}"
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Experiment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "blastRadius": {
+                "selector": {"matchLabels": {"app": "scale"}},
+                "limit": {"count": targets},
+            },
+            "attacks": [{"name": ATTACK.name, "type": "NetworkIsolation", "durationSeconds": 3600}],
+        },
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "experiments", body)
+    return name
+
+
+def measure_run(  # noqa: PLR0917  (a benchmark's plain helper)
+    box: Sandbox,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    targets: int,
+    name: str = "",
+) -> dict[str, float]:
+    label = isolation_label(ATTACK)
+    marked = Watcher(core.list_namespaced_pod, namespace=namespace, label_selector=label)
+    runs = Watcher(
+        custom.list_namespaced_custom_object,
+        group=GROUP,
+        version=VERSION,
+        namespace=namespace,
+        plural="experimentruns",
+    )
+    time.sleep(0.5)
+    exp = experiment(custom, namespace, targets, name)
+    before = api_counters(box)
+    began = time.perf_counter()
+    created = custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "experimentruns",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ExperimentRun",
+            "metadata": {"generateName": f"{exp}-"},
+            "spec": {"experimentRef": {"name": exp}},
+        },
+    )
+    name = created["metadata"]["name"]
+    labelled: set[str] = set()
+
+    def marked_count(count: int) -> Any:
+        def reached(body: dict[str, Any]) -> bool:
+            if label in (body["metadata"].get("labels") or {}):
+                labelled.add(body["metadata"]["name"])
+            return len(labelled) >= count
+
+        return reached
+
+    first = marked.wait_for(marked_count(1), timeout=120)
+    all_at = marked.wait_for(marked_count(targets), timeout=600) if targets > 1 else first
+    runs.wait_for(
+        lambda b: (
+            b["metadata"]["name"] == name
+            and any(
+                a.get("state") == "Applied" for a in (b.get("status") or {}).get("attacks") or []
+            )
+        ),
+        timeout=600,
+    )
+    time.sleep(0.5)
+    marked.drain()
+    runs.drain()
+    stop = time.perf_counter()
+    set_switch(custom, False)
+    # Polled rather than watched: a list is the plain truth (about 10 ms apart here).
+    # The fault ends when the policy goes (first); the labels are cleaned up after it.
+    networking = client.NetworkingV1Api()
+    while networking.list_namespaced_network_policy(namespace).items:
+        time.sleep(0.01)
+    fault_gone = time.perf_counter()
+    while core.list_namespaced_pod(namespace, label_selector=label, limit=1).items:
+        time.sleep(0.01)
+    rolled_back = time.perf_counter()
+    sizes: list[int] = []
+
+    def canceled(body: dict[str, Any]) -> bool:
+        sizes.append(len(json.dumps(body)))
+        return (
+            body["metadata"]["name"] == name
+            and (body.get("status") or {}).get("phase") == "CANCELED"
+        )
+
+    canceled_at = runs.wait_for(canceled, timeout=600)
+    time.sleep(1.0)  # the last events and status writes land in the counters
+    after = api_counters(box)
+    set_switch(custom, True)
+    writes = sum(after[k] - before[k] for k in after if k.startswith("writes:"))
+    final = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "experimentruns", name)
+    return {
+        "first_fault": first - began,
+        "all_applied": all_at - began,
+        "rolled_back": rolled_back - stop,
+        "canceled": canceled_at - stop,
+        "fault_gone": fault_gone - stop,
+        "writes": writes,
+        "writes_pods": after["writes:pods"] - before["writes:pods"],
+        "bytes": after["bytes"] - before["bytes"],
+        "status_bytes": max([*sizes, len(json.dumps(final))]),
+    }
+
+
+def raw_relabel(core: client.CoreV1Api, namespace: str, targets: int) -> float:
+    """Baseline: a bare client labels `targets` pods and unlabels them, 32 requests in flight
+    (what the operator does for NetworkIsolation, without any operator)."""
+    names = [f"p{i:05d}" for i in range(targets)]
+    began = time.perf_counter()
+    for value in ("x", None):
+        with ThreadPoolExecutor(32) as pool:
+            list(
+                pool.map(
+                    lambda n, v=value: core.patch_namespaced_pod(
+                        n, namespace, {"metadata": {"labels": {"bench-raw": v}}}
+                    ),
+                    names,
+                )
+            )
+    return (time.perf_counter() - began) / 2
+
+
+def resolution_times(namespace: str, targets: int, reps: int) -> list[float]:
+    blast = BlastRadius.model_validate(
+        {"selector": {"matchLabels": {"app": "scale"}}, "limit": {"count": targets}}
+    )
+
+    async def once() -> float:
+        began = time.perf_counter()
+        selection, pods = await resolve_target_pods(namespace, blast, "seed")
+        assert len(pods) == min(targets, selection.matched)
+        return time.perf_counter() - began
+
+    return [asyncio.run(once()) for _ in range(reps)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pods-a", type=int, default=3000)
+    parser.add_argument("--pods-b", type=int, default=3000)
+    parser.add_argument("--targets", type=int, nargs="+", default=[100, 1000, 3000])
+    parser.add_argument("--reps", type=int, default=10, help="baseline and resolution samples")
+    args = parser.parse_args()
+    nodes = max(2, math.ceil((args.pods_a + args.pods_b) / 1000))
+    results: dict[int, dict[str, float]] = {}
+    raw: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        box = Sandbox(Path(tmp) / "sandbox")
+        state = box.up(nodes=nodes, log=lambda _m: None)
+        operator = None
+        try:
+            config.load_kube_config(config_file=str(box.kubeconfig()))
+            core, custom = client.CoreV1Api(), client.CustomObjectsApi()
+            for path in ("crds", "rbac", "sandbox"):
+                kubectl(box, "apply", "-k", str(REPO / "deploy" / path))
+            kubectl(box, "create", "namespace", "bench")
+            base = baseline(core, args.reps)
+            began = time.perf_counter()
+            create_pods(core, "scale-a", args.pods_a, state.nodes)
+            create_pods(core, "scale-b", args.pods_b, state.nodes)
+            while running(core, "scale-a") + running(core, "scale-b") < args.pods_a + args.pods_b:
+                time.sleep(1)
+            print(
+                f"# {args.pods_a + args.pods_b} pods Running after "
+                f"{time.perf_counter() - began:.0f} s",
+                file=sys.stderr,
+            )
+            # The operator's own client code, against this sandbox.
+            k8s.use(k8s.Api(config_file=str(box.kubeconfig())))
+            resolve = {n: resolution_times("scale-a", n, args.reps) for n in args.targets}
+            operator = start_operator(box, Path(tmp) / "operator.log", [])
+            # One run first, not counted: the operator's first API calls open connections.
+            measure_run(box, core, custom, "scale-a", 1, name="warm-up")
+            for n in args.targets:
+                raw[n] = raw_relabel(core, "scale-a", n)
+                results[n] = measure_run(box, core, custom, "scale-a", n)
+                print(f"# {n} targets: {results[n]}", file=sys.stderr)
+        finally:
+            if operator is not None:
+                operator.terminate()
+                operator.wait(timeout=60)
+            box.down(log=lambda _m: None)
+
+    floor = statistics.median(base)
+    print(
+        f"Pods: {args.pods_a} in scale-a (the blast radius' namespace), {args.pods_b} in scale-b."
+    )
+    print(
+        f"Baseline (watch one object, patch another): p50 {floor * 1000:.0f} ms, "
+        f"p99 {pct(base, 0.99) * 1000:.0f} ms, n={len(base)}.\n"
+    )
+    print(
+        "| targets | resolve p50 / p99 | first fault | all applied | Stop All -> fault gone "
+        "| -> every label removed | -> CANCELED | baseline: bare client relabels all "
+        "| labels removed / baseline "
+        "| writes per target | API bytes per run | largest run object |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n, r in results.items():
+        res = resolve[n]
+        print(
+            f"| {n} | {statistics.median(res) * 1000:.0f} / {pct(res, 0.99) * 1000:.0f} ms "
+            f"| {r['first_fault'] * 1000:.0f} ms ({r['first_fault'] / floor:.0f}x) "
+            f"| {r['all_applied']:.2f} s | {r['fault_gone'] * 1000:.0f} ms "
+            f"| {r['rolled_back']:.2f} s | {r['canceled']:.2f} s "
+            f"| {raw[n]:.2f} s | {r['rolled_back'] / raw[n]:.1f}x "
+            f"| {r['writes'] / n:.2f} ({r['writes_pods'] / n:.2f} on pods) "
+            f"| {r['bytes'] / 1024:.0f} KiB | {r['status_bytes'] / 1024:.1f} KiB |"
+        )
+
+
+if __name__ == "__main__":
+    main()

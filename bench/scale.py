@@ -36,7 +36,7 @@ from kubernetes import client, config
 from lifecycle import REPO, Watcher, baseline, kubectl, set_switch, start_operator
 from shakeout.api.experiment import Attack, BlastRadius
 from shakeout.handlers import k8s
-from shakeout.handlers.attacks import isolation_label
+from shakeout.handlers.attacks import ISOLATED
 from shakeout.handlers.blast_radius import resolve_target_pods
 from shakeout.sandbox.cluster import Sandbox
 from stats import pct
@@ -120,7 +120,7 @@ def measure_run(  # noqa: PLR0917  (a benchmark's plain helper)
     targets: int,
     name: str = "",
 ) -> dict[str, float]:
-    label = isolation_label(ATTACK)
+    label = ISOLATED
     marked = Watcher(core.list_namespaced_pod, namespace=namespace, label_selector=label)
     runs = Watcher(
         custom.list_namespaced_custom_object,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 from tests.e2e.conftest import Cluster
@@ -74,9 +75,8 @@ def _api_faults(cluster: Cluster, namespace: str) -> list[str]:
     ]
     for pod in cluster.get("pods", "-n", namespace)["items"]:
         meta = pod["metadata"]
-        marks = [k for k in meta.get("labels") or {} if k.startswith("shakeout.dev/isolated-")]
-        if marks:
-            found.append(f"pod {meta['name']} still labelled {marks}")
+        if "shakeout.dev/isolated" in (meta.get("labels") or {}):
+            found.append(f"pod {meta['name']} still marked shakeout.dev/isolated")
         if "shakeout.dev/removed-labels" in (meta.get("annotations") or {}):
             found.append(f"pod {meta['name']} still out of its endpoints")
     found += [
@@ -106,3 +106,20 @@ def _lock(cluster: Cluster) -> list[str]:
     if (switch.get("status") or {}).get("activeRun"):
         return [f"the lock is held: {json.dumps(switch['status']['activeRun'])}"]
     return []
+
+
+def assert_clean(
+    cluster: Cluster,
+    namespace: str,
+    replicas: dict[str, int] | None = None,
+    netns: list[Any] | None = None,
+    timeout: float = 20,
+) -> None:
+    """No violation, within `timeout` (marks are cleaned up just after a run ends)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = violations(cluster, namespace, replicas, netns)
+        if not found or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert found == [], found

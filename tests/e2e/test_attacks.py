@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.e2e.conftest import Cluster, eventually
+from tests.e2e.conftest import Cluster, Operator, eventually
 from tests.e2e.runs import TEAM, create_run, deployment, wait_phase
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELED"}
@@ -74,8 +74,9 @@ def test_network_isolation_denies_the_targets_and_rollback_deletes_the_policy(
     assert status["phase"] == "COMPLETED", status
     attack = status["attacks"][0]
     assert (attack["state"], attack["reversible"], attack["targets"]) == ("RolledBack", True, 2)
+    # The policy is gone with the rollback; the marks go right after the run ends.
     assert ready.get("networkpolicies", "-n", TEAM)["items"] == []
-    assert pods(ready, label) == []  # the label is gone from every pod
+    eventually(lambda: pods(ready, label) == [], what="the marks removed from every pod")
 
 
 def test_endpoint_removal_takes_targets_out_of_their_service_and_restores_them(
@@ -186,3 +187,23 @@ def test_a_node_cordoned_by_someone_else_stays_cordoned_after_rollback(ready: Cl
         assert ready.get("node", node)["spec"].get("unschedulable") is True  # not ours to undo
     finally:
         ready.kubectl("uncordon", node)
+
+
+def test_marks_left_by_an_ended_run_are_swept_at_operator_start(
+    ready: Cluster, live_operator: Operator
+) -> None:
+    # As an operator killed between a run's end and its cleanup would leave them.
+    deployment(ready, "swept", replicas=2)
+    for pod in pods(ready, "app=swept"):
+        ready.kubectl(
+            "label",
+            "pod",
+            pod["metadata"]["name"],
+            "-n",
+            TEAM,
+            "shakeout.dev/isolated=00000000-0000-0000-0000-000000000000",
+        )
+    assert len(pods(ready, "shakeout.dev/isolated")) == 2
+    live_operator.stop()
+    live_operator.start()
+    eventually(lambda: pods(ready, "shakeout.dev/isolated") == [], what="the marks swept")

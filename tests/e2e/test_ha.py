@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Cluster, Operator, eventually
-from tests.e2e.invariants import TERMINAL, violations
+from tests.e2e.invariants import TERMINAL, assert_clean
 from tests.e2e.runs import TEAM, create_run, deployment, replicas, wait_phase
 from tests.e2e.test_reliability import chaos_experiment, pod_uids
 
@@ -99,7 +99,7 @@ def test_the_standby_takes_over_a_run_within_bounds_and_acts_once(
     assert status["phase"] == "COMPLETED", status
     eventually(lambda: len(pod_uids(ready, "ha-victim")) == 3, what="victims back")
     assert len(before - pod_uids(ready, "ha-victim")) == 1  # PodDelete acted once, not twice
-    assert violations(ready, TEAM, replicas={"ha-scaled": 3}) == []
+    assert_clean(ready, TEAM, replicas={"ha-scaled": 3})
     print(
         f"\nleader SIGKILLed: the standby held the lease after {leading:.2f} s and resumed "
         f"the run after {resumed:.2f} s (lease 4 s; goal 5 s)"

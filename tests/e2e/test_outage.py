@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.agents import LEASE_DURATION, Netns, NodeAgent, UdpEcho
 from tests.e2e.conftest import Cluster, Operator, eventually
-from tests.e2e.invariants import FULL, TERMINAL, violations
+from tests.e2e.invariants import FULL, TERMINAL, assert_clean
 from tests.e2e.runs import TEAM, create_run, deployment, replicas, wait_phase
 from tests.e2e.test_node_agents import agent, live_agent, nft_tables, target, target_pod
 
@@ -77,11 +77,7 @@ def test_api_server_outage_mid_run(
     status = wait_phase(ready, name, TERMINAL, timeout=90)
     settled = time.monotonic() - back
     assert (status["phase"], status["reason"]) == ("FAILED", "AgentDisconnected"), status
-    eventually(
-        lambda: violations(ready, TEAM, replicas={"outage-web": 2}, netns=[target]) == [],
-        timeout=30,
-        what="status consistent with reality",
-    )
+    assert_clean(ready, TEAM, replicas={"outage-web": 2}, netns=[target], timeout=30)
     assert live_operator.running()
     assert live_agent.running()
     # The sandbox's own controllers (ReplicaSets, scheduling, kwok) take tens of seconds to

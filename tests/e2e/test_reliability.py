@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.e2e.conftest import Cluster, Operator, eventually
-from tests.e2e.invariants import TERMINAL, scaled, violations
+from tests.e2e.invariants import TERMINAL, assert_clean, scaled
 from tests.e2e.runs import TEAM, create_run, deployment, run_status, wait_phase
 
 
@@ -76,7 +76,7 @@ def test_operator_sigkill_at_random_points_leaves_nothing_behind(
         eventually(lambda: len(pod_uids(ready, "rel-victim")) == 3, what="victims back")
         deleted = before - pod_uids(ready, "rel-victim")
         assert len(deleted) <= 1, f"run {i}: {len(deleted)} pods deleted, the limit is 1"
-        assert violations(ready, TEAM, replicas={"rel-scaled": 3}) == [], status
+        assert_clean(ready, TEAM, replicas={"rel-scaled": 3})
     recoveries.sort()
     print(
         f"\n{runs} runs, operator SIGKILLed at a random point in each: every run terminal "
@@ -132,7 +132,7 @@ def test_twenty_concurrent_creates_execute_exactly_one(ready: Cluster) -> None:
         f"\n20 concurrent creates: {len(refused)} refused at admission, "
         f"{len(stored)} stored, 1 executed"
     )
-    assert violations(ready, TEAM, replicas={"rel-race": 2}) == []
+    assert_clean(ready, TEAM, replicas={"rel-race": 2})
 
 
 PHASES = ["CREATED", "PREPARED", "ATTACKS_STARTED", "ATTACKS_STOPPED", "COMPLETED"]

@@ -117,3 +117,11 @@ def test_optional_parameters_default() -> None:
     parameters = loss.parameters()
     assert parameters is not None
     assert parameters.model_dump(by_alias=True) == {"percent": 5, "direction": "Both"}
+
+
+def test_at_most_one_network_isolation() -> None:
+    isolation = {"type": "NetworkIsolation"}
+    with pytest.raises(ValidationError, match="at most one NetworkIsolation"):
+        Experiment.model_validate(
+            experiment(attacks=[{"name": "a", **isolation}, {"name": "b", **isolation}])
+        )

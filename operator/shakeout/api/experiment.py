@@ -516,6 +516,11 @@ class ExperimentSpec(Model):
                     fieldPath=".attacks",
                 ),
                 cel(
+                    "self.attacks.filter(a, a.type == 'NetworkIsolation').size() <= 1",
+                    "at most one NetworkIsolation attack (its direction can be Both)",
+                    fieldPath=".attacks",
+                ),
+                cel(
                     "!has(self.stateChecks) || "
                     "self.stateChecks.all(c, self.stateChecks.exists_one(d, d.name == c.name))",
                     "state check names must be unique",
@@ -585,6 +590,8 @@ class ExperimentSpec(Model):
         ):
             if len(set(names)) != len(names):
                 raise ValueError(f"{what} names must be unique")
+        if sum(a.type == AttackType.NETWORK_ISOLATION for a in self.attacks) > 1:
+            raise ValueError("at most one NetworkIsolation attack (its direction can be Both)")
         return self
 
 

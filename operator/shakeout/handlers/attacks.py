@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -41,12 +40,9 @@ class AttackError(Exception):
     """An attack could not be applied or rolled back; the message says why."""
 
 
-def _short(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def isolation_label(attack: Attack) -> str:
-    return f"shakeout.dev/isolated-{_short(attack.name)}"
+# NetworkIsolation marks its targets with this label, valued with the run's UID; the
+# policy selects the mark. At most one NetworkIsolation per Experiment (CEL).
+ISOLATED = "shakeout.dev/isolated"
 
 
 async def _each(items: Iterable[Any], action: Callable[[Any], Awaitable[Any]]) -> list[Any]:
@@ -154,7 +150,7 @@ class ClusterAgent:
         return f"shakeout-{attack.name}-{self.run_uid[:8]}"
 
     async def isolate(self, attack: Attack, pods: list[Pod]) -> int:
-        label = isolation_label(attack)
+        label = ISOLATED
         direction = attack.network_isolation.direction if attack.network_isolation else "Both"
         types = ["Ingress", "Egress"] if direction == Direction.BOTH else [str(direction)]
         policy = {
@@ -179,15 +175,20 @@ class ClusterAgent:
         return sum(await _each(pods, mark))
 
     async def end_isolation(self, attack: Attack) -> None:
+        """Deleting the policy ends the fault, in one request whatever the targets; the
+        marks left on the pods select nothing any more and are removed afterwards
+        (handlers/cleanup.py), off the path of Stop All."""
         base = f"/apis/networking.k8s.io/v1/namespaces/{self.namespace}/networkpolicies"
         await api().request("DELETE", f"{base}/{self.policy_name(attack)}")
-        label = isolation_label(attack)
-        marked = await api().list_pods(self.namespace, f"{label}={self.run_uid}")
 
-        async def unmark(pod: Pod) -> bool:
-            return await self.patch_pod(pod.name, {"metadata": {"labels": {label: None}}})
+    async def unmark(self) -> None:
+        """Remove this run's isolation marks from its pods (idempotent)."""
+        marked = await api().list_pods(self.namespace, f"{ISOLATED}={self.run_uid}")
 
-        await _each(marked, unmark)
+        async def one(pod: Pod) -> bool:
+            return await self.patch_pod(pod.name, {"metadata": {"labels": {ISOLATED: None}}})
+
+        await _each(marked, one)
 
     # -- EndpointRemoval: drop the labels that only Services select ----------------
 

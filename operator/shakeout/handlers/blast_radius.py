@@ -14,7 +14,7 @@ async def resolve_target_pods(
 
     Returns the pick and the target pods' objects (node, labels, owner) for the attacks.
     """
-    pods = await api().list_pods(namespace, selector_to_string(blast_radius.selector))
+    pods = await api().list_pods(namespace, selector_to_string(blast_radius.selector), cached=True)
     live = [p for p in pods if not p.deleting]
     selection = select([p.name for p in live], blast_radius.limit, seed)
     chosen = set(selection.targets)

@@ -274,12 +274,17 @@ class Api:
 
     # -- the cluster's own objects ---------------------------------------------
 
-    async def list_pods(self, namespace: str, selector: str) -> list[Pod]:
+    async def list_pods(self, namespace: str, selector: str, cached: bool = False) -> list[Pod]:
+        """The pods matching a selector. cached: served from the API server's watch cache
+        (resourceVersion 0: cheap, possibly a moment old), fine for picking targets;
+        never for finding what to roll back, which must see every write of ours."""
+        extra = {"resource_version": "0"} if cached else {}
         resp = await self._call(
             self.core.list_namespaced_pod,
             namespace,
             label_selector=selector,
             _preload_content=False,
+            **extra,
         )
         return [pod_from(item) for item in _body(resp).get("items", [])]
 

@@ -11,7 +11,15 @@ from typing import Any
 import kopf
 
 # Importing the modules registers their handlers with kopf's default registry.
-from shakeout.handlers import admission, agents, experiments, runs, settings, switch  # noqa: F401
+from shakeout.handlers import (  # noqa: F401
+    admission,
+    agents,
+    cleanup,
+    experiments,
+    runs,
+    settings,
+    switch,
+)
 from shakeout.handlers.leader import LeaderElector, StandbyHealth
 
 

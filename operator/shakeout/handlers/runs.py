@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ import kopf
 from pydantic import ValidationError
 
 from shakeout.api.common import GROUP, VERSION
-from shakeout.api.experiment import Experiment
+from shakeout.api.experiment import AttackType, Experiment
 from shakeout.api.run import (
     MAX_AGENT_NODES,
     AttackResult,
@@ -29,7 +30,7 @@ from shakeout.api.run import (
 from shakeout.engine import runs as engine
 from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.runs import Reason, Transition, is_terminal
-from shakeout.engine.targets import selector_to_string
+from shakeout.engine.targets import Selection, selector_to_string
 from shakeout.handlers import agents, metrics
 from shakeout.handlers import switch as lock
 from shakeout.handlers.attacks import ClusterAgent
@@ -46,6 +47,8 @@ CANCELED_BY = "shakeout.dev/canceled-by"
 
 # The longest the daemon sleeps between looks; wakeups (cancel, Stop All) cut it short.
 MAX_IDLE = 1.0
+# Targets listed this recently at pick-up are used as they are when the attacks start.
+FRESH_TARGETS = 2.0
 ROLLBACK_ATTEMPTS = 5
 
 
@@ -128,6 +131,8 @@ class RunExecutor:
         self.dirty = False
         self.background: set[asyncio.Task[None]] = set()
         self.next_check: dict[str, datetime] = {}
+        # The pick-up's targets and when they were listed (time.monotonic()).
+        self.picked: tuple[float, Selection, list[Pod]] | None = None
 
     # -- plumbing --------------------------------------------------------------
 
@@ -264,6 +269,7 @@ class RunExecutor:
                 )
             return False
         status = engine.initial_status(spec, utcnow(), self.generation)
+        self.picked = (time.monotonic(), selection, pods)
         status.targets = selection.summary()
         status.agents = nodes
         status.experiment = spec
@@ -289,12 +295,18 @@ class RunExecutor:
         """Journal every attack as Applying (with its rollback data), then apply them."""
         spec = self.status.experiment
         assert spec is not None
-        # The rollback data of every attack and the current targets, read at once.
-        targets = asyncio.create_task(
-            resolve_target_pods(self.namespace, spec.blast_radius, self.uid)
-        )
-        prepared = await asyncio.gather(*(self.agent.prepare(a) for a in spec.attacks))
-        selection, pods = await targets
+        # The rollback data of every attack and the current targets, read at once; with
+        # no warm-up the pick-up's own resolution is fresh enough (a list of thousands of
+        # pods is most of the time to the first fault).
+        if self.picked is not None and time.monotonic() - self.picked[0] < FRESH_TARGETS:
+            _, selection, pods = self.picked
+            prepared = await asyncio.gather(*(self.agent.prepare(a) for a in spec.attacks))
+        else:
+            targets = asyncio.create_task(
+                resolve_target_pods(self.namespace, spec.blast_radius, self.uid)
+            )
+            prepared = await asyncio.gather(*(self.agent.prepare(a) for a in spec.attacks))
+            selection, pods = await targets
         status = self.status
         for attack, rollback_data in zip(spec.attacks, prepared, strict=True):
             status = engine.update_attack(
@@ -550,6 +562,10 @@ class RunExecutor:
         if is_terminal(status.phase):
             self.record_end(transition)
             await lock.release(self.uid)
+            if any(a.type == AttackType.NETWORK_ISOLATION for a in status.attacks):
+                # Its marks select nothing once the policy is gone: cleaned up after the
+                # end is recorded (and by handlers/cleanup.py after a restart).
+                self.in_background(self.agent.unmark())
             await self.update_experiment_last_run()
             if self.background:
                 await asyncio.gather(*self.background, return_exceptions=True)

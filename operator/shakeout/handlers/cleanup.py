@@ -1,0 +1,59 @@
+"""Marks that outlive their faults: the isolation labels of runs that are over.
+
+NetworkIsolation's rollback deletes the policy (the fault ends at once, whatever the
+number of targets); the `shakeout.dev/isolated` labels then select nothing and are
+removed by the run's daemon right after the run ends. This sweeper removes any that an
+operator restart left behind: at start and every few minutes, the labelled pods whose run
+is over or gone are unlabelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from typing import Any
+
+import kopf
+
+from shakeout.engine.runs import is_terminal
+from shakeout.handlers.attacks import ISOLATED, ClusterAgent
+from shakeout.handlers.k8s import api
+
+SWEEP_EVERY = 300.0
+_tasks: set[asyncio.Task[None]] = set()
+
+
+async def sweep() -> int:
+    """Unlabel the marks of runs that are not live; returns how many runs were swept."""
+    listing = await api().request("GET", "/api/v1/pods", query={"labelSelector": ISOLATED})
+    marks: dict[tuple[str, str], int] = defaultdict(int)
+    for pod in (listing or {}).get("items", []):
+        meta = pod["metadata"]
+        marks[(meta["namespace"], (meta.get("labels") or {}).get(ISOLATED, ""))] += 1
+    if not marks:
+        return 0
+    live = {
+        run["metadata"]["uid"]
+        for run in await api().list_runs()
+        if not is_terminal((run.get("status") or {}).get("phase"))
+    }
+    stale = [(ns, uid) for ns, uid in marks if uid not in live]
+    for namespace, uid in stale:
+        await ClusterAgent(namespace, run_uid=uid).unmark()
+    return len(stale)
+
+
+async def _loop(logger: Any) -> None:
+    while True:
+        with contextlib.suppress(Exception):
+            if swept := await sweep():
+                logger.info(f"removed the isolation marks of {swept} ended run(s)")
+        await asyncio.sleep(SWEEP_EVERY)
+
+
+@kopf.on.startup()
+async def start_sweeper(logger: kopf.Logger, **_: Any) -> None:
+    task = asyncio.create_task(_loop(logger))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)

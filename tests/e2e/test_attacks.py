@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+from shakeout.handlers import k8s
+from shakeout.handlers.attacks import ClusterAgent
 from tests.e2e.conftest import Cluster, Operator, eventually
 from tests.e2e.runs import TEAM, create_run, deployment, wait_phase
 
@@ -207,3 +210,18 @@ def test_marks_left_by_an_ended_run_are_swept_at_operator_start(
     live_operator.stop()
     live_operator.start()
     eventually(lambda: pods(ready, "shakeout.dev/isolated") == [], what="the marks swept")
+
+
+def test_unmarking_never_removes_another_runs_mark(ready: Cluster) -> None:
+    """A run's cleanup races the next run's marking: the removal is conditional."""
+    deployment(ready, "marks", replicas=1)
+    (pod,) = pods(ready, "app=marks")
+    name = pod["metadata"]["name"]
+    ready.kubectl("label", "pod", name, "-n", TEAM, "shakeout.dev/isolated=next-run")
+    k8s.use(k8s.Api(config_file=str(ready.admin_kubeconfig)))
+    # The previous run's cleanup listed the pod while it still carried its mark.
+    asyncio.run(ClusterAgent(TEAM, run_uid="previous-run").unmark_pod(name))
+    labels = ready.get("pod", name, "-n", TEAM)["metadata"]["labels"]
+    assert labels["shakeout.dev/isolated"] == "next-run"
+    asyncio.run(ClusterAgent(TEAM, run_uid="next-run").unmark_pod(name))
+    assert "shakeout.dev/isolated" not in ready.get("pod", name, "-n", TEAM)["metadata"]["labels"]

@@ -184,11 +184,16 @@ class ClusterAgent:
     async def unmark(self) -> None:
         """Remove this run's isolation marks from its pods (idempotent)."""
         marked = await api().list_pods(self.namespace, f"{ISOLATED}={self.run_uid}")
+        await _each([p.name for p in marked], self.unmark_pod)
 
-        async def one(pod: Pod) -> bool:
-            return await self.patch_pod(pod.name, {"metadata": {"labels": {ISOLATED: None}}})
-
-        await _each(marked, one)
+    async def unmark_pod(self, name: str) -> None:
+        """Remove the mark only if it is still this run's: the next run may have marked
+        the pod since it was listed (a JSON Patch whose test makes it conditional)."""
+        key = "/metadata/labels/" + ISOLATED.replace("~", "~0").replace("/", "~1")
+        patch = [{"op": "test", "path": key, "value": self.run_uid}, {"op": "remove", "path": key}]
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{name}"
+        with contextlib.suppress(Conflict):
+            await api().request("PATCH", path, json_patch=patch)
 
     # -- EndpointRemoval: drop the labels that only Services select ----------------
 

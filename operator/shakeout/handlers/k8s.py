@@ -132,15 +132,23 @@ class Api:
         method: str,
         path: str,
         body: Obj | None = None,
+        *,
         query: dict[str, str] | None = None,
         merge_patch: bool = False,
+        json_patch: list[Obj] | None = None,
     ) -> Obj | None:
-        """Any REST call by path (objects without a typed client here); None on 404."""
+        """Any REST call by path (objects without a typed client here); None on 404.
+
+        json_patch: a JSON Patch (RFC 6902) as the body; a failed "test" raises Conflict.
+        """
         headers = {"Accept": "application/json"}
-        if body is not None:
+        if json_patch is not None:
+            headers["Content-Type"] = "application/json-patch+json"
+        elif body is not None:
             headers["Content-Type"] = (
                 "application/merge-patch+json" if merge_patch else "application/json"
             )
+        payload: Any = json_patch if json_patch is not None else body
 
         def call() -> Any:
             serialized = self.api_client.param_serialize(
@@ -148,7 +156,7 @@ class Api:
                 path,
                 query_params=list((query or {}).items()),
                 header_params=headers,
-                body=body,
+                body=payload,
                 auth_settings=["BearerToken"],
             )
             resp = self.api_client.call_api(*serialized, _request_timeout=self.request_timeout)
@@ -158,8 +166,8 @@ class Api:
         resp = await asyncio.to_thread(call)
         if resp.status == 404:
             return None
-        if resp.status == 409:
-            raise Conflict(f"{method} {path}: conflict")
+        if resp.status == 409 or (json_patch is not None and resp.status == 422):
+            raise Conflict(f"{method} {path}: conflict ({resp.status})")
         if resp.status >= 400:
             raise ApiException(status=resp.status, reason=f"{method} {path}: {resp.data[:500]!r}")
         return _body(resp)

@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REPORTS := .cache/test-reports
 
-.PHONY: help venv controlplane crds verify lint format typecheck lint-imports check-crds bench \
+.PHONY: help venv controlplane crds verify lint format typecheck lint-imports check-crds bench bench-full \
         test test-unit test-node test-e2e host-tools reliability sandbox-up sandbox-down sandbox-status run clean
 
 help: ## show this help
@@ -68,7 +68,7 @@ reliability: $(STAMP) controlplane host-tools ## the reliability suite at full c
 	mkdir -p $(REPORTS)
 	SHAKEOUT_RELIABILITY=full SHAKEOUT_FUZZ_EXAMPLES=10000 $(BIN)/pytest -s -q \
 	  tests/e2e/test_reliability.py tests/e2e/test_outage.py tests/e2e/test_ha.py \
-	  tests/e2e/test_node_agents.py tests/reliability \
+	  tests/e2e/test_node_agents.py tests/e2e/test_fuzz_input.py \
 	  --junitxml=$(REPORTS)/reliability.xml
 
 sandbox-up: $(STAMP) controlplane ## start the local control plane; prints the admin kubeconfig
@@ -83,9 +83,16 @@ sandbox-status: $(STAMP) ## show the sandbox's components
 run: sandbox-up ## sandbox up, CRDs, operator, and a demo experiment run to COMPLETED with its report
 	bash tools/run-demo.sh
 
-bench: $(STAMP) controlplane ## benchmarks: sandbox start, time to first fault, Stop All (minutes)
+bench: $(STAMP) controlplane ## quick benchmarks of docs/benchmarks.md (about 15 minutes)
 	$(BIN)/python bench/sandbox_start.py 5
 	$(BIN)/python bench/lifecycle.py 30 100
+	$(BIN)/python bench/scale.py --pods-a 1000 --pods-b 1000 --targets 1 100 1000 --repeat 3
+	$(BIN)/python bench/footprint.py --experiments 100 --pods 1000 --minutes 3
+
+bench-full: $(STAMP) controlplane ## the long benchmarks: 6,000 and 5,000-target scale, an hour's soak
+	$(BIN)/python bench/scale.py --pods-a 3000 --pods-b 3000 --targets 100 1000 3000 --repeat 5
+	$(BIN)/python bench/scale.py --pods-a 5000 --pods-b 1000 --targets 5000 --repeat 3
+	$(BIN)/python bench/footprint.py --experiments 1000 --pods 10000 --minutes 60
 
 clean: ## remove the venv and local caches (not the control-plane build cache)
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

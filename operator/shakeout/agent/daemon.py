@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from shakeout.handlers.agents import (
     lease_name,
 )
 from shakeout.handlers.k8s import Api, Obj
+from shakeout.handlers.leases import lease_path, micro_time, renewed
 
 log = logging.getLogger("shakeout.agent")
 
@@ -65,10 +65,6 @@ class AgentOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def fault_id(run_uid: str, attack: str, pod_uid: str) -> str:
     return f"{run_uid}/{attack}/{pod_uid}"
 
@@ -80,10 +76,7 @@ class NodeAgent:
         self.keeper = keeper
         self.capabilities = capabilities
         self.identity = f"{options.node}_{uuid.uuid4().hex[:10]}"
-        self.lease_path = (
-            f"/apis/coordination.k8s.io/v1/namespaces/{options.namespace}/leases/"
-            f"{lease_name(options.node)}"
-        )
+        self.lease_path = lease_path(options.namespace, lease_name(options.node))
         self.last_renewal = 0.0
         # NodeAttack uid -> the fault ids this agent applied for it and still holds.
         self.held: dict[str, set[str]] = {}
@@ -97,32 +90,21 @@ class NodeAgent:
     # -- the lease ---------------------------------------------------------------
 
     def lease_body(self, current: Obj | None) -> Obj:
-        meta: Obj = dict((current or {}).get("metadata") or {})
-        meta["name"] = lease_name(self.options.node)
-        meta["namespace"] = self.options.namespace
+        body = renewed(
+            current,
+            lease_name(self.options.node),
+            self.options.namespace,
+            self.identity,
+            self.options.lease_duration,
+        )
+        meta = body["metadata"]
         meta["labels"] = {**(meta.get("labels") or {}), AGENT_LABEL: "node"}
         meta["annotations"] = {
             **(meta.get("annotations") or {}),
             NODE_ANNOTATION: self.options.node,
             CAPABILITIES_ANNOTATION: json.dumps(self.capabilities, sort_keys=True),
         }
-        spec = dict((current or {}).get("spec") or {})
-        if spec.get("holderIdentity") != self.identity:
-            spec["acquireTime"] = _now()
-            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + (
-                1 if current else 0
-            )
-        spec.update(
-            holderIdentity=self.identity,
-            leaseDurationSeconds=max(1, round(self.options.lease_duration)),
-            renewTime=_now(),
-        )
-        return {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": meta,
-            "spec": spec,
-        }
+        return body
 
     async def renew(self) -> None:
         current = await self.api.request("GET", self.lease_path)
@@ -234,7 +216,7 @@ class NodeAgent:
             "agent": self.identity,
             "message": message[:1024],
             "targets": targets,
-            "updatedAt": _now(),
+            "updatedAt": micro_time(),
         }
         await self.api.request("PATCH", path, {"status": status}, merge_patch=True)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonDict  # type: ignore[attr-defined]  # not in __all__
 
@@ -85,6 +86,18 @@ class LabelSelectorOperator(StrEnum):
     DOES_NOT_EXIST = "DoesNotExist"
 
 
+# Label keys and values as the API server accepts them (an optional DNS-subdomain prefix,
+# a name of at most 63 characters). Checked here so that a bad selector is refused with
+# the field named, instead of failing every pod list of the run.
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = (
+    # [.] rather than an escaped dot: the same text is a CEL string literal in the CRD.
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?" + LABEL_NAME + "$"
+)
+LABEL_VALUE = r"^(" + LABEL_NAME + ")?$"
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE, max_length=63)]
+
+
 class LabelSelectorRequirement(Model):
     """One requirement of a label selector, as in metav1.LabelSelectorRequirement."""
 
@@ -101,11 +114,13 @@ class LabelSelectorRequirement(Model):
         }
     )
 
-    key: str = Field(description="The label key the requirement applies to.", max_length=317)
+    key: str = Field(
+        description="The label key the requirement applies to.", max_length=317, pattern=LABEL_KEY
+    )
     operator: LabelSelectorOperator = Field(
         description="How the key relates to the values: In, NotIn, Exists or DoesNotExist."
     )
-    values: list[str] = Field(
+    values: list[LabelValue] = Field(
         default_factory=list,
         max_length=64,
         description="Label values; non-empty for In and NotIn, empty otherwise.",
@@ -129,12 +144,19 @@ class LabelSelector(Model):
                     "(an empty selector would target every pod of the namespace)",
                     fieldPath=".matchLabels",
                     reason="FieldValueRequired",
-                )
+                ),
+                cel(
+                    "!has(self.matchLabels) || self.matchLabels.all(k, size(k) <= 317 && "
+                    f"k.matches('{LABEL_KEY}'))",
+                    "matchLabels keys must be label keys: [prefix/]name, the name at most 63 "
+                    "letters, digits, '-', '_' or '.', starting and ending alphanumeric",
+                    fieldPath=".matchLabels",
+                ),
             ]
         }
     )
 
-    match_labels: dict[str, str] = Field(
+    match_labels: dict[str, LabelValue] = Field(
         default_factory=dict,
         description="Pods must carry every one of these labels with these values.",
         json_schema_extra={"maxProperties": 32},
@@ -144,6 +166,14 @@ class LabelSelector(Model):
         max_length=16,
         description="Pods must meet every one of these requirements.",
     )
+
+    @field_validator("match_labels")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key in labels:
+            if len(key) > 317 or not re.match(LABEL_KEY, key):
+                raise ValueError(f"matchLabels key {key!r} is not a label key")
+        return labels
 
     def is_empty(self) -> bool:
         return not self.match_labels and not self.match_expressions

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -22,12 +23,19 @@ from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.preconditions import RunRequest, refusal
 from shakeout.engine.runs import is_terminal
 from shakeout.handlers import agents, metrics
-from shakeout.handlers.blast_radius import resolve_target_pods
+from shakeout.handlers.blast_radius import SelectorError, needs_detail, resolve_target_pods
 from shakeout.handlers.k8s import api
 from shakeout.handlers.rails import rails_refusal
 from shakeout.handlers.runs import CANCELED_BY, STARTED_BY
 from shakeout.handlers.schedules import TRIGGER_LABEL
 from shakeout.handlers.switch import CHANGED_AT, CHANGED_BY, now_iso
+
+
+def _spec(obj: Any) -> dict[str, Any]:
+    """An object's spec, or {}: mutating webhooks run before the schema is checked, so a
+    spec may be anything at all (the schema then refuses it with its own message)."""
+    spec = obj.get("spec") if isinstance(obj, Mapping) else None
+    return dict(spec) if isinstance(spec, Mapping) else {}
 
 
 def _who(userinfo: Any) -> str:
@@ -55,12 +63,19 @@ async def gather_run_request(namespace: str, experiment: str, uid: str | None) -
         except ValidationError as err:
             error = describe_validation_error(err)
         else:
-            selection, pods = await resolve_target_pods(
-                namespace, spec.blast_radius, seed=uid or ""
-            )
-            matched, targets = selection.matched, len(selection.targets)
-            agent_problem = agents.unsupported(spec, sorted({p.node for p in pods if p.node}))
-            irreversible = tuple(f"{a.name} ({a.type})" for a in spec.attacks if not a.reversible)
+            try:
+                selection, pods = await resolve_target_pods(
+                    namespace, spec.blast_radius, seed=uid or "", detail=needs_detail(spec)
+                )
+            except SelectorError as err:
+                error = str(err)
+            else:
+                matched, targets = selection.matched, len(selection.targets)
+                nodes = sorted({p.node for p in pods if p.node})
+                agent_problem = agents.unsupported(spec, nodes)
+                irreversible = tuple(
+                    f"{a.name} ({a.type})" for a in spec.attacks if not a.reversible
+                )
     namespace_problem, cap_problem = await rails_refusal(namespace, switch, matched, targets)
     return RunRequest(
         namespace=namespace,
@@ -148,8 +163,8 @@ def record_started_by(userinfo: Any, patch: kopf.Patch, **_: Any) -> None:
 )
 def record_canceled_by(body: kopf.Body, userinfo: Any, patch: kopf.Patch, **kw: Any) -> None:
     old = kw.get("old")  # kopf passes the old object, though its WebhookFn type omits it
-    was = bool(((old or {}).get("spec") or {}).get("cancel"))
-    if body.get("spec", {}).get("cancel") and not was:
+    was = bool(_spec(old).get("cancel"))
+    if _spec(body).get("cancel") and not was:
         patch.setdefault("metadata", {}).setdefault("annotations", {})[CANCELED_BY] = _who(userinfo)
 
 
@@ -165,8 +180,8 @@ def record_switch_change(body: kopf.Body, userinfo: Any, patch: kopf.Patch, **kw
     old = kw.get("old")
     if body.get("metadata", {}).get("name") != SWITCH_NAME:
         return
-    before = ((old or {}).get("spec") or {}).get("enabled")
-    after = body.get("spec", {}).get("enabled")
+    before = _spec(old).get("enabled")
+    after = _spec(body).get("enabled")
     if old and before == after:
         return
     annotations = patch.setdefault("metadata", {}).setdefault("annotations", {})

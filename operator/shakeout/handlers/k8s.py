@@ -136,12 +136,13 @@ class Api:
         query: dict[str, str] | None = None,
         merge_patch: bool = False,
         json_patch: list[Obj] | None = None,
+        accept: str = "application/json",
     ) -> Obj | None:
         """Any REST call by path (objects without a typed client here); None on 404.
 
         json_patch: a JSON Patch (RFC 6902) as the body; a failed "test" raises Conflict.
         """
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if json_patch is not None:
             headers["Content-Type"] = "application/json-patch+json"
         elif body is not None:
@@ -295,6 +296,29 @@ class Api:
             **extra,
         )
         return [pod_from(item) for item in _body(resp).get("items", [])]
+
+    async def list_pod_names(self, namespace: str, selector: str) -> list[Pod]:
+        """The pods matching a selector, names and deletion only, from the watch cache.
+
+        Asked for as a Table without objects: a few hundred bytes a pod instead of several
+        KiB, so that picking 1,000 targets out of 3,000 pods costs milliseconds, not a
+        second of JSON. Enough for the attacks that need nothing but the names.
+        """
+        table = await self.request(
+            "GET",
+            f"/api/v1/namespaces/{namespace}/pods",
+            query={"labelSelector": selector, "resourceVersion": "0", "includeObject": "None"},
+            accept="application/json;as=Table;v=v1;g=meta.k8s.io",
+        )
+        columns = [c["name"] for c in (table or {}).get("columnDefinitions", [])]
+        name_at, status_at = columns.index("Name"), columns.index("Status")
+        pods = []
+        for row in (table or {}).get("rows", []):
+            cells = row["cells"]
+            # kubectl's own rule: a pod with a deletionTimestamp shows as Terminating.
+            deleting = cells[status_at] == "Terminating"
+            pods.append(Pod(name=cells[name_at], ready=False, deleting=deleting))
+        return pods
 
     async def namespace_labels(self, name: str) -> dict[str, str]:
         obj = await self._get_or_none(self.core.read_namespace, name)

@@ -23,17 +23,13 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from shakeout.handlers.k8s import Api, Conflict, Obj
+from shakeout.handlers.leases import lease_path, renewed
 
 log = logging.getLogger("shakeout.leader")
 
 LEASE_NAME = "shakeout-operator"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -52,28 +48,10 @@ class LeaderElector:
 
     @property
     def path(self) -> str:
-        return f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/{LEASE_NAME}"
+        return lease_path(self.namespace, LEASE_NAME)
 
     def body(self, current: Obj | None) -> Obj:
-        spec = dict((current or {}).get("spec") or {})
-        if spec.get("holderIdentity") != self.identity:
-            spec["acquireTime"] = _now()
-            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + (
-                1 if current else 0
-            )
-        spec.update(
-            holderIdentity=self.identity,
-            leaseDurationSeconds=max(1, round(self.duration)),
-            renewTime=_now(),
-        )
-        meta = dict((current or {}).get("metadata") or {})
-        meta.update(name=LEASE_NAME, namespace=self.namespace)
-        return {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": meta,
-            "spec": spec,
-        }
+        return renewed(current, LEASE_NAME, self.namespace, self.identity, self.duration)
 
     async def try_acquire(self) -> bool:
         """One attempt: True if we hold the lease now."""

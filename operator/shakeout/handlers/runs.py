@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from shakeout.api.common import GROUP, VERSION
@@ -35,7 +37,7 @@ from shakeout.handlers import agents, metrics
 from shakeout.handlers import switch as lock
 from shakeout.handlers.attacks import ClusterAgent
 from shakeout.handlers.authz import may_run_in
-from shakeout.handlers.blast_radius import resolve_target_pods
+from shakeout.handlers.blast_radius import SelectorError, needs_detail, resolve_target_pods
 from shakeout.handlers.checks import run_check
 from shakeout.handlers.k8s import Pod, api
 from shakeout.handlers.node_attacks import NodeDispatcher
@@ -102,10 +104,29 @@ async def lifecycle(
     metrics.ACTIVE_RUNS.inc()
     try:
         await executor.execute()
+    except ApiException as err:
+        if err.status != 404:
+            raise
+        # The run was deleted before kopf's finalizer was on it: nothing left to drive
+        # (and nothing attacked: a run is attacked only after its journal is written).
+        logger.info("the run is gone; its daemon ends")
+        if executor.status.phase is not None:
+            await lock.release(executor.uid)
     finally:
         metrics.ACTIVE_RUNS.dec()
         metrics.STOP_REQUESTED.pop(executor.uid, None)
         lock.SWITCH.wakeups.pop(executor.uid, None)
+
+
+@dataclass(frozen=True)
+class Picked:
+    """What a run that passed its preconditions will attack."""
+
+    experiment: Experiment
+    switch: dict[str, Any]
+    selection: Selection
+    pods: list[Pod]
+    nodes: list[str]
 
 
 class RunExecutor:
@@ -192,73 +213,19 @@ class RunExecutor:
 
     async def refuse(self, reason: Reason, message: str) -> None:
         status = engine.refuse(self.status, reason, message, utcnow(), self.generation)
-        metrics.RUNS.labels(Phase.FAILED, reason).inc()
         status.started_by = self.recorded(STARTED_BY)
         await self.persist(status)
+        metrics.RUNS.labels(Phase.FAILED, reason).inc()  # counted once it is recorded
         self.event(Transition(Phase.FAILED, reason, message))
         await self.update_experiment_last_run()
 
     async def pick_up(self) -> bool:
         """Check the preconditions again and take the lock; False if the run was refused."""
-        ref = self.body["spec"]["experimentRef"]["name"]
-        # Independent reads at once: the pick-up is on the path to the first fault.
-        obj, switch = await asyncio.gather(
-            api().get_experiment(self.namespace, ref), api().get_switch()
-        )
-        if obj is None:
-            await self.refuse(
-                Reason.EXPERIMENT_NOT_FOUND, f"Experiment {self.namespace}/{ref} not found"
-            )
+        outcome = await self.check_preconditions()
+        if not isinstance(outcome, Picked):
+            await self.refuse(*outcome)
             return False
-        try:
-            experiment = Experiment.model_validate(obj)
-        except ValidationError as err:
-            await self.refuse(Reason.EXPERIMENT_INVALID, describe_validation_error(err))
-            return False
-        if not (switch and switch.get("spec", {}).get("enabled")):
-            await self.refuse(
-                Reason.EXPERIMENTING_DISABLED,
-                "experimenting is disabled (ChaosSwitch default missing or enabled: false)",
-            )
-            return False
-        spec = experiment.spec
-        selection, pods = await resolve_target_pods(self.namespace, spec.blast_radius, self.uid)
-        namespace_problem, cap_problem = await rails_refusal(
-            self.namespace, switch, selection.matched, len(selection.targets)
-        )
-        if namespace_problem:
-            await self.refuse(Reason.NAMESPACE_PROTECTED, namespace_problem)
-            return False
-        if cap_problem:
-            await self.refuse(Reason.OVER_TARGET_CAP, cap_problem)
-            return False
-        if not selection.targets:
-            await self.refuse(
-                Reason.NO_TARGETS,
-                f"the blast radius resolves to no pods in {self.namespace} "
-                f"({selection.matched} matched the selector)",
-            )
-            return False
-        # Defence in depth: the creator recorded at admission must still be a member of
-        # the team (RBAC alone authorized the create when no identity was recorded).
-        creator = self.recorded(STARTED_BY)
-        if creator is not None and not await may_run_in(creator, self.namespace):
-            await self.refuse(
-                Reason.UNAUTHORIZED,
-                f"{creator.username} may not run experiments in namespace {self.namespace}",
-            )
-            return False
-        nodes = sorted({p.node for p in pods if p.node}) if agents.node_attack_types(spec) else []
-        if len(nodes) > MAX_AGENT_NODES:
-            await self.refuse(
-                Reason.ATTACK_UNSUPPORTED,
-                f"node-level attacks on {len(nodes)} nodes; at most {MAX_AGENT_NODES} per run",
-            )
-            return False
-        if (problem := agents.unsupported(spec, nodes)) is not None:
-            await self.refuse(Reason.ATTACK_UNSUPPORTED, problem)
-            return False
-        got = await lock.acquire(self.namespace, self.name, self.uid, prefetched=switch)
+        got = await lock.acquire(self.namespace, self.name, self.uid, prefetched=outcome.switch)
         if not got.acquired:
             if got.disabled:
                 await self.refuse(Reason.EXPERIMENTING_DISABLED, "experimenting is disabled")
@@ -268,17 +235,75 @@ class RunExecutor:
                     f"another run is executing: run {got.holder} holds the cluster-wide lock",
                 )
             return False
+        spec = outcome.experiment.spec
         status = engine.initial_status(spec, utcnow(), self.generation)
-        self.picked = (time.monotonic(), selection, pods)
-        status.targets = selection.summary()
-        status.agents = nodes
+        self.picked = (time.monotonic(), outcome.selection, outcome.pods)
+        status.targets = outcome.selection.summary()
+        status.agents = outcome.nodes
         status.experiment = spec
-        status.experiment_generation = obj["metadata"].get("generation")
+        status.experiment_generation = outcome.experiment.metadata.generation
         status.started_by = self.recorded(STARTED_BY)
         await self.persist(status)
         self.event(Transition(Phase.CREATED, Reason.CREATED, "run picked up; lock acquired"))
         self.in_background(self.update_experiment_last_run())
         return True
+
+    async def check_preconditions(self) -> Picked | tuple[Reason, str]:
+        """The run's preconditions, as the operator sees them now: what it may attack, or
+        why it may not run at all."""
+        ref = self.body["spec"]["experimentRef"]["name"]
+        # Independent reads at once: the pick-up is on the path to the first fault.
+        obj, switch = await asyncio.gather(
+            api().get_experiment(self.namespace, ref), api().get_switch()
+        )
+        if obj is None:
+            return Reason.EXPERIMENT_NOT_FOUND, f"Experiment {self.namespace}/{ref} not found"
+        try:
+            experiment = Experiment.model_validate(obj)
+        except ValidationError as err:
+            return Reason.EXPERIMENT_INVALID, describe_validation_error(err)
+        if not (switch and switch.get("spec", {}).get("enabled")):
+            return (
+                Reason.EXPERIMENTING_DISABLED,
+                "experimenting is disabled (ChaosSwitch default missing or enabled: false)",
+            )
+        spec = experiment.spec
+        try:
+            selection, pods = await resolve_target_pods(
+                self.namespace, spec.blast_radius, self.uid, needs_detail(spec)
+            )
+        except SelectorError as err:
+            return Reason.EXPERIMENT_INVALID, str(err)
+        namespace_problem, cap_problem = await rails_refusal(
+            self.namespace, switch, selection.matched, len(selection.targets)
+        )
+        if namespace_problem:
+            return Reason.NAMESPACE_PROTECTED, namespace_problem
+        if cap_problem:
+            return Reason.OVER_TARGET_CAP, cap_problem
+        if not selection.targets:
+            return (
+                Reason.NO_TARGETS,
+                f"the blast radius resolves to no pods in {self.namespace} "
+                f"({selection.matched} matched the selector)",
+            )
+        # Defence in depth: the creator recorded at admission must still be a member of
+        # the team (RBAC alone authorized the create when no identity was recorded).
+        creator = self.recorded(STARTED_BY)
+        if creator is not None and not await may_run_in(creator, self.namespace):
+            return (
+                Reason.UNAUTHORIZED,
+                f"{creator.username} may not run experiments in namespace {self.namespace}",
+            )
+        nodes = sorted({p.node for p in pods if p.node}) if agents.node_attack_types(spec) else []
+        if len(nodes) > MAX_AGENT_NODES:
+            return (
+                Reason.ATTACK_UNSUPPORTED,
+                f"node-level attacks on {len(nodes)} nodes; at most {MAX_AGENT_NODES} per run",
+            )
+        if (problem := agents.unsupported(spec, nodes)) is not None:
+            return Reason.ATTACK_UNSUPPORTED, problem
+        return Picked(experiment, switch, selection, pods, nodes)
 
     # -- attacks ---------------------------------------------------------------
 
@@ -303,7 +328,7 @@ class RunExecutor:
             prepared = await asyncio.gather(*(self.agent.prepare(a) for a in spec.attacks))
         else:
             targets = asyncio.create_task(
-                resolve_target_pods(self.namespace, spec.blast_radius, self.uid)
+                resolve_target_pods(self.namespace, spec.blast_radius, self.uid, needs_detail(spec))
             )
             prepared = await asyncio.gather(*(self.agent.prepare(a) for a in spec.attacks))
             selection, pods = await targets
@@ -412,7 +437,10 @@ class RunExecutor:
                     if pods is None:
                         assert status.experiment is not None
                         _, pods = await resolve_target_pods(
-                            self.namespace, status.experiment.blast_radius, self.uid
+                            self.namespace,
+                            status.experiment.blast_radius,
+                            self.uid,
+                            needs_detail(status.experiment),
                         )
                     await self.apply_one(self.attack(result.name), pods)
                 # An irreversible attack may have been applied: never apply it twice.

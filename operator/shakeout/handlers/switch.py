@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.switch import SWITCH_NAME
@@ -69,9 +70,13 @@ async def _record_change(body: kopf.Body) -> None:
     enabled = bool(body.get("spec", {}).get("enabled"))
     if last.get("by") == by and last.get("time") == at and last.get("enabled") == enabled:
         return
-    await api().patch_switch_status(
-        {"status": {"lastChange": {"enabled": enabled, "by": by, "time": at}}}
-    )
+    try:
+        await api().patch_switch_status(
+            {"status": {"lastChange": {"enabled": enabled, "by": by, "time": at}}}
+        )
+    except ApiException as err:
+        if err.status != 404:  # deleted since this event: nothing to record it on
+            raise
 
 
 async def switch_enabled() -> bool:

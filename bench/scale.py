@@ -248,7 +248,7 @@ def resolution_times(namespace: str, targets: int, reps: int, detail: bool = Fal
     return [asyncio.run(once()) for _ in range(reps)]
 
 
-def main() -> None:
+def main() -> None:  # noqa: PLR0915  (a benchmark script, top to bottom)
     parser = argparse.ArgumentParser()
     parser.add_argument("--pods-a", type=int, default=3000)
     parser.add_argument("--pods-b", type=int, default=3000)

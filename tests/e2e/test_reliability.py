@@ -77,6 +77,8 @@ def test_operator_sigkill_at_random_points_leaves_nothing_behind(
         deleted = before - pod_uids(ready, "rel-victim")
         assert len(deleted) <= 1, f"run {i}: {len(deleted)} pods deleted, the limit is 1"
         assert_clean(ready, TEAM, replicas={"rel-scaled": 3})
+        if (i + 1) % 25 == 0:
+            print(f"\n{i + 1} runs so far: every one clean, max recovery {max(recoveries):.1f} s")
     recoveries.sort()
     print(
         f"\n{runs} runs, operator SIGKILLed at a random point in each: every run terminal "

@@ -24,6 +24,7 @@ from pathlib import Path
 from kubernetes import client, config
 
 from lifecycle import REPO, kubectl, start_operator
+from scale import create_pods
 from shakeout.sandbox.cluster import Sandbox
 
 GROUP, VERSION = "shakeout.dev", "v1alpha1"
@@ -58,7 +59,7 @@ def setup(
     args: argparse.Namespace,
     nodes: list[str],
 ) -> None:
-    core.create_namespace({"metadata": {"name": NS}})
+    create_pods(core, NS, args.pods, nodes, app="bulk")  # creates the namespace too
     apps = client.AppsV1Api()
     apps.create_namespaced_deployment(
         NS,
@@ -74,18 +75,6 @@ def setup(
             },
         },
     )
-
-    def pod(i: int) -> None:
-        core.create_namespaced_pod(
-            NS,
-            {
-                "metadata": {"name": f"p{i:05d}", "labels": {"app": "bulk"}},
-                "spec": {
-                    "nodeName": nodes[i % len(nodes)],
-                    "containers": [{"name": "c", "image": "x"}],
-                },
-            },
-        )
 
     def experiment(i: int) -> None:
         custom.create_namespaced_custom_object(
@@ -115,7 +104,6 @@ def setup(
         )
 
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(pod, range(args.pods)))
         list(pool.map(experiment, range(args.experiments)))
 
 

@@ -67,14 +67,17 @@ def api_counters(box: Sandbox) -> Counter[str]:
     return counts
 
 
-def create_pods(core: client.CoreV1Api, namespace: str, count: int, nodes: list[str]) -> None:
+def create_pods(
+    core: client.CoreV1Api, namespace: str, count: int, nodes: list[str], app: str = "scale"
+) -> None:
+    """A namespace with `count` pods labelled app=`app`, spread over the kwok nodes."""
     core.create_namespace({"metadata": {"name": namespace}})
 
     def one(i: int) -> None:
         core.create_namespaced_pod(
             namespace,
             {
-                "metadata": {"name": f"p{i:05d}", "labels": {"app": "scale"}},
+                "metadata": {"name": f"p{i:05d}", "labels": {"app": app}},
                 # Placed by hand: the scheduler is not what this measures.
                 "spec": {
                     "nodeName": nodes[i % len(nodes)],

@@ -133,6 +133,17 @@ def nft_tables(ns: Netns) -> str:
     return ns.exec("nft", "list", "tables").stdout
 
 
+def fault_gone_after(target: Netns, since: float, timeout: float) -> float:
+    """Seconds from `since` until the target's nftables fault is gone (polled every 50 ms)."""
+    eventually(
+        lambda: "shakeout_" not in nft_tables(target),
+        timeout=timeout,
+        interval=0.05,
+        what="the blackhole rolled back",
+    )
+    return time.monotonic() - since
+
+
 # -- each node-level attack -------------------------------------------------------------
 
 
@@ -299,13 +310,8 @@ def test_agent_sigkill_fails_the_run_and_its_faults_are_rolled_back(
     killed = time.monotonic()
     live_agent.signal(signal.SIGKILL)
     # The keeper sees its parent die and rolls back at once.
-    eventually(
-        lambda: "shakeout_" not in nft_tables(target),
-        timeout=5,
-        interval=0.05,
-        what="the blackhole rolled back",
-    )
-    print(f"\nagent SIGKILL: fault gone after {time.monotonic() - killed:.2f} s")
+    gone = fault_gone_after(target, killed, timeout=5)
+    print(f"\nagent SIGKILL: fault gone after {gone:.2f} s")
     assert echo.ratio(20) == 1.0
     status = finished(ready, run, timeout=LEASE_DURATION + 10)
     assert (status["phase"], status["reason"]) == ("FAILED", "AgentDisconnected"), status
@@ -320,13 +326,7 @@ def test_agent_sigstop_rolls_back_at_lease_expiry_and_fails_the_run(
     frozen = time.monotonic()
     live_agent.signal(signal.SIGSTOP)
     try:
-        eventually(
-            lambda: "shakeout_" not in nft_tables(target),
-            timeout=LEASE_DURATION + 3,
-            interval=0.05,
-            what="the blackhole rolled back",
-        )
-        gone = time.monotonic() - frozen
+        gone = fault_gone_after(target, frozen, timeout=LEASE_DURATION + 3)
         print(
             f"\nagent SIGSTOP: fault gone {gone:.2f} s after the freeze (lease {LEASE_DURATION} s)"
         )
@@ -363,13 +363,7 @@ def test_agent_cut_off_from_the_api_server_rolls_back_on_its_own(
         assert lease is not None
         with dropped(proxy.port):
             cut = time.monotonic()
-            eventually(
-                lambda: "shakeout_" not in nft_tables(target),
-                timeout=LEASE_DURATION + 3,
-                interval=0.05,
-                what="the blackhole rolled back",
-            )
-            gone = time.monotonic() - cut
+            gone = fault_gone_after(target, cut, timeout=LEASE_DURATION + 3)
             print(
                 f"\nagent cut off: fault gone {gone:.2f} s after the cut "
                 f"(lease {LEASE_DURATION} s; goal: within lease expiry + 1 s)"

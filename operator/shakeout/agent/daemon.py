@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,6 @@ class AgentOptions:
     # hostPID), so that stress processes can join the target pod's cgroup.
     cgroup_namespace: str | None = None
     resync: float = 10.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def fault_id(run_uid: str, attack: str, pod_uid: str) -> str:

@@ -36,6 +36,11 @@ OWNER_PATHS = {
 }
 
 
+def run_owner(name: str, uid: str) -> Obj:
+    """An ownerReference to a run: what an attack creates goes when the run is deleted."""
+    return {"apiVersion": API_VERSION, "kind": "ExperimentRun", "name": name, "uid": uid}
+
+
 class AttackError(Exception):
     """An attack could not be applied or rolled back; the message says why."""
 
@@ -71,12 +76,7 @@ class ClusterAgent:
         self.run_uid = run_uid
 
     def owner_reference(self) -> Obj:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": "ExperimentRun",
-            "name": self.run_name,
-            "uid": self.run_uid,
-        }
+        return run_owner(self.run_name, self.run_uid)
 
     def record(self, attack: Attack, **extra: Any) -> str:
         return json.dumps({"run": self.run_uid, "attack": attack.name, **extra}, sort_keys=True)

@@ -19,7 +19,7 @@ from shakeout.api.common import API_VERSION, GROUP, VERSION
 from shakeout.api.experiment import Attack
 from shakeout.api.nodeattack import MAX_NODE_TARGETS, NODE_LABEL, RUN_UID_LABEL, NodeAttackPhase
 from shakeout.handlers import agents
-from shakeout.handlers.attacks import AttackError
+from shakeout.handlers.attacks import AttackError, run_owner
 from shakeout.handlers.k8s import Conflict, Obj, Pod, api
 
 APPLY_TIMEOUT = 30.0
@@ -73,14 +73,7 @@ class NodeDispatcher:
                             NODE_LABEL: node,
                             ATTACK_LABEL: attack.name,
                         },
-                        "ownerReferences": [
-                            {
-                                "apiVersion": API_VERSION,
-                                "kind": "ExperimentRun",
-                                "name": self.run_name,
-                                "uid": self.run_uid,
-                            }
-                        ],
+                        "ownerReferences": [run_owner(self.run_name, self.run_uid)],
                     },
                     "spec": {
                         "runName": self.run_name,

@@ -9,8 +9,6 @@ is over or gone are unlabelled.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import defaultdict
 from typing import Any
 
@@ -19,9 +17,9 @@ import kopf
 from shakeout.engine.runs import is_terminal
 from shakeout.handlers.attacks import ISOLATED, ClusterAgent
 from shakeout.handlers.k8s import api
+from shakeout.handlers.periodic import every
 
 SWEEP_EVERY = 300.0
-_tasks: set[asyncio.Task[None]] = set()
 
 
 async def sweep() -> int:
@@ -44,16 +42,11 @@ async def sweep() -> int:
     return len(stale)
 
 
-async def _loop(logger: Any) -> None:
-    while True:
-        with contextlib.suppress(Exception):
-            if swept := await sweep():
-                logger.info(f"removed the isolation marks of {swept} ended run(s)")
-        await asyncio.sleep(SWEEP_EVERY)
+async def sweep_and_report(logger: Any) -> None:
+    if swept := await sweep():
+        logger.info(f"removed the isolation marks of {swept} ended run(s)")
 
 
 @kopf.on.startup()
 async def start_sweeper(logger: kopf.Logger, **_: Any) -> None:
-    task = asyncio.create_task(_loop(logger))
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+    every(SWEEP_EVERY, lambda: sweep_and_report(logger), logger, "sweeping isolation marks")

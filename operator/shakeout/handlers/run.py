@@ -16,6 +16,7 @@ from shakeout.handlers import (  # noqa: F401
     agents,
     cleanup,
     experiments,
+    memory,
     runs,
     settings,
     switch,

@@ -6,8 +6,6 @@ Experiment must never hang in Terminating because the operator is away.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +18,7 @@ from shakeout.api.experiment import Schedule
 from shakeout.engine.runs import is_terminal
 from shakeout.engine.schedule import decide_schedule, run_name, runs_to_prune
 from shakeout.handlers.k8s import api, timestamp
+from shakeout.handlers.periodic import every
 
 EXPERIMENT_LABEL = "shakeout.dev/experiment"
 TRIGGER_LABEL = "shakeout.dev/trigger"
@@ -135,27 +134,6 @@ async def prune(item: Scheduled) -> None:
         await api().delete_run(item.namespace, name)
 
 
-async def scheduler_loop(logger: Any) -> None:
-    while True:
-        try:
-            await tick(datetime.now(UTC))
-        except Exception as err:  # noqa: BLE001  (a failed tick is retried on the next)
-            logger.warning(f"scheduler tick failed: {err}")
-        await asyncio.sleep(TICK_SECONDS)
-
-
-_TASKS: list[asyncio.Task[None]] = []
-
-
 @kopf.on.startup()
 async def start_scheduler(logger: kopf.Logger, **_: Any) -> None:
-    _TASKS.append(asyncio.create_task(scheduler_loop(logger)))
-
-
-@kopf.on.cleanup()
-async def stop_scheduler(**_: Any) -> None:
-    for task in _TASKS:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    _TASKS.clear()
+    every(TICK_SECONDS, lambda: tick(datetime.now(UTC)), logger, "scheduler tick")

@@ -74,7 +74,6 @@ def _operator(args: argparse.Namespace) -> int:
         webhook_port=args.webhook_port,
         webhook_host=args.webhook_host,
         cert_dir=args.webhook_cert_dir,
-        batch_window=args.batch_window,
         webhook_service=args.webhook_service,
         protect_namespaces=args.protect_namespace,
         metrics=args.metrics,
@@ -179,12 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="never attack this namespace (repeatable; the operator's own is always protected)",
-    )
-    p.add_argument(
-        "--batch-window",
-        type=float,
-        default=None,
-        help="seconds kopf waits to batch an object's events (default 0.02)",
     )
     p.add_argument(
         "--leader-elect",

@@ -34,7 +34,6 @@ def run_operator(
     webhook_port: int = 9443,
     webhook_host: str | None = None,
     cert_dir: str | None = None,
-    batch_window: float | None = None,
     webhook_service: str | None = None,
     protect_namespaces: list[str] | None = None,
     metrics: str | None = None,
@@ -57,8 +56,6 @@ def run_operator(
     settings.OPTIONS.protected_namespaces = frozenset(
         [*(protect_namespaces or []), *([own] if own else [])]
     )
-    if batch_window is not None:
-        settings.OPTIONS.batch_window = batch_window
     if not webhook:
         # No server to serve them: drop the admission handlers, the operator re-checks.
         registry = kopf.get_default_registry()

@@ -37,9 +37,6 @@ class Options:
     metrics: str | None = None
     # In a cluster: announce the webhook as this Service (NAMESPACE/NAME[:PORT]).
     webhook_service: str | None = None
-    # kopf waits this long for more events of an object before handling them; its default
-    # (0.1 s) is most of the time to first fault. See docs/benchmarks.md.
-    batch_window: float = 0.02
 
 
 OPTIONS = Options()
@@ -82,7 +79,6 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     # die with it; an operator must outlive an API server outage of any length instead.
     settings.networking.error_backoffs = EndlessBackoffs()
     settings.execution.max_workers = 20
-    settings.batching.batch_window = OPTIONS.batch_window
     if OPTIONS.metrics:
         serve_metrics(OPTIONS.metrics)
         logger.info(f"metrics on http://{OPTIONS.metrics}/metrics")

@@ -51,13 +51,21 @@ ISOLATED = "shakeout.dev/isolated"
 
 
 async def _each(items: Iterable[Any], action: Callable[[Any], Awaitable[Any]]) -> list[Any]:
+    """`action` on every item, CONCURRENCY at a time, the first item alone: the fault
+    begins one round trip after the journal instead of behind a burst of requests that
+    the API server answers together (100-370 ms at 1,000 targets), and a request the API
+    server refuses (RBAC, a webhook) fails once before the rest are sent."""
+    items = list(items)
+    if not items:
+        return []
+    first = await action(items[0])
     limiter = asyncio.Semaphore(CONCURRENCY)
 
     async def one(item: Any) -> Any:
         async with limiter:
             return await action(item)
 
-    return list(await asyncio.gather(*(one(i) for i in items)))
+    return [first, *await asyncio.gather(*(one(i) for i in items[1:]))]
 
 
 def _selector_keys(obj: Obj | None) -> set[str]:

@@ -20,6 +20,7 @@ from shakeout.engine.runs import (
     phase_entered,
     record_check,
     refuse,
+    straight_to_attacks,
     update_attack,
 )
 
@@ -209,3 +210,24 @@ def test_attack_plan_stops_each_attack_after_its_duration() -> None:
     assert plan.due == ["scale"]
     status = update_attack(status, "scale", state=AttackState.ROLLED_BACK)
     assert attack_plan(status, SPEC, T0 + timedelta(seconds=31)).finished
+
+
+@pytest.mark.parametrize(
+    ("changes", "straight"),
+    [
+        ({"stateChecks": [], "warmUpSeconds": 0}, True),
+        ({"stateChecks": [], "warmUpSeconds": 1}, False),  # a warm-up to wait
+        ({"warmUpSeconds": 0}, False),  # a state check to pass first
+        (  # a node agent to wait for
+            {
+                "stateChecks": [],
+                "warmUpSeconds": 0,
+                "attacks": [{"name": "cpu", "type": "CpuStress", "durationSeconds": 10}],
+            },
+            False,
+        ),
+    ],
+)
+def test_straight_to_attacks(changes: dict[str, object], straight: bool) -> None:
+    spec = ExperimentSpec.model_validate({**SPEC.model_dump(by_alias=True), **changes})
+    assert straight_to_attacks(spec) is straight

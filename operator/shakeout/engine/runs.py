@@ -305,6 +305,16 @@ def enter(
     return new
 
 
+def straight_to_attacks(experiment: ExperimentSpec) -> bool:
+    """Whether a run goes from its pick-up to its attacks without waiting for anything: no
+    state check to pass, no node agent to wait for, no warm-up."""
+    return (
+        not experiment.state_checks
+        and experiment.warm_up_seconds == 0
+        and not any(a.node_level for a in experiment.attacks)
+    )
+
+
 def initial_status(
     experiment: ExperimentSpec, now: datetime, generation: int | None
 ) -> ExperimentRunStatus:

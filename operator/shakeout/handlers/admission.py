@@ -21,9 +21,14 @@ from shakeout.api.experiment import Experiment
 from shakeout.api.switch import SWITCH_NAME
 from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.preconditions import RunRequest, refusal
-from shakeout.engine.runs import is_terminal
 from shakeout.handlers import agents, metrics
-from shakeout.handlers.blast_radius import SelectorError, needs_detail, resolve_target_pods
+from shakeout.handlers import switch as lock
+from shakeout.handlers.blast_radius import (
+    ADMITTED,
+    SelectorError,
+    needs_detail,
+    resolve_target_pods,
+)
 from shakeout.handlers.k8s import api
 from shakeout.handlers.rails import rails_refusal
 from shakeout.handlers.runs import CANCELED_BY, STARTED_BY
@@ -47,14 +52,13 @@ def _who(userinfo: Any) -> str:
 
 
 async def gather_run_request(namespace: str, experiment: str, uid: str | None) -> RunRequest:
-    switch, runs, obj = await asyncio.gather(
-        api().get_switch(), api().list_runs(), api().get_experiment(namespace, experiment)
+    # Independent reads at once: admission is on the path to the first fault.
+    switch, obj, facts = await asyncio.gather(
+        api().get_switch(),
+        api().get_experiment(namespace, experiment),
+        api().namespace_facts(namespace),
     )
-    active = tuple(
-        f"{r['metadata']['namespace']}/{r['metadata']['name']}"
-        for r in runs
-        if r["metadata"].get("uid") != uid and not is_terminal(r.get("status", {}).get("phase"))
-    )
+    active = await lock.active_run(switch, besides=uid)
     error, matched, targets, agent_problem = None, 0, 0, None
     irreversible: tuple[str, ...] = ()
     if obj is not None:
@@ -63,26 +67,29 @@ async def gather_run_request(namespace: str, experiment: str, uid: str | None) -
         except ValidationError as err:
             error = describe_validation_error(err)
         else:
+            detail = needs_detail(spec)
             try:
                 selection, pods = await resolve_target_pods(
-                    namespace, spec.blast_radius, seed=uid or "", detail=needs_detail(spec)
+                    namespace, spec.blast_radius, seed=uid or "", detail=detail
                 )
             except SelectorError as err:
                 error = str(err)
             else:
+                if uid:
+                    ADMITTED.keep(uid, spec.blast_radius, detail, (selection, pods))
                 matched, targets = selection.matched, len(selection.targets)
                 nodes = sorted({p.node for p in pods if p.node})
                 agent_problem = agents.unsupported(spec, nodes)
                 irreversible = tuple(
                     f"{a.name} ({a.type})" for a in spec.attacks if not a.reversible
                 )
-    namespace_problem, cap_problem = await rails_refusal(namespace, switch, matched, targets)
+    namespace_problem, cap_problem = rails_refusal(facts, switch, matched, targets)
     return RunRequest(
         namespace=namespace,
         experiment=experiment,
         switch_exists=switch is not None,
         switch_enabled=bool(switch and switch.get("spec", {}).get("enabled")),
-        active_runs=active,
+        active_runs=(active,) if active else (),
         experiment_found=obj is not None,
         experiment_error=error,
         matched_pods=matched,

@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.switch import SWITCH_NAME
+from shakeout.engine.policies import NamespaceFacts
 
 Obj = dict[str, Any]
 
@@ -320,9 +321,10 @@ class Api:
             pods.append(Pod(name=cells[name_at], ready=False, deleting=deleting))
         return pods
 
-    async def namespace_labels(self, name: str) -> dict[str, str]:
+    async def namespace_facts(self, name: str) -> NamespaceFacts:
+        """The namespace as the blast-radius rails see it (its labels)."""
         obj = await self._get_or_none(self.core.read_namespace, name)
-        return dict(((obj or {}).get("metadata") or {}).get("labels") or {})
+        return NamespaceFacts(name, dict(((obj or {}).get("metadata") or {}).get("labels") or {}))
 
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> bool:
         """Delete a pod; False when it was already gone (the delete is idempotent)."""

@@ -1,4 +1,5 @@
-"""Gathering what the blast-radius rails need: the namespace's labels and the switch."""
+"""The blast-radius rails on the objects read from the cluster: the namespace's labels and
+the switch (the callers read them together with their other reads, at once)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pydantic import ValidationError
 
 from shakeout.api.switch import ChaosSwitchSpec
 from shakeout.engine.policies import NamespaceFacts, cap_refusal, namespace_refusal
-from shakeout.handlers.k8s import api
 from shakeout.handlers.settings import OPTIONS
 
 
@@ -20,12 +20,11 @@ def switch_spec(switch: dict[str, Any] | None) -> ChaosSwitchSpec:
         return ChaosSwitchSpec(enabled=False)
 
 
-async def rails_refusal(
-    namespace: str, switch: dict[str, Any] | None, matched: int, targets: int
+def rails_refusal(
+    facts: NamespaceFacts, switch: dict[str, Any] | None, matched: int, targets: int
 ) -> tuple[str | None, str | None]:
     """(why the namespace may not be attacked, why the run is over the caps)."""
     spec = switch_spec(switch)
-    facts = NamespaceFacts(namespace, await api().namespace_labels(namespace))
     return (
         namespace_refusal(facts, spec, OPTIONS.protected_namespaces),
         cap_refusal(matched, targets, spec),

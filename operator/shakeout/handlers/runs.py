@@ -37,7 +37,13 @@ from shakeout.handlers import agents, metrics
 from shakeout.handlers import switch as lock
 from shakeout.handlers.attacks import ClusterAgent
 from shakeout.handlers.authz import may_run_in
-from shakeout.handlers.blast_radius import SelectorError, needs_detail, resolve_target_pods
+from shakeout.handlers.blast_radius import (
+    ADMITTED,
+    FRESH_TARGETS,
+    SelectorError,
+    needs_detail,
+    resolve_target_pods,
+)
 from shakeout.handlers.checks import run_check
 from shakeout.handlers.k8s import Pod, api
 from shakeout.handlers.node_attacks import NodeDispatcher
@@ -49,8 +55,6 @@ CANCELED_BY = "shakeout.dev/canceled-by"
 
 # The longest the daemon sleeps between looks; wakeups (cancel, Stop All) cut it short.
 MAX_IDLE = 1.0
-# Targets listed this recently at pick-up are used as they are when the attacks start.
-FRESH_TARGETS = 2.0
 ROLLBACK_ATTEMPTS = 5
 
 
@@ -76,6 +80,12 @@ def run_event(body: kopf.Body, **_: Any) -> None:
     if wanted and event is not None:
         metrics.stop_requested(uid)
         event.set()
+
+
+async def _still_member(creator: UserInfo | None, namespace: str) -> bool:
+    """Whether the creator recorded at admission may still run experiments here (with no
+    identity recorded, RBAC alone authorized the create)."""
+    return creator is None or await may_run_in(creator, namespace)
 
 
 def _live(status: Any, **_: Any) -> bool:
@@ -243,7 +253,12 @@ class RunExecutor:
         status.experiment = spec
         status.experiment_generation = outcome.experiment.metadata.generation
         status.started_by = self.recorded(STARTED_BY)
-        await self.persist(status)
+        if engine.straight_to_attacks(spec):
+            # Written together with the attacks' journal a moment later (the lock on the
+            # switch already says who runs): one write fewer before the first fault.
+            self.status, self.dirty = status, True
+        else:
+            await self.persist(status)
         self.event(Transition(Phase.CREATED, Reason.CREATED, "run picked up; lock acquired"))
         self.in_background(self.update_experiment_last_run())
         return True
@@ -252,9 +267,15 @@ class RunExecutor:
         """The run's preconditions, as the operator sees them now: what it may attack, or
         why it may not run at all."""
         ref = self.body["spec"]["experimentRef"]["name"]
+        # Defence in depth: the creator recorded at admission must still be a member of
+        # the team (RBAC alone authorized the create when no identity was recorded).
+        creator = self.recorded(STARTED_BY)
         # Independent reads at once: the pick-up is on the path to the first fault.
-        obj, switch = await asyncio.gather(
-            api().get_experiment(self.namespace, ref), api().get_switch()
+        obj, switch, facts, member = await asyncio.gather(
+            api().get_experiment(self.namespace, ref),
+            api().get_switch(),
+            api().namespace_facts(self.namespace),
+            _still_member(creator, self.namespace),
         )
         if obj is None:
             return Reason.EXPERIMENT_NOT_FOUND, f"Experiment {self.namespace}/{ref} not found"
@@ -268,14 +289,16 @@ class RunExecutor:
                 "experimenting is disabled (ChaosSwitch default missing or enabled: false)",
             )
         spec = experiment.spec
+        detail = needs_detail(spec)
         try:
-            selection, pods = await resolve_target_pods(
-                self.namespace, spec.blast_radius, self.uid, needs_detail(spec)
+            resolved = ADMITTED.take(self.uid, spec.blast_radius, detail)
+            selection, pods = resolved or await resolve_target_pods(
+                self.namespace, spec.blast_radius, self.uid, detail
             )
         except SelectorError as err:
             return Reason.EXPERIMENT_INVALID, str(err)
-        namespace_problem, cap_problem = await rails_refusal(
-            self.namespace, switch, selection.matched, len(selection.targets)
+        namespace_problem, cap_problem = rails_refusal(
+            facts, switch, selection.matched, len(selection.targets)
         )
         if namespace_problem:
             return Reason.NAMESPACE_PROTECTED, namespace_problem
@@ -287,10 +310,7 @@ class RunExecutor:
                 f"the blast radius resolves to no pods in {self.namespace} "
                 f"({selection.matched} matched the selector)",
             )
-        # Defence in depth: the creator recorded at admission must still be a member of
-        # the team (RBAC alone authorized the create when no identity was recorded).
-        creator = self.recorded(STARTED_BY)
-        if creator is not None and not await may_run_in(creator, self.namespace):
+        if creator is not None and not member:
             return (
                 Reason.UNAUTHORIZED,
                 f"{creator.username} may not run experiments in namespace {self.namespace}",

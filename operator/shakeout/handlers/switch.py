@@ -94,6 +94,15 @@ class LockResult:
     disabled: bool = False
 
 
+async def active_run(switch: dict[str, Any] | None, besides: str | None = None) -> str | None:
+    """NAMESPACE/NAME of the run that holds the lock and is still live (other than the run
+    `besides`), or None: what the Run button refuses on, read in O(1) from the switch."""
+    holder = ((switch or {}).get("status") or {}).get("activeRun")
+    if not holder or (besides and holder.get("uid") == besides):
+        return None
+    return f"{holder['namespace']}/{holder['name']}" if await _holder_alive(holder) else None
+
+
 async def _holder_alive(ref: dict[str, Any]) -> bool:
     run = await api().get_run(ref["namespace"], ref["name"])
     if run is None or (ref.get("uid") and run["metadata"]["uid"] != ref["uid"]):

@@ -48,12 +48,10 @@ class Watcher:
             self._stream(fn, kwargs)
 
     def _stream(self, fn: Any, kwargs: dict[str, Any]) -> None:
-        for event in self._watch.stream(fn, **kwargs):
-            obj = event["object"]
-            body = (
-                obj if isinstance(obj, dict) else client.ApiClient().sanitize_for_serialization(obj)
-            )
-            self.events.put((time.perf_counter(), body))
+        # Plain JSON, not the client's models: building a V1Pod per event would make this
+        # process, on the same cores, a load on what it measures.
+        for event in self._watch.stream(fn, deserialize=False, **kwargs):
+            self.events.put((time.perf_counter(), event["object"]))
 
     def wait_for(self, predicate: Any, timeout: float = 30) -> float:
         deadline = time.perf_counter() + timeout
@@ -65,6 +63,11 @@ class Watcher:
     def drain(self) -> None:
         while not self.events.empty():
             self.events.get_nowait()
+
+    def stop(self) -> None:
+        """End the watch (at its next event): a finished measurement stops listening."""
+        self._watch.stop()
+        self.drain()
 
 
 def kubectl(box: Sandbox, *args: str, stdin: str | None = None) -> str:

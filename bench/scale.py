@@ -1,6 +1,7 @@
 """Scale: big blast radii, Stop All over many targets, API cost per target, status size.
 
 Usage: .venv/bin/python bench/scale.py [--pods-a N] [--pods-b N] [--targets N ...] [--reps R]
+                                       [--repeat N] [--first-fault-reps N]
 Starts its own sandbox and a real `shakeout operator`. Namespace scale-a holds the blast
 radius' pods, scale-b as many again (6,000 pods over two namespaces by default): the
 targets never leave scale-a, and its pods are all that a run may list.
@@ -8,7 +9,8 @@ targets never leave scale-a, and its pods are all that a run may list.
 Each run is a NetworkIsolation of N target pods (a label per target and one policy), the
 attack whose cost grows with the targets. Measured per N, next to the watch-then-patch
 baseline of bench/lifecycle.py measured in the same run:
-  time to first fault (run created -> first target labelled), to all N labelled;
+  time to first fault (run created -> first target labelled), to all N labelled, and
+  the first fault alone over --first-fault-reps more runs (each stopped right after it);
   Stop All -> every target unlabelled and the policy gone, and -> run CANCELED;
   API writes of the run per target (the API server's own request counters, for the
   kinds a run writes), request and response bytes, the largest status seen.
@@ -188,8 +190,10 @@ def measure_run(  # noqa: PLR0917  (a benchmark's plain helper)
     while networking.list_namespaced_network_policy(namespace).items:
         time.sleep(0.01)
     fault_gone = time.perf_counter()
+    # Every 0.2 s: the marks take seconds to go, and this benchmark's own lists must not
+    # swell the API bytes it reports for the run.
     while core.list_namespaced_pod(namespace, label_selector=label, limit=1).items:
-        time.sleep(0.01)
+        time.sleep(0.2)
     rolled_back = time.perf_counter()
     sizes: list[int] = []
 
@@ -201,6 +205,8 @@ def measure_run(  # noqa: PLR0917  (a benchmark's plain helper)
         )
 
     canceled_at = runs.wait_for(canceled, timeout=600)
+    marked.stop()
+    runs.stop()
     time.sleep(1.0)  # the last events and status writes land in the counters
     after = api_counters(box)
     set_switch(custom, True)
@@ -217,6 +223,51 @@ def measure_run(  # noqa: PLR0917  (a benchmark's plain helper)
         "bytes": after["bytes"] - before["bytes"],
         "status_bytes": max([*sizes, len(json.dumps(final))]),
     }
+
+
+def first_fault_samples(
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    targets: int,
+    reps: int,
+) -> list[float]:
+    """Run created -> first target marked, `reps` times: enough runs for a p99 of the first
+    fault alone. Each run is stopped (Stop All) as soon as its first target is marked;
+    measure_run has the other figures of whole runs."""
+    samples = []
+    for _ in range(reps):
+        while core.list_namespaced_pod(namespace, label_selector=ISOLATED, limit=1).items:
+            time.sleep(0.2)
+        marked = Watcher(core.list_namespaced_pod, namespace=namespace, label_selector=ISOLATED)
+        time.sleep(0.5)
+        exp = experiment(custom, namespace, targets)
+        began = time.perf_counter()
+        name = custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "experimentruns",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ExperimentRun",
+                "metadata": {"generateName": f"{exp}-"},
+                "spec": {"experimentRef": {"name": exp}},
+            },
+        )["metadata"]["name"]
+        first = marked.wait_for(lambda b: ISOLATED in (b["metadata"].get("labels") or {}), 120)
+        samples.append(first - began)
+        marked.stop()
+        set_switch(custom, False)
+        while (
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "experimentruns", name)
+            .get("status", {})
+            .get("phase")
+            != "CANCELED"
+        ):
+            time.sleep(0.05)
+        set_switch(custom, True)
+    return samples
 
 
 def raw_relabel(core: client.CoreV1Api, namespace: str, targets: int) -> float:
@@ -258,10 +309,17 @@ def main() -> None:  # noqa: PLR0915  (a benchmark script, top to bottom)
     parser.add_argument("--targets", type=int, nargs="+", default=[100, 1000, 3000])
     parser.add_argument("--reps", type=int, default=10, help="baseline and resolution samples")
     parser.add_argument("--repeat", type=int, default=3, help="runs per target count")
+    parser.add_argument(
+        "--first-fault-reps",
+        type=int,
+        default=20,
+        help="more runs per target count, for the first fault alone (stopped after it)",
+    )
     args = parser.parse_args()
     nodes = max(2, math.ceil((args.pods_a + args.pods_b) / 1000))
     results: dict[int, list[dict[str, float]]] = {}
     raw: dict[int, float] = {}
+    first_faults: dict[int, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         box = Sandbox(Path(tmp) / "sandbox")
         state = box.up(nodes=nodes, log=lambda _m: None)
@@ -295,6 +353,10 @@ def main() -> None:  # noqa: PLR0915  (a benchmark script, top to bottom)
                 for _ in range(args.repeat):
                     results.setdefault(n, []).append(measure_run(box, core, custom, "scale-a", n))
                     print(f"# {n} targets: {results[n][-1]}", file=sys.stderr)
+                first_faults[n] = first_fault_samples(
+                    core, custom, "scale-a", n, args.first_fault_reps
+                )
+                print(f"# {n} targets, first faults: {first_faults[n]}", file=sys.stderr)
         finally:
             if operator is not None:
                 operator.terminate()
@@ -342,6 +404,19 @@ def main() -> None:  # noqa: PLR0915  (a benchmark script, top to bottom)
             f"| {raw[n]:.2f} s | {mid('writes') / n:.2f} ({mid('writes_pods') / n:.2f} on pods) "
             f"| {mid('bytes') / 1024:.0f} KiB "
             f"| {max(r['status_bytes'] for r in runs) / 1024:.1f} KiB |"
+        )
+
+    print(
+        "\nTime to first fault alone (run created -> first target marked; each run stopped "
+        "right after it):\n"
+    )
+    print("| targets | runs | p50 | p99 | max | p50 / baseline p50 |")
+    print("|---|---|---|---|---|---|")
+    for n, samples in first_faults.items():
+        print(
+            f"| {n} | {len(samples)} | {statistics.median(samples) * 1000:.0f} ms "
+            f"| {pct(samples, 0.99) * 1000:.0f} ms | {max(samples) * 1000:.0f} ms "
+            f"| {statistics.median(samples) / floor:.0f}x |"
         )
 
 

@@ -121,6 +121,23 @@ def experiment(
     return name
 
 
+def create_run(custom: client.CustomObjectsApi, namespace: str, experiment_name: str) -> str:
+    """Press Run: create an ExperimentRun of the Experiment; returns the run's name."""
+    created = custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "experimentruns",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ExperimentRun",
+            "metadata": {"generateName": f"{experiment_name}-"},
+            "spec": {"experimentRef": {"name": experiment_name}},
+        },
+    )
+    return str(created["metadata"]["name"])
+
+
 def measure_run(  # noqa: PLR0917  (a benchmark's plain helper)
     box: Sandbox,
     core: client.CoreV1Api,
@@ -145,19 +162,7 @@ def measure_run(  # noqa: PLR0917  (a benchmark's plain helper)
     exp = experiment(custom, namespace, targets, name)
     before = api_counters(box)
     began = time.perf_counter()
-    created = custom.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        "experimentruns",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ExperimentRun",
-            "metadata": {"generateName": f"{exp}-"},
-            "spec": {"experimentRef": {"name": exp}},
-        },
-    )
-    name = created["metadata"]["name"]
+    name = create_run(custom, namespace, exp)
     labelled: set[str] = set()
 
     def marked_count(count: int) -> Any:
@@ -243,18 +248,7 @@ def first_fault_samples(
         time.sleep(0.5)
         exp = experiment(custom, namespace, targets)
         began = time.perf_counter()
-        name = custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            "experimentruns",
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ExperimentRun",
-                "metadata": {"generateName": f"{exp}-"},
-                "spec": {"experimentRef": {"name": exp}},
-            },
-        )["metadata"]["name"]
+        name = create_run(custom, namespace, exp)
         first = marked.wait_for(lambda b: ISOLATED in (b["metadata"].get("labels") or {}), 120)
         samples.append(first - began)
         marked.stop()

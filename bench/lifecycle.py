@@ -213,7 +213,11 @@ def start_operator(box: Sandbox, log: Path, extra: list[str]) -> subprocess.Pope
 
 
 def measure_first_fault(
-    box: Sandbox, apps: client.AppsV1Api, custom: client.CustomObjectsApi, reps: int
+    box: Sandbox,
+    core: client.CoreV1Api,
+    apps: client.AppsV1Api,
+    custom: client.CustomObjectsApi,
+    reps: int,
 ) -> list[float]:
     """Run created -> the workload's replicas changed (no warm-up, no checks)."""
     manifest = yaml.safe_dump_all([deployment("one", 1), experiment("one")])
@@ -236,7 +240,22 @@ def measure_first_fault(
             "shakeout.dev", "v1alpha1", NS, "experimentruns", name, {"spec": {"cancel": True}}
         )
         scaled.wait_for(lambda b: b["spec"]["replicas"] == 1)
+        # The scale-down deletes the pod, maybe after the run is over: the next run needs
+        # the replacement to target, with the old one gone.
+        while not settled(apps.read_namespaced_deployment("one", NS)) or (
+            ready_pods(core, "one") != 1
+        ):
+            time.sleep(0.05)
     return out
+
+
+def settled(deployment: Any) -> bool:
+    """The Deployment's controller has caught up: every replica it wants exists and is ready."""
+    status = deployment.status
+    return bool(
+        status.observed_generation == deployment.metadata.generation
+        and status.replicas == status.ready_replicas == deployment.spec.replicas
+    )
 
 
 def ready_pods(core: client.CoreV1Api, app: str) -> int:
@@ -313,7 +332,7 @@ def main() -> None:
             kubectl(box, "create", "namespace", NS)
             base = baseline(core, reps)
             operator = start_operator(box, Path(tmp) / "operator.log", sys.argv[3:])
-            first_fault = measure_first_fault(box, apps, custom, reps)
+            first_fault = measure_first_fault(box, core, apps, custom, reps)
             stop_all, canceled = measure_stop_all(
                 box=box,
                 core=core,

@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 from shakeout.handlers import k8s
-from shakeout.handlers.attacks import ClusterAgent
+from shakeout.handlers.attacks import ISOLATED, ClusterAgent
 from tests.e2e.conftest import Cluster, Operator, eventually
-from tests.e2e.runs import TEAM, create_run, deployment, wait_phase
+from tests.e2e.invariants import assert_clean
+from tests.e2e.runs import TEAM, create_run, deployment, set_switch, wait_phase
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELED"}
 
@@ -225,3 +226,54 @@ def test_unmarking_never_removes_another_runs_mark(ready: Cluster) -> None:
     assert labels["shakeout.dev/isolated"] == "next-run"
     asyncio.run(ClusterAgent(TEAM, run_uid="next-run").unmark_pod(name))
     assert "shakeout.dev/isolated" not in ready.get("pod", name, "-n", TEAM)["metadata"]["labels"]
+
+
+def test_stop_all_while_an_attack_is_being_applied_halts_it(ready: Cluster) -> None:
+    """Stop All arriving while 1,000 targets are being isolated ends the fault at once:
+    no further target is attacked (it does not wait for the other 999), the targets
+    already marked are released, and nothing is left behind."""
+    targets = 1000
+    nodes = [n["metadata"]["name"] for n in ready.get("nodes")["items"]]
+    ready.create(
+        {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": f"halt-{i:04d}",
+                        "namespace": TEAM,
+                        "labels": {"app": "halt"},
+                    },
+                    "spec": {
+                        "nodeName": nodes[i % len(nodes)],
+                        "containers": [{"name": "c", "image": "x"}],
+                    },
+                }
+                for i in range(targets)
+            ],
+        },
+        timeout=300,
+    )
+    try:
+        experiment(
+            ready,
+            "halt",
+            "halt",
+            [{"name": "cut", "type": "NetworkIsolation", "durationSeconds": 600}],
+        )
+        name, _ = create_run(ready, "halt")
+        eventually(lambda: pods(ready, ISOLATED), interval=0.05, what="the first target marked")
+        set_switch(ready, False)
+        status = wait_phase(ready, name, TERMINAL, timeout=60)
+        assert (status["phase"], status["reason"]) == ("CANCELED", "StoppedAll"), status
+        attack = status["attacks"][0]
+        assert attack["state"] == "RolledBack", attack
+        assert 0 < attack["targets"] < targets, attack  # halted partway through
+        print(f"\nStop All mid-apply: {attack['targets']} of {targets} targets attacked")
+        assert_clean(ready, TEAM, timeout=60)
+    finally:
+        set_switch(ready, True)
+        ready.kubectl("delete", "pods", "-n", TEAM, "-l", "app=halt", "--wait=false", timeout=300)

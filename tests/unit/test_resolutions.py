@@ -1,4 +1,5 @@
-"""What a run reuses between its steps: the admitted targets, and the first-alone fan-out."""
+"""A run's fan-outs and what they reuse: the admitted targets, the first target alone,
+the halt on a stop."""
 
 from __future__ import annotations
 
@@ -81,3 +82,34 @@ def test_a_refused_first_item_stops_the_rest() -> None:
     with pytest.raises(PermissionError):
         asyncio.run(_each(range(50), action))
     assert sent == [0]
+
+
+def test_a_halt_starts_no_further_item_and_lets_those_in_flight_finish() -> None:
+    halt = asyncio.Event()
+    started, finished = [], []
+
+    async def action(item: int) -> bool:
+        started.append(item)
+        if item == 5:
+            halt.set()  # Stop All arrives while item 5 and its neighbours are in flight
+        await asyncio.sleep(0.01)
+        finished.append(item)
+        return True
+
+    results = asyncio.run(_each(range(1000), action, halt))
+    assert sorted(started) == sorted(finished)  # nothing started was abandoned
+    assert 5 in started
+    assert len(started) <= 1 + CONCURRENCY  # the first, then one batch at the most
+    assert results == [True] * len(started)  # only what was acted on is counted
+
+
+def test_a_halt_set_before_the_start_acts_on_nothing() -> None:
+    halt = asyncio.Event()
+    halt.set()
+    sent = []
+
+    async def action(item: int) -> None:
+        sent.append(item)
+
+    assert asyncio.run(_each(range(10), action, halt)) == []
+    assert sent == []

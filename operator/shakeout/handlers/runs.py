@@ -76,10 +76,8 @@ def run_event(body: kopf.Body, **_: Any) -> None:
     """Wake a run's daemon at once when it is canceled or deleted (no polling delay)."""
     wanted = body.get("spec", {}).get("cancel") or body.get("metadata", {}).get("deletionTimestamp")
     uid = body.get("metadata", {}).get("uid", "")
-    event = lock.SWITCH.wakeups.get(uid)
-    if wanted and event is not None:
-        metrics.stop_requested(uid)
-        event.set()
+    if wanted and uid in lock.SWITCH.wakeups:
+        lock.SWITCH.request_stop(uid)
 
 
 async def _still_member(creator: UserInfo | None, namespace: str) -> bool:
@@ -111,6 +109,7 @@ async def lifecycle(
 ) -> None:
     executor = RunExecutor(body, stopped, logger)
     lock.SWITCH.wakeups[executor.uid] = executor.wakeup
+    lock.SWITCH.halts[executor.uid] = executor.agent.halt
     metrics.ACTIVE_RUNS.inc()
     try:
         await executor.execute()
@@ -126,6 +125,7 @@ async def lifecycle(
         metrics.ACTIVE_RUNS.dec()
         metrics.STOP_REQUESTED.pop(executor.uid, None)
         lock.SWITCH.wakeups.pop(executor.uid, None)
+        lock.SWITCH.halts.pop(executor.uid, None)
 
 
 @dataclass(frozen=True)

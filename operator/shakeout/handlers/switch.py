@@ -30,10 +30,20 @@ class SwitchView:
     # Run UID -> the event that wakes its daemon: all of them on Stop All, one on a cancel
     # or a deletion of that run (handlers.runs.run_event).
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+    # Run UID -> the event that halts an attack being applied (ClusterAgent.halt).
+    halts: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def wake_all(self) -> None:
         for event in self.wakeups.values():
             event.set()
+
+    def request_stop(self, uid: str) -> None:
+        """A cancel, Stop All or deletion of this run: halt what it is applying and wake
+        its daemon to roll back."""
+        metrics.stop_requested(uid)
+        for events in (self.halts, self.wakeups):
+            if (event := events.get(uid)) is not None:
+                event.set()
 
 
 SWITCH = SwitchView()
@@ -52,8 +62,8 @@ async def switch_event(
     SWITCH.known, SWITCH.enabled = True, enabled
     if changed or not enabled:
         if not enabled:
-            for uid in SWITCH.wakeups:
-                metrics.stop_requested(uid)
+            for uid in list(SWITCH.wakeups):
+                SWITCH.request_stop(uid)
         SWITCH.wake_all()
     if type != "DELETED":
         await _record_change(body)

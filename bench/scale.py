@@ -65,7 +65,14 @@ def api_counters(box: Sandbox) -> Counter[str]:
         if name == "apiserver_request_total" and fields.get("verb", "").upper() in WRITES:
             counts[f"writes:{fields['resource']}"] += int(float(value))
         elif name in ("apiserver_response_sizes_sum", "apiserver_request_body_size_bytes_sum"):
-            counts["bytes"] += int(float(value))
+            # Not watches: a watch's bytes are counted when it ends, whichever runs it saw
+            # (this benchmark's own watch of the marks would be most of a run's figure).
+            if fields.get("verb") != "WATCH":
+                counts["bytes"] += int(float(value))
+            # By kind of request too, printed with each run (stderr): what the bytes are.
+            counts[f"bytes:{name.split('_')[1]}:{fields.get('verb')}:{fields['resource']}"] += int(
+                float(value)
+            )
     return counts
 
 
@@ -226,6 +233,11 @@ def measure_run(  # noqa: PLR0917  (a benchmark's plain helper)
         "writes": writes,
         "writes_pods": after["writes:pods"] - before["writes:pods"],
         "bytes": after["bytes"] - before["bytes"],
+        **{
+            key: after[key] - before[key]
+            for key in after
+            if key.startswith("bytes:") and after[key] - before[key] > 0
+        },
         "status_bytes": max([*sizes, len(json.dumps(final))]),
     }
 

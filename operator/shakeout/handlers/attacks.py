@@ -208,7 +208,10 @@ class ClusterAgent:
 
     async def unmark(self) -> None:
         """Remove this run's isolation marks from its pods (idempotent)."""
-        marked = await api().list_pods(self.namespace, f"{ISOLATED}={self.run_uid}")
+        # Names are all it needs (not 2.5 KiB of JSON a pod); read fresh, not from the cache.
+        marked = await api().list_pod_names(
+            self.namespace, f"{ISOLATED}={self.run_uid}", cached=False
+        )
         await _each([p.name for p in marked], self.unmark_pod)
 
     async def unmark_pod(self, name: str) -> None:

@@ -118,19 +118,24 @@ def churn(
     started = 0
     while time.monotonic() < end:
         tick = time.monotonic()
-        custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            NS,
-            "experimentruns",
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ExperimentRun",
-                "metadata": {"generateName": "r-"},
-                "spec": {"experimentRef": {"name": f"e{started % args.experiments:04d}"}},
-            },
-        )
-        started += 1
+        try:
+            custom.create_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                NS,
+                "experimentruns",
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "ExperimentRun",
+                    "metadata": {"generateName": "r-"},
+                    "spec": {"experimentRef": {"name": f"e{started % args.experiments:04d}"}},
+                },
+            )
+            started += 1
+        except client.ApiException as err:
+            # The previous run still executing (a loaded machine): this tick is skipped.
+            if err.status != 403 or "another experiment is running" not in str(err.body):
+                raise
         rss.append(rss_mib(pid))
         time.sleep(max(0.0, interval - (time.monotonic() - tick)))
     return rss, (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0), started

@@ -69,8 +69,38 @@ def test_a_run_passes_through_every_phase_to_completed(ready: Cluster) -> None:
     )
     row = ready.kubectl("get", "experimentruns", name, "-n", TEAM, "--no-headers").stdout.split()
     assert row[:5] == [name, "web1", "COMPLETED", "3", "Yes"]
-    # A finished run holds no finalizer: it deletes at once.
+    # A finished run leaves the operator's watch (kopf would keep its body in memory for
+    # as long as it exists): labelled finished, and without the operator's finalizer, so
+    # that it deletes at once.
+    meta = retired(ready, name)
+    assert "shakeout.dev/finalizer" not in (meta.get("finalizers") or []), meta
     ready.kubectl("delete", "experimentrun", name, "-n", TEAM, "--timeout=20s")
+
+
+def retired(cluster: Cluster, name: str) -> dict[str, object]:
+    """The run's metadata once the operator has labelled it finished."""
+
+    def labelled() -> dict[str, object] | None:
+        meta = cluster.get("experimentrun", name, "-n", TEAM)["metadata"]
+        return meta if (meta.get("labels") or {}).get("shakeout.dev/finished") == "true" else None
+
+    return dict(eventually(labelled, what=f"run {name} labelled finished"))
+
+
+def test_finished_runs_still_watched_are_retired_at_operator_start(
+    ready: Cluster, live_operator: Operator
+) -> None:
+    # As a run finished before runs were retired, or by an operator stopped between a
+    # run's end and its retirement, would be.
+    deployment(ready, "retire")
+    scale_experiment(ready, "retire", "retire", to=1, duration=1)
+    name, _ = create_run(ready, "retire")
+    wait_phase(ready, name, {"COMPLETED"}, timeout=60)
+    retired(ready, name)
+    ready.kubectl("label", "experimentrun", name, "-n", TEAM, "shakeout.dev/finished-")
+    live_operator.stop()
+    live_operator.start()
+    assert retired(ready, name)
 
 
 def test_refused_preconditions_leave_no_run_behind(ready: Cluster) -> None:

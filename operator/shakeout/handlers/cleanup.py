@@ -1,4 +1,5 @@
-"""Marks that outlive their faults: the isolation labels of runs that are over.
+"""Marks that outlive their faults: the isolation labels of runs that are over; and
+finished runs that are still in the operator's watch.
 
 NetworkIsolation's rollback deletes the policy (the fault ends at once, whatever the
 number of targets); the `shakeout.dev/isolated` labels then select nothing and are
@@ -18,6 +19,8 @@ from shakeout.engine.runs import is_terminal
 from shakeout.handlers.attacks import ISOLATED, ClusterAgent
 from shakeout.handlers.k8s import api
 from shakeout.handlers.periodic import every
+from shakeout.handlers.runs import retire_run
+from shakeout.handlers.settings import FINISHED_LABEL
 
 SWEEP_EVERY = 300.0
 
@@ -42,9 +45,21 @@ async def sweep() -> int:
     return len(stale)
 
 
+async def retire_finished() -> int:
+    """Finished runs still in the operator's watch (they ended before runs were retired,
+    or the operator stopped between a run's end and its retirement) are retired now."""
+    runs = await api().list_runs(selector=f"!{FINISHED_LABEL}")
+    finished = [r for r in runs if is_terminal((r.get("status") or {}).get("phase"))]
+    for run in finished:
+        await retire_run(run["metadata"]["namespace"], run["metadata"]["name"])
+    return len(finished)
+
+
 async def sweep_and_report(logger: Any) -> None:
     if swept := await sweep():
         logger.info(f"removed the isolation marks of {swept} ended run(s)")
+    if retired := await retire_finished():
+        logger.info(f"took {retired} finished run(s) out of the operator's watch")
 
 
 @kopf.on.startup()

@@ -45,9 +45,10 @@ from shakeout.handlers.blast_radius import (
     resolve_target_pods,
 )
 from shakeout.handlers.checks import run_check
-from shakeout.handlers.k8s import Pod, api
+from shakeout.handlers.k8s import RUNS, Conflict, Pod, api
 from shakeout.handlers.node_attacks import NodeDispatcher
 from shakeout.handlers.rails import rails_refusal
+from shakeout.handlers.settings import FINALIZER, FINISHED_LABEL
 
 # Set by the mutating webhook from the admission request's user info.
 STARTED_BY = "shakeout.dev/started-by"
@@ -78,6 +79,30 @@ def run_event(body: kopf.Body, **_: Any) -> None:
     uid = body.get("metadata", {}).get("uid", "")
     if wanted and uid in lock.SWITCH.wakeups:
         lock.SWITCH.request_stop(uid)
+
+
+async def retire_run(namespace: str, name: str) -> None:
+    """Take a finished run out of the operator's watch: label it finished, and take off
+    the finalizer in the same write, as kopf will not see the run again (a run deleted
+    later must not wait for an operator that no longer watches it). A compare-and-swap
+    on the resourceVersion, so that no one else's finalizer is lost."""
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{RUNS}/{name}"
+    for _ in range(10):
+        run = await api().request("GET", path)
+        if run is None:
+            return
+        meta = run["metadata"]
+        finalizers = meta.get("finalizers") or []
+        patch = {
+            "metadata": {
+                "resourceVersion": meta["resourceVersion"],
+                "labels": {FINISHED_LABEL: "true"},
+                "finalizers": [f for f in finalizers if f != FINALIZER],
+            }
+        }
+        with contextlib.suppress(Conflict):
+            await api().request("PATCH", path, patch, merge_patch=True)
+            return
 
 
 async def _still_member(creator: UserInfo | None, namespace: str) -> bool:
@@ -113,6 +138,8 @@ async def lifecycle(
     metrics.ACTIVE_RUNS.inc()
     try:
         await executor.execute()
+        if is_terminal(executor.status.phase):
+            await retire_run(executor.namespace, executor.name)
     except ApiException as err:
         if err.status != 404:
             raise

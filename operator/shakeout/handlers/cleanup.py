@@ -64,4 +64,4 @@ async def sweep_and_report(logger: Any) -> None:
 
 @kopf.on.startup()
 async def start_sweeper(logger: kopf.Logger, **_: Any) -> None:
-    every(SWEEP_EVERY, lambda: sweep_and_report(logger), logger, "sweeping isolation marks")
+    every(SWEEP_EVERY, lambda: sweep_and_report(logger), logger, "sweeping marks and runs")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,7 +38,7 @@ from shakeout.handlers.attacks import ClusterAgent
 from shakeout.handlers.authz import may_run_in
 from shakeout.handlers.blast_radius import (
     ADMITTED,
-    FRESH_TARGETS,
+    RecentResolutions,
     SelectorError,
     needs_detail,
     resolve_target_pods,
@@ -88,7 +87,7 @@ async def retire_run(namespace: str, name: str) -> None:
     on the resourceVersion, so that no one else's finalizer is lost."""
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{RUNS}/{name}"
     for _ in range(10):
-        run = await api().request("GET", path)
+        run = await api().get_run(namespace, name)
         if run is None:
             return
         meta = run["metadata"]
@@ -189,8 +188,8 @@ class RunExecutor:
         self.dirty = False
         self.background: set[asyncio.Task[None]] = set()
         self.next_check: dict[str, datetime] = {}
-        # The pick-up's targets and when they were listed (time.monotonic()).
-        self.picked: tuple[float, Selection, list[Pod]] | None = None
+        # The pick-up's targets, for its attacks moments later.
+        self.picked = RecentResolutions()
 
     # -- plumbing --------------------------------------------------------------
 
@@ -274,7 +273,9 @@ class RunExecutor:
             return False
         spec = outcome.experiment.spec
         status = engine.initial_status(spec, utcnow(), self.generation)
-        self.picked = (time.monotonic(), outcome.selection, outcome.pods)
+        self.picked.keep(
+            self.uid, spec.blast_radius, needs_detail(spec), (outcome.selection, outcome.pods)
+        )
         status.targets = outcome.selection.summary()
         status.agents = outcome.nodes
         status.experiment = spec
@@ -370,12 +371,13 @@ class RunExecutor:
         # The rollback data of every attack and the current targets, read at once; with
         # no warm-up the pick-up's own resolution is fresh enough (a list of thousands of
         # pods is most of the time to the first fault).
-        if self.picked is not None and time.monotonic() - self.picked[0] < FRESH_TARGETS:
-            _, selection, pods = self.picked
+        detail = needs_detail(spec)
+        if (picked := self.picked.take(self.uid, spec.blast_radius, detail)) is not None:
+            selection, pods = picked
             prepared = await asyncio.gather(*(self.agent.prepare(a) for a in spec.attacks))
         else:
             targets = asyncio.create_task(
-                resolve_target_pods(self.namespace, spec.blast_radius, self.uid, needs_detail(spec))
+                resolve_target_pods(self.namespace, spec.blast_radius, self.uid, detail)
             )
             prepared = await asyncio.gather(*(self.agent.prepare(a) for a in spec.attacks))
             selection, pods = await targets

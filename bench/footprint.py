@@ -24,7 +24,7 @@ from pathlib import Path
 from kubernetes import client, config
 
 from lifecycle import REPO, kubectl, start_operator
-from scale import create_pods
+from scale import create_pods, create_run
 from shakeout.sandbox.cluster import Sandbox
 
 GROUP, VERSION = "shakeout.dev", "v1alpha1"
@@ -119,18 +119,7 @@ def churn(
     while time.monotonic() < end:
         tick = time.monotonic()
         try:
-            custom.create_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                NS,
-                "experimentruns",
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "ExperimentRun",
-                    "metadata": {"generateName": "r-"},
-                    "spec": {"experimentRef": {"name": f"e{started % args.experiments:04d}"}},
-                },
-            )
+            create_run(custom, NS, f"e{started % args.experiments:04d}")
             started += 1
         except client.ApiException as err:
             # The previous run still executing (a loaded machine): this tick is skipped.

@@ -145,6 +145,21 @@ def create_run(custom: client.CustomObjectsApi, namespace: str, experiment_name:
     return str(created["metadata"]["name"])
 
 
+def wait_unmarked(core: client.CoreV1Api, namespace: str) -> None:
+    """Until no pod carries an isolation mark. Every 0.2 s: the marks take seconds to go,
+    and this benchmark's own lists must not swell the API bytes it reports for a run."""
+    while core.list_namespaced_pod(namespace, label_selector=ISOLATED, limit=1).items:
+        time.sleep(0.2)
+
+
+def wait_policies_gone(namespace: str) -> None:
+    """Until the isolation's NetworkPolicy is gone: the fault has ended. Polled rather than
+    watched, a list is the plain truth (about 10 ms apart here)."""
+    networking = client.NetworkingV1Api()
+    while networking.list_namespaced_network_policy(namespace).items:
+        time.sleep(0.01)
+
+
 def measure_run(  # noqa: PLR0917  (a benchmark's plain helper)
     box: Sandbox,
     core: client.CoreV1Api,
@@ -155,8 +170,7 @@ def measure_run(  # noqa: PLR0917  (a benchmark's plain helper)
 ) -> dict[str, float]:
     label = ISOLATED
     # The previous run's marks are removed after it ends: start from none.
-    while core.list_namespaced_pod(namespace, label_selector=label, limit=1).items:
-        time.sleep(0.2)
+    wait_unmarked(core, namespace)
     marked = Watcher(core.list_namespaced_pod, namespace=namespace, label_selector=label)
     runs = Watcher(
         custom.list_namespaced_custom_object,
@@ -196,16 +210,10 @@ def measure_run(  # noqa: PLR0917  (a benchmark's plain helper)
     runs.drain()
     stop = time.perf_counter()
     set_switch(custom, False)
-    # Polled rather than watched: a list is the plain truth (about 10 ms apart here).
     # The fault ends when the policy goes (first); the labels are cleaned up after it.
-    networking = client.NetworkingV1Api()
-    while networking.list_namespaced_network_policy(namespace).items:
-        time.sleep(0.01)
+    wait_policies_gone(namespace)
     fault_gone = time.perf_counter()
-    # Every 0.2 s: the marks take seconds to go, and this benchmark's own lists must not
-    # swell the API bytes it reports for the run.
-    while core.list_namespaced_pod(namespace, label_selector=label, limit=1).items:
-        time.sleep(0.2)
+    wait_unmarked(core, namespace)
     rolled_back = time.perf_counter()
     sizes: list[int] = []
 
@@ -255,10 +263,8 @@ def first_fault_samples(
     measured too (measure_run has those of runs stopped after every target was attacked).
     Returns (first fault, fault gone, CANCELED) per run."""
     samples = []
-    networking = client.NetworkingV1Api()
     for _ in range(reps):
-        while core.list_namespaced_pod(namespace, label_selector=ISOLATED, limit=1).items:
-            time.sleep(0.2)
+        wait_unmarked(core, namespace)
         marked = Watcher(core.list_namespaced_pod, namespace=namespace, label_selector=ISOLATED)
         time.sleep(0.5)
         exp = experiment(custom, namespace, targets)
@@ -268,8 +274,7 @@ def first_fault_samples(
         marked.stop()
         stop = time.perf_counter()
         set_switch(custom, False)
-        while networking.list_namespaced_network_policy(namespace).items:
-            time.sleep(0.01)
+        wait_policies_gone(namespace)
         gone = time.perf_counter()
         while (
             custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "experimentruns", name)

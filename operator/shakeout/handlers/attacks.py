@@ -208,7 +208,7 @@ class ClusterAgent:
 
     async def unmark(self) -> None:
         """Remove this run's isolation marks from its pods (idempotent)."""
-        # Names are all it needs (not 2.5 KiB of JSON a pod); read fresh, not from the cache.
+        # Names are all it needs (not 3 KiB of JSON a pod); read fresh, not from the cache.
         marked = await api().list_pod_names(
             self.namespace, f"{ISOLATED}={self.run_uid}", cached=False
         )

@@ -5,8 +5,8 @@ CPython returns freed objects to glibc's malloc, which keeps the free pages of i
 After a burst (a thousand Experiments applied at once, a run over thousands of targets)
 the operator's resident memory would stay at its high-water mark: 161 MiB where 129 MiB
 were in use after 1,000 Experiments were created (bench/footprint.py). malloc_trim(0)
-hands the free pages back; it takes about a millisecond. Only glibc has it: elsewhere
-(musl, macOS) this does nothing.
+hands the free pages back; it runs in a worker thread, off the event loop. Only glibc
+has it: elsewhere (musl, macOS) this does nothing.
 """
 
 from __future__ import annotations

@@ -1,14 +1,40 @@
-"""The seed's conditions for the Run button, as one pure function.
+"""The preconditions of a run: one chain of small pure checks, evaluated at three points.
 
-"If you hit the Run button the experiment is immediately started when: experimenting is
-enabled, there is no other experiment running, the blast radius resolves to one or more
-targets. If one of the conditions is not met, you'll get an error message and the
-execution is not recorded."
+A run may start only when experimenting is enabled (the ChaosSwitch named default exists
+with spec.enabled: true), no other run holds the cluster-wide lock, its Experiment exists
+and is valid, its namespace may be attacked, its blast radius resolves to at least one
+pod within the cluster-wide caps, the node agents of its targets' nodes can do its
+node-level attacks (on at most MAX_AGENT_NODES nodes), and whoever created it may still
+create runs in its namespace. A refused run is never attacked.
+
+The facts are gathered once by I/O code elsewhere (`RunFacts`); each check looks at them
+and refuses with a reason and a message, or passes. The checks have one order
+(`CHECKS`); the chain of each point where the preconditions are evaluated is a
+subsequence of it, so a refusal has the same reason and the same message wherever it is
+made:
+
+* `ADMISSION`: when a run is created (the Run button). RBAC itself has authorized the
+  requesting user.
+* `PICKUP`: when the operator picks a run up. The cluster-wide lock is then taken with a
+  compare-and-swap, which is race-free, so the lock is not checked here. Scheduled runs
+  are not checked at creation: this is their full check.
+* `ATTACK_START`: just before the attacks start, after a warm-up that may have lasted
+  hours: the switch, the namespace rails, the caps, the agents and the creator must still
+  hold. The run executes its own snapshot of the Experiment, so whether the Experiment
+  still exists, or is still valid, does not matter here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from shakeout.api.experiment import AttackType, ExperimentSpec
+from shakeout.api.run import MAX_AGENT_NODES, UserInfo
+from shakeout.api.switch import ChaosSwitchSpec
+from shakeout.engine.policies import NamespaceFacts, cap_refusal, namespace_refusal
+from shakeout.engine.runs import Reason
+from shakeout.engine.targets import Selection
 
 
 @dataclass(frozen=True)
@@ -68,3 +94,277 @@ def refusal(req: RunRequest) -> str | None:
     if req.agent_refusal:
         return f"the run needs attacks its node agents cannot do: {req.agent_refusal}"
     return None
+
+
+# -- the chain of checks ---------------------------------------------------------------
+
+# How many agent problems a message lists before it only counts the rest.
+SHOWN_PROBLEMS = 3
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a run may not start: the reason (Event and condition) and the message for people."""
+
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """Everything a precondition looks at, gathered once (by I/O code elsewhere)."""
+
+    namespace: str
+    experiment_name: str
+    namespace_facts: NamespaceFacts
+    # The Experiment's parsed spec; at the start of the attacks, the run's own snapshot.
+    experiment: ExperimentSpec | None = None
+    experiment_found: bool = True
+    # Why the Experiment is invalid, already described for people.
+    experiment_error: str | None = None
+    # None: there is no ChaosSwitch named default.
+    switch: ChaosSwitchSpec | None = None
+    # The operator's own namespaces.
+    protected_namespaces: frozenset[str] = frozenset()
+    # The blast radius resolved to pods and targets; None if it was not resolved.
+    selection: Selection | None = None
+    # Why the API server refused the blast radius' selector.
+    selector_error: str | None = None
+    # The nodes of the target pods, sorted and unique.
+    target_nodes: tuple[str, ...] = ()
+    # Node -> {attack type: None if the node's agent can do it, else why not}; only for
+    # nodes whose agent is known.
+    agent_capabilities: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+    # Who created the run; None when unknown (RBAC alone authorized the create).
+    creator: UserInfo | None = None
+    # Whether the creator may still create runs in the namespace.
+    creator_is_member: bool = True
+    # NAMESPACE/NAME of another live run that holds the cluster-wide lock.
+    lock_holder: str | None = None
+
+    @property
+    def experiment_ref(self) -> str:
+        return f"{self.namespace}/{self.experiment_name}"
+
+
+Check = Callable[[RunFacts], Refusal | None]
+
+
+def switch_exists(facts: RunFacts) -> Refusal | None:
+    """Experimenting is disabled unless a ChaosSwitch named default exists (fail safe)."""
+    if facts.switch is not None:
+        return None
+    return Refusal(
+        Reason.EXPERIMENTING_DISABLED,
+        "experimenting is disabled: there is no ChaosSwitch named default "
+        "(create one with spec.enabled: true)",
+    )
+
+
+def switch_enabled(facts: RunFacts) -> Refusal | None:
+    """Experimenting is disabled while the switch has spec.enabled: false (Stop All)."""
+    if facts.switch is None or facts.switch.enabled:
+        return None
+    return Refusal(
+        Reason.EXPERIMENTING_DISABLED,
+        "experimenting is disabled (Stop All): ChaosSwitch default has spec.enabled: false; "
+        "continue with kubectl shakeout continue",
+    )
+
+
+def no_other_run_holds_lock(facts: RunFacts) -> Refusal | None:
+    """One run executes at a time, cluster-wide: no other live run may hold the lock."""
+    if facts.lock_holder is None:
+        return None
+    return Refusal(
+        Reason.ANOTHER_RUN_ACTIVE,
+        f"another run is executing: {facts.lock_holder} holds the cluster-wide lock; only "
+        "one run executes at a time, cluster-wide (wait for it to end, or stop it with "
+        "kubectl shakeout stop)",
+    )
+
+
+def experiment_found(facts: RunFacts) -> Refusal | None:
+    """The Experiment the run refers to exists in the run's namespace."""
+    if facts.experiment_found:
+        return None
+    return Refusal(
+        Reason.EXPERIMENT_NOT_FOUND,
+        f"Experiment {facts.experiment_ref} not found: create it, or name an Experiment of "
+        f"namespace {facts.namespace} in spec.experimentRef.name",
+    )
+
+
+def experiment_valid(facts: RunFacts) -> Refusal | None:
+    """The Experiment is valid, and the API server accepts its blast radius' selector."""
+    error = facts.experiment_error or facts.selector_error
+    if error is None:
+        return None
+    return Refusal(
+        Reason.EXPERIMENT_INVALID,
+        f"Experiment {facts.experiment_ref} is invalid: {error}; correct its spec",
+    )
+
+
+def namespace_allowed(facts: RunFacts) -> Refusal | None:
+    """The namespace may be attacked: not a system, operator or protected namespace, and
+    opted in when the switch is in OptIn mode."""
+    if facts.switch is None:
+        return None
+    problem = namespace_refusal(facts.namespace_facts, facts.switch, facts.protected_namespaces)
+    return None if problem is None else Refusal(Reason.NAMESPACE_PROTECTED, problem)
+
+
+def blast_radius_has_targets(facts: RunFacts) -> Refusal | None:
+    """The blast radius resolves to at least one pod."""
+    selection = facts.selection
+    if selection is None or selection.targets:
+        return None
+    if selection.matched:
+        hint = "spec.blastRadius.limit selects none of them"
+    else:
+        hint = "check spec.blastRadius.selector against the labels of the pods"
+    return Refusal(
+        Reason.NO_TARGETS,
+        f"the blast radius of Experiment {facts.experiment_ref} resolves to no pods "
+        f"({selection.matched} matched the selector): {hint}",
+    )
+
+
+def within_caps(facts: RunFacts) -> Refusal | None:
+    """The run targets no more pods than the switch's cluster-wide caps allow."""
+    if facts.switch is None or facts.selection is None:
+        return None
+    problem = cap_refusal(facts.selection.matched, len(facts.selection.targets), facts.switch)
+    return None if problem is None else Refusal(Reason.OVER_TARGET_CAP, problem)
+
+
+def node_attack_types(spec: ExperimentSpec) -> tuple[AttackType, ...]:
+    """The node-level attack types of the spec, each once, in the order of the attacks."""
+    return tuple(dict.fromkeys(AttackType(a.type) for a in spec.attacks if a.node_level))
+
+
+def agent_nodes_within_limit(facts: RunFacts) -> Refusal | None:
+    """Node-level attacks involve the node agents of at most MAX_AGENT_NODES nodes (the
+    nodes of the targets only count when the spec has node-level attacks)."""
+    if facts.experiment is None or not node_attack_types(facts.experiment):
+        return None
+    nodes = len(facts.target_nodes)
+    if nodes <= MAX_AGENT_NODES:
+        return None
+    return Refusal(
+        Reason.ATTACK_UNSUPPORTED,
+        f"the node-level attacks of Experiment {facts.experiment_ref} would run on {nodes} "
+        f"nodes, over the limit of {MAX_AGENT_NODES} per run: narrow spec.blastRadius",
+    )
+
+
+def agents_can_attack(facts: RunFacts) -> Refusal | None:
+    """The known node agents of the targets' nodes can do every node-level attack type of
+    the spec. An agent not known yet is waited for (the run fails later if it never
+    connects), not refused."""
+    if facts.experiment is None:
+        return None
+    kinds = node_attack_types(facts.experiment)
+    problems = []
+    for node in sorted(set(facts.target_nodes)):
+        capabilities = facts.agent_capabilities.get(node)
+        if capabilities is None:
+            continue
+        for kind in kinds:
+            if kind not in capabilities:
+                problems.append(f"the agent of node {node} does not know {kind}")
+            elif (why := capabilities[kind]) is not None:
+                problems.append(f"the agent of node {node} cannot do {kind}: {why}")
+    if not problems:
+        return None
+    more = len(problems) - SHOWN_PROBLEMS
+    listed = "; ".join(problems[:SHOWN_PROBLEMS]) + (f" (and {more} more)" if more > 0 else "")
+    return Refusal(
+        Reason.ATTACK_UNSUPPORTED,
+        f"the run needs attacks its node agents cannot do: {listed}; remove those attacks "
+        f"from Experiment {facts.experiment_ref} or narrow its blast radius to nodes whose "
+        "agents can do them",
+    )
+
+
+def creator_still_member(facts: RunFacts) -> Refusal | None:
+    """Whoever created the run may still create runs in its namespace (when known)."""
+    if facts.creator is None or facts.creator_is_member:
+        return None
+    return Refusal(
+        Reason.UNAUTHORIZED,
+        f"{facts.creator.username}, who created the run, may not run experiments in "
+        f"namespace {facts.namespace} (RBAC does not let them create ExperimentRuns there); "
+        "a member of the team has to start the run",
+    )
+
+
+# Every check, in the one order in which they are evaluated.
+CHECKS: tuple[Check, ...] = (
+    switch_exists,
+    switch_enabled,
+    no_other_run_holds_lock,
+    experiment_found,
+    experiment_valid,
+    namespace_allowed,
+    blast_radius_has_targets,
+    within_caps,
+    agent_nodes_within_limit,
+    agents_can_attack,
+    creator_still_member,
+)
+
+# When a run is created: RBAC has authorized the requesting user itself.
+ADMISSION: tuple[Check, ...] = (
+    switch_exists,
+    switch_enabled,
+    no_other_run_holds_lock,
+    experiment_found,
+    experiment_valid,
+    namespace_allowed,
+    blast_radius_has_targets,
+    within_caps,
+    agent_nodes_within_limit,
+    agents_can_attack,
+)
+
+# When the operator picks a run up: the lock is then taken with a compare-and-swap (so it
+# is not checked here), and a scheduled run, never checked at creation, is checked in full.
+PICKUP: tuple[Check, ...] = (
+    switch_exists,
+    switch_enabled,
+    experiment_found,
+    experiment_valid,
+    namespace_allowed,
+    blast_radius_has_targets,
+    within_caps,
+    agent_nodes_within_limit,
+    agents_can_attack,
+    creator_still_member,
+)
+
+# Just before the attacks start: the run executes its own snapshot of the Experiment.
+ATTACK_START: tuple[Check, ...] = (
+    switch_exists,
+    switch_enabled,
+    namespace_allowed,
+    blast_radius_has_targets,
+    within_caps,
+    agent_nodes_within_limit,
+    agents_can_attack,
+    creator_still_member,
+)
+
+
+def evaluate(chain: Sequence[Check], facts: RunFacts) -> Refusal | None:
+    """The first refusal of the chain's checks, in order, or None when the run may start."""
+    for check in chain:
+        if (refused := check(facts)) is not None:
+            return refused
+    return None
+
+
+def irreversible_attacks(spec: ExperimentSpec) -> tuple[str, ...]:
+    """The attacks that cannot be rolled back, as "name (Type)": warned about, not refused."""
+    return tuple(f"{a.name} ({a.type})" for a in spec.attacks if not a.reversible)

@@ -1,8 +1,9 @@
-"""The run state machine: the seed's phases, decided from observations.
+"""The run state machine: its phases, decided from observations.
 
 Pure: the handler gathers what it saw (the clock included), asks `decide`, persists the
 status that `enter` returns, and only then acts on the cluster, so that an operator
-restarted at any point finds in status what it was about to do.
+restarted at any point finds in status what it was about to do. Each attack's own
+lifecycle within the phases is in engine.attacks.
 
     CREATED ──▶ PREPARED ──▶ ATTACKS_STARTED ──▶ ATTACKS_STOPPED ──▶ COMPLETED
        │            │               │                   │
@@ -11,7 +12,8 @@ restarted at any point finds in status what it was about to do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -19,14 +21,21 @@ from shakeout.api.common import ConditionStatus
 from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.run import (
     TERMINAL_PHASES,
-    AttackResult,
     AttackState,
     ExperimentRunStatus,
     Phase,
     StateCheckTally,
+    Targets,
     TimelineEntry,
+    UserInfo,
 )
+from shakeout.engine import attacks
 from shakeout.engine.conditions import set_condition
+
+# Superseded by engine.attacks; kept here until the executor is rewired on it.
+AttackPlan = attacks.AttackPlan
+attack_plan = attacks.attack_plan
+update_attack = attacks.update_attack
 
 ORDER = [
     Phase.CREATED,
@@ -35,6 +44,8 @@ ORDER = [
     Phase.ATTACKS_STOPPED,
     Phase.COMPLETED,
 ]
+# ExperimentRunStatus.message's maxLength.
+MESSAGE_LIMIT = 4096
 
 
 class Reason(StrEnum):
@@ -230,8 +241,10 @@ def enter(
     transition: Transition,
     now: datetime,
     generation: int | None,
+    canceled_by: UserInfo | None = None,
 ) -> ExperimentRunStatus:
-    """The status after a transition: phase, timeline, conditions, reason.
+    """The status after a transition: phase, timeline, conditions, reason; `canceled_by`
+    is recorded when a user's cancel ends the run (Reason.CANCELED), and only then.
 
     Refuses to move backwards or out of a terminal phase: a phase never goes back.
     """
@@ -249,45 +262,31 @@ def enter(
     new = status.model_copy(deep=True)
     new.phase = target
     new.reason = transition.reason
-    new.message = transition.message
+    new.message = transition.message[:MESSAGE_LIMIT]
+    if transition.reason == Reason.CANCELED and canceled_by is not None:
+        new.canceled_by = canceled_by.model_copy(deep=True)
     new.observed_generation = generation
     new.timeline = [*new.timeline, TimelineEntry(phase=target, time=now)]
-    cond = PHASE_CONDITIONS.get(Phase(target))
-    if cond is not None:
-        new.conditions = set_condition(
-            new.conditions,
-            type=cond,
-            status=ConditionStatus.TRUE,
-            reason=transition.reason,
-            message=transition.message,
-            now=now,
-            generation=generation,
-        )
     if target == Phase.COMPLETED:
         summary = ConditionStatus.TRUE
     elif is_terminal(target):
         summary = ConditionStatus.FALSE
     else:
         summary = ConditionStatus.UNKNOWN
-    new.conditions = set_condition(
-        new.conditions,
-        type="Succeeded",
-        status=summary,
-        reason=transition.reason,
-        message=transition.message,
-        now=now,
-        generation=generation,
-    )
     # kstatus (Flux, kpt, cli-utils) reads Reconciling and Stalled: a live run is
     # InProgress, a COMPLETED or CANCELED one Current, a FAILED one Failed.
-    for kstatus_type, is_true in (
-        ("Reconciling", not is_terminal(target)),
-        ("Stalled", target == Phase.FAILED),
-    ):
+    conditions = [
+        ("Succeeded", summary),
+        ("Reconciling", _true_if(not is_terminal(target))),
+        ("Stalled", _true_if(target == Phase.FAILED)),
+    ]
+    if (reached := PHASE_CONDITIONS.get(Phase(target))) is not None:
+        conditions.insert(0, (reached, ConditionStatus.TRUE))
+    for type_, cond_status in conditions:
         new.conditions = set_condition(
             new.conditions,
-            type=kstatus_type,
-            status=ConditionStatus.TRUE if is_true else ConditionStatus.FALSE,
+            type=type_,
+            status=cond_status,
             reason=transition.reason,
             message=transition.message,
             now=now,
@@ -305,6 +304,10 @@ def enter(
     return new
 
 
+def _true_if(condition: bool) -> ConditionStatus:
+    return ConditionStatus.TRUE if condition else ConditionStatus.FALSE
+
+
 def straight_to_attacks(experiment: ExperimentSpec) -> bool:
     """Whether a run goes from its pick-up to its attacks without waiting for anything: no
     state check to pass, no node agent to wait for, no warm-up."""
@@ -316,18 +319,27 @@ def straight_to_attacks(experiment: ExperimentSpec) -> bool:
 
 
 def initial_status(
-    experiment: ExperimentSpec, now: datetime, generation: int | None
+    experiment: ExperimentSpec,
+    now: datetime,
+    generation: int | None,
+    *,
+    targets: Targets | None = None,
+    agents: Sequence[str] = (),
+    experiment_generation: int | None = None,
+    started_by: UserInfo | None = None,
 ) -> ExperimentRunStatus:
-    """The status of a run just picked up: CREATED, attacks pending, tallies at zero."""
+    """The status of a run just picked up: CREATED, attacks pending, tallies at zero,
+    with the snapshot of the Experiment that the run executes, its targets, its node
+    agents and who started it."""
     status = ExperimentRunStatus(
         started_at=now,
-        attacks=[
-            AttackResult(
-                name=a.name, type=a.type, reversible=a.reversible, state=AttackState.PENDING
-            )
-            for a in experiment.attacks
-        ],
+        attacks=attacks.pending(experiment),
         state_checks=[StateCheckTally(name=c.name) for c in experiment.state_checks],
+        experiment=experiment.model_copy(deep=True),
+        experiment_generation=experiment_generation,
+        targets=targets.model_copy(deep=True) if targets else None,
+        agents=sorted(set(agents)),
+        started_by=started_by.model_copy(deep=True) if started_by else None,
     )
     return enter(
         status,
@@ -343,9 +355,14 @@ def refuse(
     message: str,
     now: datetime,
     generation: int | None,
+    *,
+    started_by: UserInfo | None = None,
 ) -> ExperimentRunStatus:
-    """A run that may not execute at all: FAILED straight away, nothing attacked."""
+    """A run that may not execute at all: FAILED straight away, nothing attacked; who
+    started it is recorded when known."""
     base = status or ExperimentRunStatus(started_at=now)
+    if started_by is not None:
+        base = base.model_copy(update={"started_by": started_by.model_copy(deep=True)})
     if base.phase is None:
         base = enter(base, Transition(Phase.CREATED, Reason.CREATED, "picked up"), now, generation)
     return enter(base, Transition(Phase.FAILED, reason, message), now, generation)
@@ -379,41 +396,3 @@ def record_check(
 def checks_succeeded_once(status: ExperimentRunStatus, experiment: ExperimentSpec) -> bool:
     successes = {t.name: t.successes for t in status.state_checks}
     return all(successes.get(c.name, 0) > 0 for c in experiment.state_checks)
-
-
-@dataclass
-class AttackPlan:
-    """Which attacks to stop now, and whether all are finished."""
-
-    due: list[str] = field(default_factory=list)
-    finished: bool = False
-    next_due: datetime | None = None
-
-
-def attack_plan(
-    status: ExperimentRunStatus, experiment: ExperimentSpec, now: datetime
-) -> AttackPlan:
-    """Attacks whose duration is over are due to stop (reversible ones are rolled back)."""
-    durations = {a.name: a.duration_seconds for a in experiment.attacks}
-    plan = AttackPlan()
-    done = {AttackState.ROLLED_BACK, AttackState.COMPLETED}
-    for result in status.attacks:
-        if result.state in done:
-            continue
-        if result.state != AttackState.APPLIED or result.applied_at is None:
-            return plan  # still applying: not finished
-        ends = result.applied_at + timedelta(seconds=durations.get(result.name, 0))
-        if ends <= now:
-            plan.due.append(result.name)
-        elif plan.next_due is None or ends < plan.next_due:
-            plan.next_due = ends
-    plan.finished = not plan.due and plan.next_due is None
-    return plan
-
-
-def update_attack(status: ExperimentRunStatus, name: str, **changes: object) -> ExperimentRunStatus:
-    new = status.model_copy(deep=True)
-    for i, result in enumerate(new.attacks):
-        if result.name == name:
-            new.attacks[i] = result.model_copy(update=changes)
-    return new

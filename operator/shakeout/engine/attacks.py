@@ -1,0 +1,309 @@
+"""The lifecycle of a run's attacks, decided without I/O.
+
+    PENDING ──▶ APPLYING ──▶ APPLIED ──▶ ROLLING_BACK ──▶ ROLLED_BACK   (reversible)
+       │           │  │         │              │
+       │           │  │         └──────────────┼──────▶ COMPLETED       (irreversible)
+       │           │  └──▶ FAILED (apply)      └──▶ FAILED (rollback)
+       └──▶ SKIPPED (stopped before it started)
+
+A stop takes an APPLYING attack where it takes an APPLIED one; a restart takes a
+ROLLING_BACK attack back to APPLIED, to be rolled back again (see `resume`).
+
+Every function returns a new status and never changes the one it is given. A `begin_*`
+status is written before the cluster is touched and a `record_*` status after: the
+status is the journal that an operator restarted at any point resumes from (`resume`).
+Durations come from the run's own snapshot of its Experiment, `status.experiment`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from shakeout.api.experiment import ExperimentSpec
+from shakeout.api.run import AttackResult, AttackState, ExperimentRunStatus, Targets
+
+# Attacks that may still act on the cluster, or may be about to: a stop handles each one.
+OPEN_STATES: frozenset[AttackState] = frozenset(
+    {AttackState.PENDING, AttackState.APPLYING, AttackState.APPLIED, AttackState.ROLLING_BACK}
+)
+# A rollback is tried this many times before the attack is recorded FAILED.
+ROLLBACK_ATTEMPTS = 5
+# AttackResult.message's maxLength.
+MESSAGE_LIMIT = 1024
+# Fields that only the lifecycle sets: rollback data may set any other field of a result.
+_LIFECYCLE_FIELDS = frozenset(
+    {"name", "type", "reversible", "state", "targets", "applied_at", "rolled_back_at", "message"}
+)
+
+
+class StopKind(StrEnum):
+    """How an attack is stopped."""
+
+    SKIP = "Skip"  # never started: nothing to undo
+    CLOSE = "Close"  # irreversible: closed as Completed, there is nothing to undo
+    ROLL_BACK = "RollBack"  # reversible: rolled back
+
+
+@dataclass(frozen=True)
+class StopAction:
+    name: str
+    kind: StopKind
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    """What applying one attack did: how many targets it acted on, or why it failed."""
+
+    name: str
+    targets: int = 0
+    error: str | None = None
+
+
+def pending(experiment: ExperimentSpec) -> list[AttackResult]:
+    """The results of a run just picked up: every attack of the Experiment PENDING."""
+    return [
+        AttackResult(name=a.name, type=a.type, reversible=a.reversible, state=AttackState.PENDING)
+        for a in experiment.attacks
+    ]
+
+
+def begin_apply(
+    status: ExperimentRunStatus,
+    rollback_data: Mapping[str, Mapping[str, object]],
+    targets: Targets,
+    agents: Sequence[str],
+) -> ExperimentRunStatus:
+    """The journal written before any attack is applied: every attack APPLYING with its
+    rollback data (say, `previous_replicas`), the targets, and the run's node agents
+    joined by `agents`.
+
+    Attacks are applied once: a status with any attack past PENDING is refused.
+    """
+    started = [r.name for r in status.attacks if r.state != AttackState.PENDING]
+    if started:
+        raise ValueError(f"attacks are applied once: {', '.join(started)} already started")
+    new = status.model_copy(deep=True)
+    unknown = set(rollback_data) - {r.name for r in new.attacks}
+    if unknown:
+        raise ValueError(f"rollback data for unknown attacks: {', '.join(sorted(unknown))}")
+    for i, result in enumerate(new.attacks):
+        data = dict(rollback_data.get(result.name, {}))
+        bad = (set(data) & _LIFECYCLE_FIELDS) | (set(data) - set(AttackResult.model_fields))
+        if bad:
+            raise ValueError(f"not rollback data of {result.name}: {', '.join(sorted(bad))}")
+        new.attacks[i] = AttackResult.model_validate(
+            {**result.model_dump(), **data, "state": AttackState.APPLYING}
+        )
+    new.targets = targets.model_copy(deep=True)
+    new.agents = sorted({*new.agents, *agents})
+    return new
+
+
+def record_applied(
+    status: ExperimentRunStatus, outcomes: Sequence[ApplyOutcome], now: datetime
+) -> tuple[ExperimentRunStatus, str | None]:
+    """Each APPLYING attack of `outcomes` APPLIED (applied at `now` unless it already
+    has a time, with its count of targets), or FAILED with the error. Also returns the
+    first failure, as the run's failure message."""
+    new = status.model_copy(deep=True)
+    first = None
+    for outcome in outcomes:
+        i = _index(new, outcome.name, {AttackState.APPLYING})
+        result = new.attacks[i]
+        if outcome.error is None:
+            changes: dict[str, object] = {
+                "state": AttackState.APPLIED,
+                "applied_at": result.applied_at or now,
+                "targets": outcome.targets,
+            }
+        else:
+            message = outcome.error[:MESSAGE_LIMIT]
+            changes = {"state": AttackState.FAILED, "message": message}
+            first = first or f"attack {outcome.name} failed: {message}"
+        new.attacks[i] = result.model_copy(update=changes)
+    return new, first
+
+
+def _stop_kind(result: AttackResult) -> StopKind:
+    if result.state == AttackState.PENDING:
+        return StopKind.SKIP
+    return StopKind.ROLL_BACK if result.reversible else StopKind.CLOSE
+
+
+def stop_actions(status: ExperimentRunStatus) -> list[StopAction]:
+    """What stopping the run (cancel, Stop All, a failure, deletion, shutdown) does to
+    each open attack: a PENDING one is skipped, an irreversible one closed, a reversible
+    one rolled back (an APPLYING or ROLLING_BACK one too: a rollback is idempotent and
+    undoes nothing that was never applied)."""
+    return [StopAction(r.name, _stop_kind(r)) for r in status.attacks if r.state in OPEN_STATES]
+
+
+def _experiment(status: ExperimentRunStatus) -> ExperimentSpec:
+    if status.experiment is None:
+        raise ValueError("the run has no snapshot of its Experiment (status.experiment)")
+    return status.experiment
+
+
+def _ends(status: ExperimentRunStatus) -> dict[str, datetime | None]:
+    """When each APPLIED attack is due to stop: its duration after it was applied. One
+    with no time of application is due at once (a fault never outlives its clock)."""
+    durations = {a.name: a.duration_seconds for a in _experiment(status).attacks}
+    return {
+        r.name: r.applied_at + timedelta(seconds=durations.get(r.name, 0)) if r.applied_at else None
+        for r in status.attacks
+        if r.state == AttackState.APPLIED
+    }
+
+
+def due_actions(status: ExperimentRunStatus, now: datetime) -> list[StopAction]:
+    """The APPLIED attacks whose duration is over: irreversible ones are closed,
+    reversible ones rolled back."""
+    due = {name for name, end in _ends(status).items() if end is None or end <= now}
+    return [StopAction(r.name, _stop_kind(r)) for r in status.attacks if r.name in due]
+
+
+def next_due(status: ExperimentRunStatus, now: datetime) -> datetime | None:
+    """When the next APPLIED attack is due to stop, after `now`; None if none is."""
+    return min((end for end in _ends(status).values() if end and end > now), default=None)
+
+
+def attacks_finished(status: ExperimentRunStatus) -> bool:
+    """Whether the run may move on from its attacks: none is open (none still PENDING or
+    APPLYING, none APPLIED or ROLLING_BACK) and none FAILED (a failed attack fails the
+    run instead: see `failure`)."""
+    return all(r.state not in OPEN_STATES and r.state != AttackState.FAILED for r in status.attacks)
+
+
+def failure(status: ExperimentRunStatus) -> str | None:
+    """The run's failure as its attacks record it: the first FAILED attack (in applying
+    it or in rolling it back), or None. A restarted operator reads it here."""
+    failed = next((r for r in status.attacks if r.state == AttackState.FAILED), None)
+    return None if failed is None else f"attack {failed.name} failed: {failed.message or ''}"
+
+
+_STOPPED = {
+    StopKind.SKIP: AttackState.SKIPPED,
+    StopKind.CLOSE: AttackState.COMPLETED,
+    StopKind.ROLL_BACK: AttackState.ROLLING_BACK,
+}
+
+
+def begin_stop(status: ExperimentRunStatus, action: StopAction) -> ExperimentRunStatus:
+    """The attack stopped as `action` says: SKIPPED, COMPLETED, or ROLLING_BACK (written
+    before the rollback is requested). The action must be the one that `stop_actions` or
+    `due_actions` gives for the attack: an irreversible attack is never rolled back and
+    an attack that may have acted is never skipped."""
+    i = _index(status, action.name, OPEN_STATES)
+    expected = _stop_kind(status.attacks[i])
+    if action.kind != expected:
+        raise ValueError(f"attack {action.name} is stopped by {expected}, not {action.kind}")
+    return _update(status, i, state=_STOPPED[action.kind])
+
+
+def record_rollback(
+    status: ExperimentRunStatus, name: str, now: datetime, note: str | None = None
+) -> ExperimentRunStatus:
+    """A ROLLING_BACK attack ROLLED_BACK at `now`; the note (say, from a node agent)
+    replaces the attack's message when there is one."""
+    i = _index(status, name, {AttackState.ROLLING_BACK})
+    message = note[:MESSAGE_LIMIT] if note else status.attacks[i].message
+    return _update(status, i, state=AttackState.ROLLED_BACK, rolled_back_at=now, message=message)
+
+
+def record_rollback_failure(
+    status: ExperimentRunStatus, name: str, error: str
+) -> tuple[ExperimentRunStatus, str]:
+    """A ROLLING_BACK attack whose rollback gave up: FAILED with the error. Also returns
+    the run's failure message."""
+    i = _index(status, name, {AttackState.ROLLING_BACK})
+    message = error[:MESSAGE_LIMIT]
+    new = _update(status, i, state=AttackState.FAILED, message=message)
+    return new, f"rollback of {name} failed: {message}"
+
+
+def rollback_delay(attempt: int) -> float | None:
+    """How long to wait after failed rollback attempt `attempt` (counted from 0) before
+    the next, or None when it was the last: ROLLBACK_ATTEMPTS in all, 0.2 s doubling."""
+    if attempt < 0:
+        raise ValueError(f"attempt {attempt} < 0")
+    return 0.2 * 2**attempt if attempt + 1 < ROLLBACK_ATTEMPTS else None
+
+
+def resume(status: ExperimentRunStatus, now: datetime) -> tuple[ExperimentRunStatus, list[str]]:
+    """The status after an operator restart, and the attacks to apply again.
+
+    - APPLYING and reversible: applied again (applying a reversible attack twice is
+      idempotent); it stays APPLYING until `record_applied` records the new outcome,
+      so that a restart meanwhile applies it again. A run being stopped needs no
+      second apply: `stop_actions` rolls it back as it is.
+    - APPLYING and irreversible: APPLIED without applying it again (applied at `now`
+      unless it has a time). It may have acted already: it is never applied twice.
+    - ROLLING_BACK: APPLIED again, so that it is rolled back again (idempotent).
+    """
+    new = status.model_copy(deep=True)
+    again = []
+    for i, result in enumerate(new.attacks):
+        if result.state == AttackState.APPLYING and result.reversible:
+            again.append(result.name)
+        elif result.state == AttackState.APPLYING:
+            new.attacks[i] = result.model_copy(
+                update={
+                    "state": AttackState.APPLIED,
+                    "applied_at": result.applied_at or now,
+                    "message": result.message
+                    or "the operator restarted while applying it; it was not applied again",
+                }
+            )
+        elif result.state == AttackState.ROLLING_BACK:
+            new.attacks[i] = result.model_copy(update={"state": AttackState.APPLIED})
+    return new, again
+
+
+# Superseded by the functions above, each of which answers one question; kept, and
+# re-exported by engine.runs, until the executor is rewired on them.
+@dataclass(frozen=True)
+class AttackPlan:
+    """Which attacks are due to stop now, whether all are finished, the next deadline."""
+
+    due: list[str]
+    finished: bool
+    next_due: datetime | None
+
+
+def attack_plan(
+    status: ExperimentRunStatus, experiment: ExperimentSpec, now: datetime
+) -> AttackPlan:
+    """Attacks whose duration is over are due to stop (reversible ones are rolled back)."""
+    status = status.model_copy(update={"experiment": experiment})
+    return AttackPlan(
+        due=[a.name for a in due_actions(status, now)],
+        finished=attacks_finished(status),
+        next_due=next_due(status, now),
+    )
+
+
+def update_attack(status: ExperimentRunStatus, name: str, **changes: object) -> ExperimentRunStatus:
+    new = status.model_copy(deep=True)
+    for i, result in enumerate(new.attacks):
+        if result.name == name:
+            new.attacks[i] = result.model_copy(update=changes)
+    return new
+
+
+def _index(status: ExperimentRunStatus, name: str, states: Collection[str]) -> int:
+    """Where the attack is in status; it must be in one of `states`."""
+    for i, result in enumerate(status.attacks):
+        if result.name == name:
+            if result.state not in states:
+                raise ValueError(f"attack {name} is {result.state}, not {'/'.join(sorted(states))}")
+            return i
+    raise ValueError(f"the run has no attack {name}")
+
+
+def _update(status: ExperimentRunStatus, i: int, **changes: object) -> ExperimentRunStatus:
+    new = status.model_copy(deep=True)
+    new.attacks[i] = new.attacks[i].model_copy(update=changes)
+    return new

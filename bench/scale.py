@@ -37,9 +37,9 @@ from kubernetes import client, config
 
 from lifecycle import REPO, Watcher, baseline, kubectl, set_switch, start_operator
 from shakeout.api.experiment import Attack, BlastRadius
-from shakeout.handlers import k8s
-from shakeout.handlers.attacks import ISOLATED
-from shakeout.handlers.blast_radius import resolve_target_pods
+from shakeout.api.labels import ISOLATED
+from shakeout.gather.targets import resolve_target_pods
+from shakeout.kube import client as k8s
 from shakeout.sandbox.cluster import Sandbox
 from stats import pct
 

@@ -33,13 +33,14 @@ import yaml
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
+from shakeout.api.labels import SCHEDULED_TRIGGER, TRIGGER_LABEL
+
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
 GROUP = "shakeout.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 FUZZ_LABEL = "fuzz.shakeout.dev/case"
-TRIGGER_LABEL = "shakeout.dev/trigger"  # handlers.schedules: a scheduled run skips admission
 INT64 = (-(2**63), 2**63 - 1)
 # Lists and maps are generated with at most this many entries (the limits themselves are
 # exercised by the too-many mutations): big nested lists make generation slow.
@@ -492,7 +493,7 @@ def cases(draw: st.DrawFn) -> Case:
     if kind == "ExperimentRun":
         if rnd.random() < 0.4:
             # A scheduled run skips the Run button's checks: the operator must judge it.
-            body["metadata"]["labels"][TRIGGER_LABEL] = "schedule"
+            body["metadata"]["labels"][TRIGGER_LABEL] = SCHEDULED_TRIGGER
             case.notes.append("scheduled")
         if isinstance(body.get("spec"), dict) and rnd.random() < 0.6:
             companion = conform(draw, draw(spec_strategy("Experiment")), crd_spec("Experiment"))

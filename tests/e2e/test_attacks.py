@@ -6,8 +6,9 @@ import asyncio
 import json
 from typing import Any
 
-from shakeout.handlers import k8s
-from shakeout.handlers.attacks import ISOLATED, ClusterAgent
+from shakeout.api.labels import ISOLATED
+from shakeout.attacks.cluster import ClusterAttacks
+from shakeout.kube import client as k8s
 from tests.e2e.conftest import Cluster, Operator, eventually
 from tests.e2e.invariants import assert_clean
 from tests.e2e.runs import TEAM, create_run, deployment, set_switch, wait_phase
@@ -221,10 +222,10 @@ def test_unmarking_never_removes_another_runs_mark(ready: Cluster) -> None:
     ready.kubectl("label", "pod", name, "-n", TEAM, "shakeout.dev/isolated=next-run")
     k8s.use(k8s.Api(config_file=str(ready.admin_kubeconfig)))
     # The previous run's cleanup listed the pod while it still carried its mark.
-    asyncio.run(ClusterAgent(TEAM, run_uid="previous-run").unmark_pod(name))
+    asyncio.run(ClusterAttacks(TEAM, run_uid="previous-run").unmark_pod(name))
     labels = ready.get("pod", name, "-n", TEAM)["metadata"]["labels"]
     assert labels["shakeout.dev/isolated"] == "next-run"
-    asyncio.run(ClusterAgent(TEAM, run_uid="next-run").unmark_pod(name))
+    asyncio.run(ClusterAttacks(TEAM, run_uid="next-run").unmark_pod(name))
     assert "shakeout.dev/isolated" not in ready.get("pod", name, "-n", TEAM)["metadata"]["labels"]
 
 

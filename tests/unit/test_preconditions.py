@@ -18,7 +18,6 @@ from shakeout.engine.preconditions import (
     Check,
     Refusal,
     RunFacts,
-    RunRequest,
     agent_nodes_within_limit,
     agents_can_attack,
     blast_radius_has_targets,
@@ -29,7 +28,6 @@ from shakeout.engine.preconditions import (
     irreversible_attacks,
     namespace_allowed,
     no_other_run_holds_lock,
-    refusal,
     switch_enabled,
     switch_exists,
     within_caps,
@@ -315,10 +313,11 @@ def test_each_chain_is_a_subsequence_of_the_one_order(chain: str) -> None:
 def test_what_each_chain_leaves_out() -> None:
     assert [c for c in CHECKS if c not in ADMISSION] == [creator_still_member]
     assert [c for c in CHECKS if c not in PICKUP] == [no_other_run_holds_lock]
+    # At attack start the run executes its own snapshot: found, and valid unless the API
+    # server refuses its selector now.
     assert [c for c in CHECKS if c not in ATTACK_START] == [
         no_other_run_holds_lock,
         experiment_found,
-        experiment_valid,
     ]
 
 
@@ -365,45 +364,3 @@ def test_irreversible_attacks() -> None:
     experiment = spec(("kill", "PodDelete"), ("burn", "CpuStress"), ("term", "ProcessKill"))
     assert irreversible_attacks(experiment) == ("kill (PodDelete)", "term (ProcessKill)")
     assert irreversible_attacks(spec(("burn", "CpuStress"))) == ()
-
-
-# -- the previous form, `RunRequest` and `refusal` --------------------------------------
-
-OLD_OK = RunRequest(
-    namespace="team-a",
-    experiment="web",
-    switch_exists=True,
-    switch_enabled=True,
-    active_runs=(),
-    experiment_found=True,
-    experiment_error=None,
-    matched_pods=3,
-    targets=2,
-)
-
-
-def test_all_conditions_met() -> None:
-    assert refusal(OLD_OK) is None
-
-
-@pytest.mark.parametrize(
-    ("change", "words"),
-    [
-        ({"switch_exists": False}, "no ChaosSwitch named default"),
-        ({"switch_enabled": False}, "Stop All"),
-        ({"active_runs": ("team-b/r1",)}, "another experiment is running: team-b/r1"),
-        ({"experiment_found": False}, "Experiment team-a/web not found"),
-        ({"experiment_error": "spec.x: bad"}, "is invalid: spec.x: bad"),
-        ({"targets": 0, "matched_pods": 0}, "resolves to no pods (0 matched"),
-    ],
-)
-def test_each_refusal_says_why(change: dict[str, object], words: str) -> None:
-    message = refusal(replace(OLD_OK, **change))  # type: ignore[arg-type]
-    assert message is not None
-    assert words in message
-
-
-def test_disabled_wins_over_other_problems() -> None:
-    message = refusal(replace(OLD_OK, switch_enabled=False, targets=0, active_runs=("a/b",)))
-    assert message is not None
-    assert "disabled" in message

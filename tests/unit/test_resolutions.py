@@ -9,11 +9,11 @@ import time
 import pytest
 
 from shakeout.api.experiment import BlastRadius
+from shakeout.attacks.fanout import CONCURRENCY, each
 from shakeout.engine.targets import select
-from shakeout.handlers import blast_radius
-from shakeout.handlers.attacks import CONCURRENCY, _each
-from shakeout.handlers.blast_radius import RecentResolutions
-from shakeout.handlers.k8s import Pod
+from shakeout.gather import targets as blast_radius
+from shakeout.gather.targets import RecentResolutions
+from shakeout.kube.pods import Pod
 
 WEB = BlastRadius.model_validate({"selector": {"matchLabels": {"app": "web"}}})
 API = BlastRadius.model_validate({"selector": {"matchLabels": {"app": "api"}}})
@@ -66,7 +66,7 @@ def test_each_sends_the_first_item_alone_then_the_rest_bounded() -> None:
         in_flight -= 1
         return item * 2
 
-    results = asyncio.run(_each(range(100), action))
+    results = asyncio.run(each(range(100), action))
     assert results == [i * 2 for i in range(100)]  # in the items' order
     assert order[:2] == [(0, 0), (1, 0)]  # the first went out alone, and came back...
     assert most == CONCURRENCY  # ...the rest CONCURRENCY at a time
@@ -80,7 +80,7 @@ def test_a_refused_first_item_stops_the_rest() -> None:
         raise PermissionError("forbidden")
 
     with pytest.raises(PermissionError):
-        asyncio.run(_each(range(50), action))
+        asyncio.run(each(range(50), action))
     assert sent == [0]
 
 
@@ -96,7 +96,7 @@ def test_a_halt_starts_no_further_item_and_lets_those_in_flight_finish() -> None
         finished.append(item)
         return True
 
-    results = asyncio.run(_each(range(1000), action, halt))
+    results = asyncio.run(each(range(1000), action, halt))
     assert sorted(started) == sorted(finished)  # nothing started was abandoned
     assert 5 in started
     assert len(started) <= 1 + CONCURRENCY  # the first, then one batch at the most
@@ -111,5 +111,5 @@ def test_a_halt_set_before_the_start_acts_on_nothing() -> None:
     async def action(item: int) -> None:
         sent.append(item)
 
-    assert asyncio.run(_each(range(10), action, halt)) == []
+    assert asyncio.run(each(range(10), action, halt)) == []
     assert sent == []

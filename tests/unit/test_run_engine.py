@@ -12,7 +12,6 @@ from shakeout.api.run import AttackState, Phase
 from shakeout.engine.runs import (
     Observation,
     Reason,
-    attack_plan,
     checks_succeeded_once,
     decide,
     enter,
@@ -21,7 +20,6 @@ from shakeout.engine.runs import (
     record_check,
     refuse,
     straight_to_attacks,
-    update_attack,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -195,21 +193,6 @@ def test_check_tallies_and_first_success() -> None:
     assert checks_succeeded_once(status, SPEC)
     tally = status.state_checks[0]
     assert (tally.successes, tally.failures, tally.last_message) == (1, 1, "3/3")
-
-
-def test_attack_plan_stops_each_attack_after_its_duration() -> None:
-    status = initial_status(SPEC, T0, 1)
-    assert not attack_plan(status, SPEC, T0).finished  # pending
-    for name in ("kill", "scale"):
-        status = update_attack(status, name, state=AttackState.APPLIED, applied_at=T0)
-    plan = attack_plan(status, SPEC, T0 + timedelta(seconds=10))
-    assert (plan.due, plan.finished) == (["kill"], False)
-    assert plan.next_due == T0 + timedelta(seconds=30)
-    status = update_attack(status, "kill", state=AttackState.COMPLETED)
-    plan = attack_plan(status, SPEC, T0 + timedelta(seconds=30))
-    assert plan.due == ["scale"]
-    status = update_attack(status, "scale", state=AttackState.ROLLED_BACK)
-    assert attack_plan(status, SPEC, T0 + timedelta(seconds=31)).finished
 
 
 @pytest.mark.parametrize(

@@ -32,20 +32,21 @@ from shakeout.agent.node.capabilities import probe
 from shakeout.agent.node.keeper import Keeper
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.experiment import Attack
-from shakeout.api.nodeattack import NODE_LABEL, NodeAttackPhase, TargetState
-from shakeout.api.run import AttackState, Phase
-from shakeout.handlers.agents import (
+from shakeout.api.labels import (
     AGENT_LABEL,
+    AGENT_LABEL_VALUE,
     CAPABILITIES_ANNOTATION,
     NODE_ANNOTATION,
-    lease_name,
+    NODE_LABEL,
+    agent_lease_name,
 )
-from shakeout.handlers.k8s import Api, Obj
-from shakeout.handlers.leases import lease_path, micro_time, renewed
+from shakeout.api.nodeattack import NodeAttackPhase, TargetState
+from shakeout.api.run import AttackState, Phase
+from shakeout.kube.client import Api, Obj
+from shakeout.kube.leases import micro_time, renewed
+from shakeout.kube.resources import LEASES, NODE_ATTACKS, PODS, RUNS
 
 log = logging.getLogger("shakeout.agent")
-
-NODE_ATTACKS = "nodeattacks"
 
 
 @dataclass
@@ -75,7 +76,7 @@ class NodeAgent:
         self.keeper = keeper
         self.capabilities = capabilities
         self.identity = f"{options.node}_{uuid.uuid4().hex[:10]}"
-        self.lease_path = lease_path(options.namespace, lease_name(options.node))
+        self.lease_name = agent_lease_name(options.node)
         self.last_renewal = 0.0
         # NodeAttack uid -> the fault ids this agent applied for it and still holds.
         self.held: dict[str, set[str]] = {}
@@ -91,13 +92,13 @@ class NodeAgent:
     def lease_body(self, current: Obj | None) -> Obj:
         body = renewed(
             current,
-            lease_name(self.options.node),
+            agent_lease_name(self.options.node),
             self.options.namespace,
             self.identity,
             self.options.lease_duration,
         )
         meta = body["metadata"]
-        meta["labels"] = {**(meta.get("labels") or {}), AGENT_LABEL: "node"}
+        meta["labels"] = {**(meta.get("labels") or {}), AGENT_LABEL: AGENT_LABEL_VALUE}
         meta["annotations"] = {
             **(meta.get("annotations") or {}),
             NODE_ANNOTATION: self.options.node,
@@ -106,13 +107,14 @@ class NodeAgent:
         return body
 
     async def renew(self) -> None:
-        current = await self.api.request("GET", self.lease_path)
+        namespace = self.options.namespace
+        current = await self.api.get(LEASES, namespace, self.lease_name)
         if current is None:
-            collection = self.lease_path.rsplit("/", 1)[0]
-            await self.api.request("POST", collection, self.lease_body(None))
+            await self.api.create(LEASES, namespace, self.lease_body(None))
         else:
-            # A PUT with the resourceVersion read: a concurrent writer makes it a 409.
-            await self.api.request("PUT", self.lease_path, self.lease_body(current))
+            # A PUT with the resourceVersion read: a concurrent writer makes it a Conflict.
+            path = LEASES.path(namespace, self.lease_name)
+            await self.api.request("PUT", path, self.lease_body(current))
         self.last_renewal = time.monotonic()
         held = set(await self.keeper.heartbeat())
         # Faults the keeper no longer holds were rolled back by its deadline: they are
@@ -160,7 +162,7 @@ class NodeAgent:
                     self.api.custom.list_cluster_custom_object,
                     GROUP,
                     VERSION,
-                    NODE_ATTACKS,
+                    NODE_ATTACKS.plural,
                     label_selector=selector,
                     timeout_seconds=60,
                     _request_timeout=70,
@@ -184,17 +186,15 @@ class NodeAgent:
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.options.resync)
-            with contextlib.suppress(Exception):
+            try:
                 await self.resync()
+            except Exception as err:  # noqa: BLE001  (the next round tries again)
+                log.warning(f"resync of NodeAttacks failed: {err}")
 
     async def resync(self) -> None:
         """List this node's NodeAttacks: reconcile each, roll back faults of vanished ones."""
-        listing = await self.api.request(
-            "GET",
-            f"/apis/{GROUP}/{VERSION}/{NODE_ATTACKS}",
-            query={"labelSelector": f"{NODE_LABEL}={self.options.node}"},
-        )
-        items = (listing or {}).get("items", [])
+        mine = f"{NODE_LABEL}={self.options.node}"
+        items = await self.api.list_objects(NODE_ATTACKS, labels=mine)
         present = {o["metadata"]["uid"] for o in items}
         for uid in [u for u in self.held if u not in present]:
             await self.rollback_held(uid)
@@ -206,10 +206,6 @@ class NodeAgent:
 
     async def report(self, obj: Obj, phase: str, message: str, targets: list[Obj]) -> None:
         meta = obj["metadata"]
-        path = (
-            f"/apis/{GROUP}/{VERSION}/namespaces/{meta['namespace']}/{NODE_ATTACKS}/"
-            f"{meta['name']}/status"
-        )
         status = {
             "phase": phase,
             "agent": self.identity,
@@ -217,7 +213,9 @@ class NodeAgent:
             "targets": targets,
             "updatedAt": micro_time(),
         }
-        await self.api.request("PATCH", path, {"status": status}, merge_patch=True)
+        await self.api.merge_patch(
+            NODE_ATTACKS, meta["namespace"], meta["name"], {"status": status}, "status"
+        )
 
     async def reconcile(self, obj: Obj, deleted: bool = False) -> None:
         uid = obj["metadata"]["uid"]
@@ -235,11 +233,7 @@ class NodeAgent:
         if deleted:
             await self.rollback_held(uid)
             return
-        run = await self.api.request(
-            "GET",
-            f"/apis/{GROUP}/{VERSION}/namespaces/{obj['metadata']['namespace']}/"
-            f"experimentruns/{spec.get('runName')}",
-        )
+        run = await self.api.get(RUNS, obj["metadata"]["namespace"], str(spec.get("runName")))
         refusal = self.refusal(obj, run)
         if spec.get("rollback") or refusal is not None:
             await self.rollback_held(uid)
@@ -307,12 +301,9 @@ class NodeAgent:
         spec = obj["spec"]
         namespace = obj["metadata"]["namespace"]
         attack = Attack.model_validate(spec["attack"])
-        pods = await self.api.request(
-            "GET",
-            f"/api/v1/namespaces/{namespace}/pods",
-            query={"fieldSelector": f"spec.nodeName={self.options.node}"},
-        )
-        by_name = {p["metadata"]["name"]: p for p in (pods or {}).get("items", [])}
+        on_node = f"spec.nodeName={self.options.node}"
+        pods = await self.api.list_objects(PODS, namespace, fields=on_node)
+        by_name = {p["metadata"]["name"]: p for p in pods}
         wanted = list(spec.get("targets") or [])
         # The journal: every target Applying before the first one is touched.
         await self.report(
@@ -368,7 +359,7 @@ class NodeAgent:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         await self.renew()
-        log.info(f"agent {self.identity} holds lease {lease_name(self.options.node)}")
+        log.info(f"agent {self.identity} holds lease {agent_lease_name(self.options.node)}")
         thread = threading.Thread(target=self.watch_thread, args=(loop,), daemon=True)
         thread.start()
         await self.resync()

@@ -63,7 +63,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from shakeout.handlers.run import run_operator
+    from shakeout.operator import run_operator
 
     return run_operator(
         namespaces=args.namespace,

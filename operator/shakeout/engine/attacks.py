@@ -262,37 +262,6 @@ def resume(status: ExperimentRunStatus, now: datetime) -> tuple[ExperimentRunSta
     return new, again
 
 
-# Superseded by the functions above, each of which answers one question; kept, and
-# re-exported by engine.runs, until the executor is rewired on them.
-@dataclass(frozen=True)
-class AttackPlan:
-    """Which attacks are due to stop now, whether all are finished, the next deadline."""
-
-    due: list[str]
-    finished: bool
-    next_due: datetime | None
-
-
-def attack_plan(
-    status: ExperimentRunStatus, experiment: ExperimentSpec, now: datetime
-) -> AttackPlan:
-    """Attacks whose duration is over are due to stop (reversible ones are rolled back)."""
-    status = status.model_copy(update={"experiment": experiment})
-    return AttackPlan(
-        due=[a.name for a in due_actions(status, now)],
-        finished=attacks_finished(status),
-        next_due=next_due(status, now),
-    )
-
-
-def update_attack(status: ExperimentRunStatus, name: str, **changes: object) -> ExperimentRunStatus:
-    new = status.model_copy(deep=True)
-    for i, result in enumerate(new.attacks):
-        if result.name == name:
-            new.attacks[i] = result.model_copy(update=changes)
-    return new
-
-
 def _index(status: ExperimentRunStatus, name: str, states: Collection[str]) -> int:
     """Where the attack is in status; it must be in one of `states`."""
     for i, result in enumerate(status.attacks):

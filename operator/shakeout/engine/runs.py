@@ -32,11 +32,6 @@ from shakeout.api.run import (
 from shakeout.engine import attacks
 from shakeout.engine.conditions import set_condition
 
-# Superseded by engine.attacks; kept here until the executor is rewired on it.
-AttackPlan = attacks.AttackPlan
-attack_plan = attacks.attack_plan
-update_attack = attacks.update_attack
-
 ORDER = [
     Phase.CREATED,
     Phase.PREPARED,

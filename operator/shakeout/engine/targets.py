@@ -65,3 +65,15 @@ def selector_to_string(selector: LabelSelector) -> str:
         else:
             terms.append(f"!{req.key}")
     return ",".join(terms)
+
+
+# The pods a blast radius can take: scheduled to a node, Running, and not being deleted. A
+# Pending pod has no container to attack, a Succeeded or Failed one none left, and a pod
+# being deleted is going anyway; a node-level attack on any of them would fail the run.
+# The same rule as a field selector, so that the API server filters before it sends.
+ATTACKABLE_FIELDS = "status.phase=Running,spec.nodeName!="
+
+
+def attackable(phase: str | None, node: str | None, deleting: bool) -> bool:
+    """Whether a pod can be a target (the rule of ATTACKABLE_FIELDS, plus not deleting)."""
+    return phase == "Running" and bool(node) and not deleting

@@ -1,4 +1,4 @@
-"""kopf settings shared by every handler module, and the operator's own options."""
+"""kopf's settings for the operator: finalizer, watches, retries, webhooks, metrics."""
 
 from __future__ import annotations
 
@@ -6,45 +6,27 @@ import itertools
 import logging
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kopf
 
 from shakeout.api.common import GROUP
+from shakeout.api.labels import (
+    FINALIZER,
+    FINISHED_LABEL,
+    KOPF_ANNOTATION_PREFIX,
+    KOPF_DIFFBASE_KEY,
+)
 from shakeout.certs import ServingCert, make_serving_cert
-from shakeout.handlers.k8s import RUNS, widen_executor
-from shakeout.handlers.metrics import serve as serve_metrics
 from shakeout.handlers.webhook_server import ServiceRef, ServiceWebhookServer
+from shakeout.kube.client import widen_executor
+from shakeout.kube.resources import RUNS
+from shakeout.metrics import serve as serve_metrics
+from shakeout.options import OPTIONS
 
-FINALIZER = "shakeout.dev/finalizer"
-# A finished run carries this label and leaves the operator's watch of runs: kopf keeps
-# the last body of every object it watches for a daemon (about 20 KiB a run) until the
-# object is deleted, and finished runs pile up (1,200 an hour at 20 runs a minute).
-FINISHED_LABEL = "shakeout.dev/finished"
+# The Validating/MutatingWebhookConfigurations kopf creates and keeps current.
 WEBHOOK_CONFIGURATION = "shakeout.dev"
-
-
-@dataclass
-class Options:
-    """What `shakeout operator` was started with."""
-
-    webhook: bool = True
-    webhook_addr: str = "127.0.0.1"
-    webhook_port: int = 9443
-    # The host name the API server uses to reach the webhook (URL mode).
-    webhook_host: str = "127.0.0.1"
-    cert_dir: Path | None = None
-    # Namespaces never attacked besides the system ones: the operator's own.
-    protected_namespaces: frozenset[str] = frozenset()
-    # ADDR:PORT of the Prometheus endpoint; None serves none.
-    metrics: str | None = None
-    # In a cluster: announce the webhook as this Service (NAMESPACE/NAME[:PORT]).
-    webhook_service: str | None = None
-
-
-OPTIONS = Options()
 
 
 class EndlessBackoffs:
@@ -71,12 +53,14 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     # Our own finalizer name, so that users see who holds an object.
     settings.persistence.finalizer = FINALIZER
     # Server-side: the API server sends a run that gains the label to this watch as
-    # deleted, and kopf forgets it (handlers.runs.retire_run hands off the finalizer first).
-    settings.watching.label_selectors[GROUP, RUNS] = f"!{FINISHED_LABEL}"
+    # deleted, and kopf forgets it (execution/retire.py hands off the finalizer first).
+    settings.watching.label_selectors[GROUP, RUNS.plural] = f"!{FINISHED_LABEL}"
     # kopf's progress and diff-base annotations under our own prefix.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="shakeout.dev")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=KOPF_ANNOTATION_PREFIX
+    )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="shakeout.dev", key="last-handled-configuration"
+        prefix=KOPF_ANNOTATION_PREFIX, key=KOPF_DIFFBASE_KEY
     )
     settings.posting.reporting_component = "shakeout-operator"
     settings.posting.level = logging.INFO

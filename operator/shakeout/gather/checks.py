@@ -7,7 +7,7 @@ import math
 import aiohttp
 
 from shakeout.api.experiment import StateCheck, StateCheckType
-from shakeout.handlers.k8s import api
+from shakeout.kube.client import api
 
 
 async def run_check(check: StateCheck, namespace: str, selector: str) -> tuple[bool, str]:

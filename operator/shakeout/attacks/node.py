@@ -15,17 +15,21 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from shakeout.api.common import API_VERSION, GROUP, VERSION
+from shakeout.api.common import API_VERSION
 from shakeout.api.experiment import Attack
-from shakeout.api.nodeattack import MAX_NODE_TARGETS, NODE_LABEL, RUN_UID_LABEL, NodeAttackPhase
-from shakeout.handlers import agents
-from shakeout.handlers.attacks import AttackError, run_owner
-from shakeout.handlers.k8s import Conflict, Obj, Pod, api
+from shakeout.api.labels import ATTACK_LABEL, NODE_LABEL, RUN_UID_LABEL
+from shakeout.api.nodeattack import MAX_NODE_TARGETS, NodeAttackPhase
+from shakeout.attacks.cluster import AttackError, run_owner
+from shakeout.gather import agents
+from shakeout.kube.client import Obj, Pod, api
+from shakeout.kube.errors import Conflict, NotFound
+from shakeout.kube.resources import NODE_ATTACKS
 
 APPLY_TIMEOUT = 30.0
 ROLLBACK_TIMEOUT = 15.0
 POLL = 0.1
-ATTACK_LABEL = "shakeout.dev/attack"
+# A report of an agent that lost its lease (it rolls back its faults on its own).
+AGENT_DISCONNECTED = "AgentDisconnected"
 
 
 def chunks(pods: list[Pod]) -> dict[str, list[list[Pod]]]:
@@ -44,11 +48,15 @@ def chunks(pods: list[Pod]) -> dict[str, list[list[Pod]]]:
 class NodeDispatcher:
     """The operator's side of node-level attacks of one run."""
 
-    def __init__(self, namespace: str, run_name: str, run_uid: str) -> None:
+    def __init__(
+        self, namespace: str, run_name: str, run_uid: str, halt: asyncio.Event | None = None
+    ) -> None:
         self.namespace = namespace
         self.run_name = run_name
         self.run_uid = run_uid
-        self.path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/nodeattacks"
+        # Set when the run is stopped: no further NodeAttack is created, and the wait for
+        # the agents' reports ends at once (the rollback that follows asks them to undo).
+        self.halt = halt or asyncio.Event()
 
     def object_name(self, attack: Attack, node: str, index: int) -> str:
         digest = hashlib.sha256(f"{self.run_uid}/{attack.name}/{node}".encode()).hexdigest()
@@ -56,13 +64,14 @@ class NodeDispatcher:
 
     async def objects(self, attack: Attack) -> list[Obj]:
         selector = f"{RUN_UID_LABEL}={self.run_uid},{ATTACK_LABEL}={attack.name}"
-        listing = await api().request("GET", self.path, query={"labelSelector": selector})
-        return list((listing or {}).get("items", []))
+        return await api().list_objects(NODE_ATTACKS, self.namespace, labels=selector)
 
     async def apply(self, attack: Attack, pods: list[Pod]) -> int:
         """Create the NodeAttacks, wait for the agents' reports; the targets applied."""
         for node, groups in chunks(pods).items():
             for index, group in enumerate(groups):
+                if self.halt.is_set():
+                    break  # the run is being stopped: the rollback asks for what went out
                 body = {
                     "apiVersion": API_VERSION,
                     "kind": "NodeAttack",
@@ -84,8 +93,11 @@ class NodeDispatcher:
                     },
                 }
                 with contextlib.suppress(Conflict):  # created before an operator restart
-                    await api().request("POST", self.path, body)
+                    await api().create(NODE_ATTACKS, self.namespace, body)
         reports = await self.wait(attack, {NodeAttackPhase.APPLIED, NodeAttackPhase.FAILED})
+        if self.halt.is_set():
+            # Halted: what was applied so far is rolled back by the stop that follows.
+            return sum(r["applied"] for r in reports)
         failed = [r for r in reports if r["phase"] != NodeAttackPhase.APPLIED]
         if failed:
             raise AttackError("; ".join(f"node {r['node']}: {r['message']}" for r in failed[:3]))
@@ -96,28 +108,30 @@ class NodeDispatcher:
         objects = await self.objects(attack)
         for obj in objects:
             if not obj["spec"].get("rollback"):
-                await api().request(
-                    "PATCH",
-                    f"{self.path}/{obj['metadata']['name']}",
-                    {"spec": {"rollback": True}},
-                    merge_patch=True,
-                )
+                with contextlib.suppress(NotFound):
+                    await api().merge_patch(
+                        NODE_ATTACKS,
+                        self.namespace,
+                        obj["metadata"]["name"],
+                        {"spec": {"rollback": True}},
+                    )
         reports = await self.wait(
             attack, {NodeAttackPhase.ROLLED_BACK, NodeAttackPhase.FAILED}, ROLLBACK_TIMEOUT
         )
-        away = sorted({r["node"] for r in reports if r["phase"] == "AgentDisconnected"})
+        away = sorted({r["node"] for r in reports if r["phase"] == AGENT_DISCONNECTED})
         if away:
             return f"the agents of {', '.join(away)} lost their lease and roll back on their own"
         return None
 
     async def lost(self) -> list[str]:
         """Nodes whose agent reported the run's applied faults lost (a lapse, a restart)."""
-        selector = f"{RUN_UID_LABEL}={self.run_uid}"
-        listing = await api().request("GET", self.path, query={"labelSelector": selector})
+        listing = await api().list_objects(
+            NODE_ATTACKS, self.namespace, labels=f"{RUN_UID_LABEL}={self.run_uid}"
+        )
         return sorted(
             {
                 obj["spec"]["node"]
-                for obj in (listing or {}).get("items", [])
+                for obj in listing
                 if (obj.get("status") or {}).get("phase") == NodeAttackPhase.FAILED
                 and not obj["spec"].get("rollback")
             }
@@ -135,7 +149,7 @@ class NodeDispatcher:
                 node = obj["spec"]["node"]
                 phase = status.get("phase")
                 if phase not in done and agents.missing([node]):
-                    phase = "AgentDisconnected"
+                    phase = AGENT_DISCONNECTED
                 reports.append(
                     {
                         "node": node,
@@ -146,9 +160,16 @@ class NodeDispatcher:
                         ),
                     }
                 )
-            if all(r["phase"] in done or r["phase"] == "AgentDisconnected" for r in reports):
+            if all(r["phase"] in done or r["phase"] == AGENT_DISCONNECTED for r in reports):
                 return reports
+            if self.halt.is_set() and NodeAttackPhase.APPLIED in done:
+                return reports  # stopped while applying: no further wait
             if time.monotonic() > deadline:
                 late = [r["node"] for r in reports if r["phase"] not in done]
                 raise AttackError(f"no report within {timeout:.0f}s from the agents of {late}")
-            await asyncio.sleep(POLL)
+            if NodeAttackPhase.APPLIED in done:
+                # While applying, a stop ends the wait at once instead of after the poll.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.halt.wait(), POLL)
+            else:
+                await asyncio.sleep(POLL)

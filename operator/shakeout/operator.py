@@ -1,8 +1,10 @@
-"""Starting the operator: kopf with our handler modules and settings."""
+"""Starting the operator: kopf with the handler modules, the webhooks when served, and
+leader election when asked for."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -10,18 +12,31 @@ from typing import Any
 
 import kopf
 
-# Importing the modules registers their handlers with kopf's default registry.
-from shakeout.handlers import (  # noqa: F401
-    admission,
-    agents,
-    cleanup,
-    experiments,
-    memory,
-    runs,
-    settings,
-    switch,
+from shakeout.kube.leader import LeaderElector, StandbyHealth
+from shakeout.options import OPTIONS
+
+# Importing a module registers its handlers with kopf's default registry.
+HANDLER_MODULES = (
+    "shakeout.handlers.settings",
+    "shakeout.handlers.agents",
+    "shakeout.handlers.cleanup",
+    "shakeout.handlers.experiments",
+    "shakeout.handlers.memory",
+    "shakeout.handlers.runs",
+    "shakeout.handlers.schedules",
+    "shakeout.handlers.switch",
 )
-from shakeout.handlers.leader import LeaderElector, StandbyHealth
+# One module of admission webhooks per kind; registered only when a server serves them.
+WEBHOOK_MODULES = (
+    "shakeout.admission.runs",
+    "shakeout.admission.experiments",
+    "shakeout.admission.switch",
+)
+
+
+def register_handlers(webhook: bool) -> None:
+    for module in HANDLER_MODULES + (WEBHOOK_MODULES if webhook else ()):
+        importlib.import_module(module)
 
 
 def run_operator(
@@ -45,21 +60,17 @@ def run_operator(
 ) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat[log_format.upper()])
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    settings.OPTIONS.webhook = webhook
-    settings.OPTIONS.webhook_addr = webhook_addr
-    settings.OPTIONS.webhook_port = webhook_port
-    settings.OPTIONS.webhook_host = webhook_host or webhook_addr
-    settings.OPTIONS.cert_dir = Path(cert_dir) if cert_dir else None
-    settings.OPTIONS.webhook_service = webhook_service
-    settings.OPTIONS.metrics = metrics
+    OPTIONS.webhook = webhook
+    OPTIONS.webhook_addr = webhook_addr
+    OPTIONS.webhook_port = webhook_port
+    OPTIONS.webhook_host = webhook_host or webhook_addr
+    OPTIONS.cert_dir = Path(cert_dir) if cert_dir else None
+    OPTIONS.webhook_service = webhook_service
+    OPTIONS.metrics = metrics
     own = os.environ.get("POD_NAMESPACE")  # set from the downward API in deploy/
-    settings.OPTIONS.protected_namespaces = frozenset(
-        [*(protect_namespaces or []), *([own] if own else [])]
-    )
-    if not webhook:
-        # No server to serve them: drop the admission handlers, the operator re-checks.
-        registry = kopf.get_default_registry()
-        registry._webhooks._handlers.clear()  # noqa: SLF001
+    OPTIONS.protected_namespaces = frozenset([*(protect_namespaces or []), *([own] if own else [])])
+    # Without a webhook server the operator alone checks runs (at pick-up).
+    register_handlers(webhook)
     operator = kopf.operator(
         standalone=True,
         clusterwide=not namespaces,

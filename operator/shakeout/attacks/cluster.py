@@ -1,4 +1,4 @@
-"""The operator's built-in cluster agent: API-level attacks and their rollback.
+"""API-level attacks and their rollback, executed by the operator itself.
 
 Every method is idempotent: applying twice gives the same state, rolling back twice
 restores the same state, a target that is gone is skipped. The caller journals each attack
@@ -12,28 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from shakeout.api.common import API_VERSION
 from shakeout.api.experiment import Attack, AttackType, Direction
+from shakeout.api.labels import CORDONED_BY, ISOLATED, REMOVED_LABELS, RUN_UID_LABEL
 from shakeout.api.run import AttackResult
-from shakeout.handlers.k8s import CONCURRENT_REQUESTS, Conflict, Obj, Pod, api
-
-# Requests in flight at once: as many as the client has threads and connections, few
-# enough not to trip the API server's priority-and-fairness limits.
-CONCURRENCY = CONCURRENT_REQUESTS
-
-REMOVED_LABELS = "shakeout.dev/removed-labels"
-CORDONED_BY = "shakeout.dev/cordoned-by"
-
-# Controllers whose selector must keep matching their pods (or they would replace them).
-OWNER_PATHS = {
-    "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
-    "StatefulSet": "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
-    "DaemonSet": "/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
-    "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
-}
+from shakeout.attacks.fanout import each
+from shakeout.kube.client import Obj, Pod, api
+from shakeout.kube.errors import Conflict, NotFound
+from shakeout.kube.resources import NETWORK_POLICIES, NODES, POD_OWNERS, PODS, SERVICES
 
 
 def run_owner(name: str, uid: str) -> Obj:
@@ -45,44 +33,6 @@ class AttackError(Exception):
     """An attack could not be applied or rolled back; the message says why."""
 
 
-# NetworkIsolation marks its targets with this label, valued with the run's UID; the
-# policy selects the mark. At most one NetworkIsolation per Experiment (CEL).
-ISOLATED = "shakeout.dev/isolated"
-
-
-_SKIPPED = object()
-
-
-async def _each(
-    items: Iterable[Any],
-    action: Callable[[Any], Awaitable[Any]],
-    halt: asyncio.Event | None = None,
-) -> list[Any]:
-    """`action` on every item, CONCURRENCY at a time, the first item alone: the fault
-    begins one round trip after the journal instead of behind a burst of requests that
-    the API server answers together (100-370 ms at 1,000 targets), and a request the API
-    server refuses (RBAC, a webhook) fails once before the rest are sent.
-
-    Once `halt` is set (the run is being stopped), no further item is started: a Stop All
-    in the middle of attacking 5,000 pods must not wait for the other 4,999. The requests
-    in flight finish, so that the rollback that follows sees every write. Returns the
-    results of the items acted on."""
-    items = list(items)
-    if not items or (halt is not None and halt.is_set()):
-        return []
-    first = await action(items[0])
-    limiter = asyncio.Semaphore(CONCURRENCY)
-
-    async def one(item: Any) -> Any:
-        async with limiter:
-            if halt is not None and halt.is_set():
-                return _SKIPPED
-            return await action(item)
-
-    rest = await asyncio.gather(*(one(i) for i in items[1:]))
-    return [first, *(r for r in rest if r is not _SKIPPED)]
-
-
 def _selector_keys(obj: Obj | None) -> set[str]:
     selector = ((obj or {}).get("spec") or {}).get("selector") or {}
     keys = set(selector.get("matchLabels") or {})
@@ -90,15 +40,21 @@ def _selector_keys(obj: Obj | None) -> set[str]:
     return keys
 
 
-class ClusterAgent:
-    """Executes API-level attacks in the run's namespace."""
+class ClusterAttacks:
+    """Executes the API-level attacks of one run in the run's namespace."""
 
-    def __init__(self, namespace: str, run_name: str = "", run_uid: str = "") -> None:
+    def __init__(
+        self,
+        namespace: str,
+        run_name: str = "",
+        run_uid: str = "",
+        halt: asyncio.Event | None = None,
+    ) -> None:
         self.namespace = namespace
         self.run_name = run_name
         self.run_uid = run_uid
         # Set when the run is stopped: an attack being applied starts no further target.
-        self.halt = asyncio.Event()
+        self.halt = halt or asyncio.Event()
 
     def owner_reference(self) -> Obj:
         return run_owner(self.run_name, self.run_uid)
@@ -115,8 +71,12 @@ class ClusterAgent:
         return value if mine and value.get("attack") == attack.name else None
 
     async def patch_pod(self, name: str, patch: Obj) -> bool:
-        path = f"/api/v1/namespaces/{self.namespace}/pods/{name}"
-        return await api().request("PATCH", path, patch, merge_patch=True) is not None
+        """Merge-patch a target; False when it is gone."""
+        try:
+            await api().merge_patch(PODS, self.namespace, name, patch)
+        except NotFound:
+            return False
+        return True
 
     # -- the catalogue -----------------------------------------------------------
 
@@ -151,7 +111,7 @@ class ClusterAgent:
         async def delete(pod: Pod) -> bool:
             return await api().delete_pod(self.namespace, pod.name, grace)
 
-        return sum(await _each(pods, delete, self.halt))
+        return sum(await each(pods, delete, self.halt))
 
     async def rollback(self, attack: Attack, result: AttackResult) -> None:
         """Undo a reversible attack; a no-op for what was never applied or is undone."""
@@ -183,28 +143,26 @@ class ClusterAgent:
             "kind": "NetworkPolicy",
             "metadata": {
                 "name": self.policy_name(attack),
-                "labels": {"shakeout.dev/run-uid": self.run_uid},
+                "labels": {RUN_UID_LABEL: self.run_uid},
                 # Deleting the run deletes the policy too (after our own rollback).
                 "ownerReferences": [self.owner_reference()],
             },
             # No rules: everything of the listed directions is denied.
             "spec": {"podSelector": {"matchLabels": {label: self.run_uid}}, "policyTypes": types},
         }
-        path = f"/apis/networking.k8s.io/v1/namespaces/{self.namespace}/networkpolicies"
         with contextlib.suppress(Conflict):  # already there: applied before a restart
-            await api().request("POST", path, policy)
+            await api().create(NETWORK_POLICIES, self.namespace, policy)
 
         async def mark(pod: Pod) -> bool:
             return await self.patch_pod(pod.name, {"metadata": {"labels": {label: self.run_uid}}})
 
-        return sum(await _each(pods, mark, self.halt))
+        return sum(await each(pods, mark, self.halt))
 
     async def end_isolation(self, attack: Attack) -> None:
         """Deleting the policy ends the fault, in one request whatever the targets; the
         marks left on the pods select nothing any more and are removed afterwards
         (handlers/cleanup.py), off the path of Stop All."""
-        base = f"/apis/networking.k8s.io/v1/namespaces/{self.namespace}/networkpolicies"
-        await api().request("DELETE", f"{base}/{self.policy_name(attack)}")
+        await api().delete(NETWORK_POLICIES, self.namespace, self.policy_name(attack))
 
     async def unmark(self) -> None:
         """Remove this run's isolation marks from its pods (idempotent)."""
@@ -212,35 +170,33 @@ class ClusterAgent:
         marked = await api().list_pod_names(
             self.namespace, f"{ISOLATED}={self.run_uid}", cached=False
         )
-        await _each([p.name for p in marked], self.unmark_pod)
+        await each([p.name for p in marked], self.unmark_pod)
 
     async def unmark_pod(self, name: str) -> None:
         """Remove the mark only if it is still this run's: the next run may have marked
         the pod since it was listed (a JSON Patch whose test makes it conditional)."""
         key = "/metadata/labels/" + ISOLATED.replace("~", "~0").replace("/", "~1")
         patch = [{"op": "test", "path": key, "value": self.run_uid}, {"op": "remove", "path": key}]
-        path = f"/api/v1/namespaces/{self.namespace}/pods/{name}"
-        with contextlib.suppress(Conflict):
-            await api().request("PATCH", path, json_patch=patch)
+        with contextlib.suppress(Conflict, NotFound):
+            await api().request("PATCH", PODS.path(self.namespace, name), json_patch=patch)
 
     # -- EndpointRemoval: drop the labels that only Services select ----------------
 
     async def remove_endpoints(self, attack: Attack, pods: list[Pod]) -> int:
-        listing = await api().request("GET", f"/api/v1/namespaces/{self.namespace}/services")
         selectors = [
             dict((svc.get("spec") or {}).get("selector") or {})
-            for svc in (listing or {}).get("items", [])
+            for svc in await api().list_objects(SERVICES, self.namespace)
         ]
         owners: dict[tuple[str, str], set[str]] = {}
         problems: list[str] = []
 
         async def owner_keys(pod: Pod) -> set[str]:
-            if pod.owner_kind not in OWNER_PATHS or pod.owner_name is None:
+            if pod.owner_kind not in POD_OWNERS or pod.owner_name is None:
                 return set()
             key = (pod.owner_kind, pod.owner_name)
             if key not in owners:
-                path = OWNER_PATHS[pod.owner_kind].format(ns=self.namespace, name=pod.owner_name)
-                owners[key] = _selector_keys(await api().request("GET", path))
+                owner = await api().get(POD_OWNERS[pod.owner_kind], self.namespace, pod.owner_name)
+                owners[key] = _selector_keys(owner)
             return owners[key]
 
         async def remove(pod: Pod) -> bool:
@@ -265,7 +221,7 @@ class ClusterAgent:
             }
             return await self.patch_pod(pod.name, patch)
 
-        done: int = sum(await _each(pods, remove, self.halt))
+        done: int = sum(await each(pods, remove, self.halt))
         if done == 0 and problems:
             raise AttackError("no target could leave its endpoints: " + "; ".join(problems[:3]))
         return done
@@ -285,7 +241,7 @@ class ClusterAgent:
             }
             await self.patch_pod(pod.name, patch)
 
-        await _each(pods, restore)
+        await each(pods, restore)
 
     # -- NodeCordon: the targets' nodes become unschedulable -----------------------
 
@@ -293,7 +249,7 @@ class ClusterAgent:
         nodes = sorted({p.node for p in pods if p.node})
 
         async def one(name: str) -> bool:
-            node = await api().request("GET", f"/api/v1/nodes/{name}")
+            node = await api().get(NODES, None, name)
             if node is None:
                 return False
             annotations = node["metadata"].get("annotations") or {}
@@ -309,13 +265,12 @@ class ClusterAgent:
                 },
                 "spec": {"unschedulable": True},
             }
-            await api().request("PATCH", f"/api/v1/nodes/{name}", patch, merge_patch=True)
+            await api().merge_patch(NODES, None, name, patch)
             return True
 
-        return sum(await _each(nodes, one, self.halt))
+        return sum(await each(nodes, one, self.halt))
 
     async def uncordon(self, attack: Attack) -> None:
-        listing = await api().request("GET", "/api/v1/nodes")
 
         async def one(node: Obj) -> None:
             meta = node["metadata"]
@@ -325,6 +280,7 @@ class ClusterAgent:
                 "metadata": {"annotations": {CORDONED_BY: None}},
                 "spec": {"unschedulable": None},
             }
-            await api().request("PATCH", f"/api/v1/nodes/{meta['name']}", patch, merge_patch=True)
+            with contextlib.suppress(NotFound):
+                await api().merge_patch(NODES, None, meta["name"], patch)
 
-        await _each((listing or {}).get("items", []), one)
+        await each(await api().list_objects(NODES), one)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import time
 
-from kubernetes.client.exceptions import ApiException
-
 from shakeout.api.experiment import NODE_LEVEL, AttackType, BlastRadius, ExperimentSpec
-from shakeout.engine.targets import Selection, select, selector_to_string
-from shakeout.handlers.k8s import Pod, api
+from shakeout.engine.targets import (
+    ATTACKABLE_FIELDS,
+    Selection,
+    attackable,
+    select,
+    selector_to_string,
+)
+from shakeout.kube.client import Pod, api
+from shakeout.kube.errors import Invalid
 
 # How long a resolution stays fresh enough to attack with: with no warm-up, the targets the
 # run was admitted with are the ones its pick-up and its attacks use (listing thousands of
@@ -31,23 +36,24 @@ def needs_detail(spec: ExperimentSpec) -> bool:
 async def resolve_target_pods(
     namespace: str, blast_radius: BlastRadius, seed: str, detail: bool = True
 ) -> tuple[Selection, list[Pod]]:
-    """List the matching pods (those being deleted do not count) and pick the targets.
+    """List the matching pods that can be attacked (engine.targets.attackable) and pick the
+    targets.
 
     Returns the pick and the target pods: whole (node, labels, owner) with `detail`, else
     names only, listed as a Table (an order of magnitude fewer bytes to move and parse).
+    The API server filters by ATTACKABLE_FIELDS; whole pods are checked again here.
     """
     selector = selector_to_string(blast_radius.selector)
     try:
         if detail:
-            pods = await api().list_pods(namespace, selector, cached=True)
+            pods = await api().list_pods(namespace, selector, cached=True, fields=ATTACKABLE_FIELDS)
+            live = [p for p in pods if attackable(p.phase, p.node, p.deleting)]
         else:
-            pods = await api().list_pod_names(namespace, selector)
-    except ApiException as err:
-        if err.status != 400:
-            raise
+            pods = await api().list_pod_names(namespace, selector, fields=ATTACKABLE_FIELDS)
+            live = [p for p in pods if not p.deleting]
+    except Invalid as err:
         # Stored before the schema checked label keys: refused, never retried forever.
         raise SelectorError(f"the API server refuses the selector {selector!r}") from err
-    live = [p for p in pods if not p.deleting]
     selection = select([p.name for p in live], blast_radius.limit, seed)
     chosen = set(selection.targets)
     return selection, [p for p in live if p.name in chosen]
@@ -85,6 +91,22 @@ class RecentResolutions:
         return kept[1], kept[2]
 
 
-# What the admission webhook resolved for a run, for that run's pick-up moments later (when
-# the same operator process serves both; otherwise the pick-up resolves again).
-ADMITTED = RecentResolutions()
+# Resolutions of this process, for the next step of the same run moments later: what the
+# admission webhook resolved, for the run's pick-up (when the same operator process serves
+# both; otherwise the pick-up resolves again), and what the pick-up resolved, for the
+# attacks right after it.
+RECENT = RecentResolutions()
+
+
+async def resolve_targets(
+    namespace: str, spec: ExperimentSpec, uid: str
+) -> tuple[Selection, list[Pod]]:
+    """The run's targets now: the resolution of an earlier step of the same run if it is
+    fresh (FRESH_TARGETS) and for the same blast radius, else listed anew; kept for the
+    next step. Whether whole pods are listed follows from the attacks (needs_detail)."""
+    detail = needs_detail(spec)
+    resolved = RECENT.take(uid, spec.blast_radius, detail)
+    if resolved is None:
+        resolved = await resolve_target_pods(namespace, spec.blast_radius, uid, detail)
+    RECENT.keep(uid, spec.blast_radius, detail, resolved)
+    return resolved

@@ -24,12 +24,15 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 
-from shakeout.handlers.k8s import Api, Conflict, Obj
-from shakeout.handlers.leases import lease_path, renewed
+from shakeout.api.labels import OPERATOR_LEASE
+from shakeout.kube.client import Api, Obj
+from shakeout.kube.errors import Conflict
+from shakeout.kube.leases import lease_path, renewed
+from shakeout.kube.resources import LEASES
 
 log = logging.getLogger("shakeout.leader")
 
-LEASE_NAME = "shakeout-operator"
+LEASE_NAME = OPERATOR_LEASE
 
 
 @dataclass
@@ -55,10 +58,10 @@ class LeaderElector:
 
     async def try_acquire(self) -> bool:
         """One attempt: True if we hold the lease now."""
-        current = await self.api.request("GET", self.path)
+        current = await self.api.get(LEASES, self.namespace, LEASE_NAME)
         if current is None:
             try:
-                await self.api.request("POST", self.path.rsplit("/", 1)[0], self.body(None))
+                await self.api.create(LEASES, self.namespace, self.body(None))
             except Conflict:
                 return False
             return True
@@ -94,7 +97,7 @@ class LeaderElector:
         while True:
             await asyncio.sleep(self.renew)
             try:
-                current = await self.api.request("GET", self.path)
+                current = await self.api.get(LEASES, self.namespace, LEASE_NAME)
                 holder = ((current or {}).get("spec") or {}).get("holderIdentity")
                 if current is not None and holder != self.identity:
                     self.lost(f"lease {LEASE_NAME} is held by {holder}")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from shakeout.handlers.k8s import Obj
+from shakeout.kube.resources import LEASES
+
+Obj = dict[str, Any]
 
 
 def micro_time(moment: datetime | None = None) -> str:
@@ -13,7 +16,7 @@ def micro_time(moment: datetime | None = None) -> str:
 
 
 def lease_path(namespace: str, name: str) -> str:
-    return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
+    return LEASES.path(namespace, name)
 
 
 def renewed(current: Obj | None, name: str, namespace: str, identity: str, duration: float) -> Obj:

@@ -1,0 +1,104 @@
+"""Every label, annotation and finalizer key the project writes or reads, and every condition
+type: the wire vocabulary in one place (docs/api.md lists them for users).
+
+Keys the operator writes on objects a user can also write (runs, pods, nodes) are never
+trusted on their own: each comment says who writes the key and what reads it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PREFIX: Final = "shakeout.dev"
+
+# -- finalizers ---------------------------------------------------------------------------
+
+# kopf's finalizer on a live run, renamed so that users see who holds the object; taken off
+# when the run ends (execution/retire.py).
+FINALIZER: Final = f"{PREFIX}/finalizer"
+
+# -- ExperimentRun ------------------------------------------------------------------------
+
+# A finished run carries this label and leaves the operator's watch of runs: kopf keeps the
+# last body of every object it watches for a daemon (about 20 KiB a run) until the object
+# is deleted, and finished runs pile up (1,200 an hour at 20 runs a minute).
+FINISHED_LABEL: Final = f"{PREFIX}/finished"
+# Set by the mutating webhook from the admission request's user info (JSON UserInfo).
+STARTED_BY: Final = f"{PREFIX}/started-by"
+CANCELED_BY: Final = f"{PREFIX}/canceled-by"
+# Runs created by the scheduler: the Experiment's name, the trigger and the due time.
+EXPERIMENT_LABEL: Final = f"{PREFIX}/experiment"
+TRIGGER_LABEL: Final = f"{PREFIX}/trigger"
+SCHEDULED_TRIGGER: Final = "schedule"
+SCHEDULED_FOR: Final = f"{PREFIX}/scheduled-for"
+
+# -- ChaosSwitch --------------------------------------------------------------------------
+
+# Set by the mutating webhook when spec.enabled changes; copied into status.lastChange.
+CHANGED_BY: Final = f"{PREFIX}/changed-by"
+CHANGED_AT: Final = f"{PREFIX}/changed-at"
+
+# -- Namespaces (the blast-radius rails) -----------------------------------------------------
+
+# `true`: never attacked, whatever a selector says.
+PROTECTED_LABEL: Final = f"{PREFIX}/protected"
+# `enabled`: the namespace opted in (the switch's OptIn mode requires it).
+OPT_IN_LABEL: Final = f"{PREFIX}/chaos"
+
+# -- Attack records on the attacked objects ------------------------------------------------
+
+# NetworkIsolation marks its targets with this label, valued with the run's UID; the
+# policy selects the mark. At most one NetworkIsolation per Experiment (CEL).
+ISOLATED: Final = f"{PREFIX}/isolated"
+# EndpointRemoval: the labels removed from a pod, written in the same request (JSON).
+REMOVED_LABELS: Final = f"{PREFIX}/removed-labels"
+# NodeCordon: the run and attack that cordoned a node (JSON); never set on a node that
+# someone else cordoned.
+CORDONED_BY: Final = f"{PREFIX}/cordoned-by"
+
+# -- NodeAttacks and the objects an attack creates -------------------------------------------
+
+NODE_LABEL: Final = f"{PREFIX}/node"
+RUN_UID_LABEL: Final = f"{PREFIX}/run-uid"
+ATTACK_LABEL: Final = f"{PREFIX}/attack"
+
+# -- Node agents ------------------------------------------------------------------------
+
+# The agents' Leases: labelled, with the node and the probed capabilities (JSON) annotated.
+AGENT_LABEL: Final = f"{PREFIX}/agent"
+AGENT_LABEL_VALUE: Final = "node"
+NODE_ANNOTATION: Final = f"{PREFIX}/node"
+CAPABILITIES_ANNOTATION: Final = f"{PREFIX}/capabilities"
+AGENT_LEASE_PREFIX: Final = "shakeout-agent-"
+# The operator replicas' leader-election Lease.
+OPERATOR_LEASE: Final = "shakeout-operator"
+# Test nodes only (kwok, the node tier): the pod's network namespace by name.
+NETNS_ANNOTATION: Final = f"{PREFIX}/netns"
+
+
+def agent_lease_name(node: str) -> str:
+    """The Lease a node's agent holds."""
+    return f"{AGENT_LEASE_PREFIX}{node}"[:253]
+
+
+# -- kopf's own bookkeeping, under our prefix ------------------------------------------------
+
+KOPF_ANNOTATION_PREFIX: Final = PREFIX
+KOPF_DIFFBASE_KEY: Final = "last-handled-configuration"
+
+# -- Condition types ----------------------------------------------------------------------
+
+
+class ConditionType:
+    """Condition types of the project's kinds (status.conditions[].type)."""
+
+    # ExperimentRun: one per phase reached, and the summary.
+    PREPARED: Final = "Prepared"
+    ATTACKS_STARTED: Final = "AttacksStarted"
+    ATTACKS_STOPPED: Final = "AttacksStopped"
+    SUCCEEDED: Final = "Succeeded"
+    # kstatus (Flux, kpt, cli-utils) reads these two on every kind.
+    RECONCILING: Final = "Reconciling"
+    STALLED: Final = "Stalled"
+    # Experiment.
+    VALID: Final = "Valid"

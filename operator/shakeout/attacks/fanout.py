@@ -1,0 +1,45 @@
+"""Acting on many targets at once, bounded, the first alone, and halted by a stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from shakeout.kube.client import CONCURRENT_REQUESTS
+
+# Requests in flight at once: as many as the client has threads and connections, few
+# enough not to trip the API server's priority-and-fairness limits.
+CONCURRENCY = CONCURRENT_REQUESTS
+
+_SKIPPED = object()
+
+
+async def each(
+    items: Iterable[Any],
+    action: Callable[[Any], Awaitable[Any]],
+    halt: asyncio.Event | None = None,
+) -> list[Any]:
+    """`action` on every item, CONCURRENCY at a time, the first item alone: the fault
+    begins one round trip after the journal instead of behind a burst of requests that
+    the API server answers together (100-370 ms at 1,000 targets), and a request the API
+    server refuses (RBAC, a webhook) fails once before the rest are sent.
+
+    Once `halt` is set (the run is being stopped), no further item is started: a Stop All
+    in the middle of attacking 5,000 pods must not wait for the other 4,999. The requests
+    in flight finish, so that the rollback that follows sees every write. Returns the
+    results of the items acted on."""
+    items = list(items)
+    if not items or (halt is not None and halt.is_set()):
+        return []
+    first = await action(items[0])
+    limiter = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(item: Any) -> Any:
+        async with limiter:
+            if halt is not None and halt.is_set():
+                return _SKIPPED
+            return await action(item)
+
+    rest = await asyncio.gather(*(one(i) for i in items[1:]))
+    return [first, *(r for r in rest if r is not _SKIPPED)]

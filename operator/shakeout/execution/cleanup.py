@@ -1,0 +1,47 @@
+"""Marks that outlive their faults, and finished runs still in the operator's watch.
+
+NetworkIsolation's rollback deletes the policy (the fault ends at once, whatever the
+number of targets); the isolation labels then select nothing and are removed by the
+run's executor right after the run ends. `sweep` removes any that an operator restart
+left behind: the labelled pods whose run is over or gone are unlabelled.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from shakeout.api.labels import FINISHED_LABEL, ISOLATED
+from shakeout.attacks.cluster import ClusterAttacks
+from shakeout.engine.runs import is_terminal
+from shakeout.execution.retire import retire_run
+from shakeout.kube.client import api
+from shakeout.kube.resources import PODS
+
+
+async def sweep() -> int:
+    """Unlabel the marks of runs that are not live; returns how many runs were swept."""
+    marks: dict[tuple[str, str], int] = defaultdict(int)
+    for pod in await api().list_objects(PODS, labels=ISOLATED):
+        meta = pod["metadata"]
+        marks[(meta["namespace"], (meta.get("labels") or {}).get(ISOLATED, ""))] += 1
+    if not marks:
+        return 0
+    live = {
+        run["metadata"]["uid"]
+        for run in await api().list_runs()
+        if not is_terminal((run.get("status") or {}).get("phase"))
+    }
+    stale = [(ns, uid) for ns, uid in marks if uid not in live]
+    for namespace, uid in stale:
+        await ClusterAttacks(namespace, run_uid=uid).unmark()
+    return len(stale)
+
+
+async def retire_finished() -> int:
+    """Finished runs still in the operator's watch (they ended before runs were retired,
+    or the operator stopped between a run's end and its retirement) are retired now."""
+    runs = await api().list_runs(selector=f"!{FINISHED_LABEL}")
+    finished = [r for r in runs if is_terminal((r.get("status") or {}).get("phase"))]
+    for run in finished:
+        await retire_run(run["metadata"]["namespace"], run["metadata"]["name"])
+    return len(finished)

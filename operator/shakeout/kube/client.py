@@ -1,0 +1,310 @@
+"""The project's reads and writes of the Kubernetes API: one request path, in threads.
+
+Every request goes through `Api.request`: its URL comes from a resource descriptor
+(kube/resources.py, each segment quoted), it has a timeout, and a failure raises one of
+kube/errors.py, whatever the method. The kubernetes client is used only for its
+configuration, authentication and connection pool; it is synchronous, so every call runs
+in a worker thread and the event loop never blocks. Objects come back as plain dicts, as
+the API server sent them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from shakeout.api.switch import SWITCH_NAME
+from shakeout.kube.errors import KubeError, NotFound, Unavailable, error_for
+from shakeout.kube.pods import Pod, pod_from, pods_from_table
+from shakeout.kube.resources import (
+    EXPERIMENTS,
+    NAMESPACES,
+    PODS,
+    RUNS,
+    SWITCHES,
+    WORKLOADS,
+    Resource,
+)
+
+Obj = dict[str, Any]
+
+# Requests the operator keeps in flight at once (a thread and a connection each): the
+# attacks and rollbacks over many targets (attacks/fanout.py) are bounded by this.
+CONCURRENT_REQUESTS = 32
+# No request waits longer for its answer: an API server that stops answering must not
+# hang a run's daemon, a webhook or an agent (the agent sets a shorter one).
+REQUEST_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 5.0
+
+JSON = "application/json"
+TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
+
+
+def widen_executor() -> None:
+    """The client is synchronous: give asyncio.to_thread as many threads as requests."""
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(CONCURRENT_REQUESTS, thread_name_prefix="api")
+    )
+
+
+def timestamp(moment: datetime) -> str:
+    """A time as Kubernetes writes it (RFC 3339, UTC, seconds)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _load_config(config_file: str | None = None) -> None:
+    if config_file is not None:
+        config.load_kube_config(config_file=config_file)
+        return
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+class Api:
+    """An API client: `request` by resource descriptor, and the reads and writes the
+    operator and the node agent share."""
+
+    def __init__(
+        self, request_timeout: float = REQUEST_TIMEOUT, config_file: str | None = None
+    ) -> None:
+        _load_config(config_file)
+        self.request_timeout = request_timeout
+        configuration = client.Configuration.get_default_copy()
+        # As many connections as requests in flight (attacks on many targets at once).
+        configuration.connection_pool_maxsize = CONCURRENT_REQUESTS
+        self.api_client = client.ApiClient(configuration)
+        # For watch streams only (kubernetes.watch needs a typed list function).
+        self.custom = client.CustomObjectsApi(self.api_client)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Obj | None = None,
+        *,
+        query: dict[str, str] | None = None,
+        merge_patch: bool = False,
+        json_patch: list[Obj] | None = None,
+        accept: str = JSON,
+        timeout: float | None = None,
+    ) -> Obj:
+        """One REST call; raises kube.errors (NotFound, Conflict, ...) on failure.
+
+        json_patch: a JSON Patch (RFC 6902) as the body; a failed "test" raises Conflict.
+        """
+        headers = {"Accept": accept}
+        if json_patch is not None:
+            headers["Content-Type"] = "application/json-patch+json"
+        elif body is not None:
+            headers["Content-Type"] = "application/merge-patch+json" if merge_patch else JSON
+        payload: Any = json_patch if json_patch is not None else body
+        read_timeout = timeout or self.request_timeout
+
+        def call() -> Any:
+            serialized = self.api_client.param_serialize(
+                method,
+                path,
+                query_params=list((query or {}).items()),
+                header_params=headers,
+                body=payload,
+                auth_settings=["BearerToken"],
+            )
+            resp = self.api_client.call_api(
+                *serialized, _request_timeout=(min(CONNECT_TIMEOUT, read_timeout), read_timeout)
+            )
+            resp.read()
+            return resp
+
+        try:
+            resp = await asyncio.to_thread(call)
+        except ApiException as err:  # the client raises for some statuses itself
+            raise error_for(int(err.status or 0), f"{method} {path}: {err.reason}") from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise Unavailable(f"{method} {path}: {err}", 0) from err
+        if resp.status >= 400:
+            message = f"{method} {path}: {resp.status} {_message(resp.data)}"
+            raise error_for(resp.status, message, json_patch=json_patch is not None)
+        return dict(json.loads(resp.data)) if resp.data else {}
+
+    # -- verbs by descriptor -------------------------------------------------------------
+
+    async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj | None:
+        """One object, or None when it does not exist."""
+        try:
+            return await self.request("GET", resource.path(namespace, name))
+        except NotFound:
+            return None
+
+    async def list_objects(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        labels: str = "",
+        fields: str = "",
+        cached: bool = False,
+    ) -> list[Obj]:
+        """The objects matching the selectors (cached: from the watch cache, see list_pods)."""
+        listing = await self.request(
+            "GET", resource.path(namespace), query=_list_query(labels, fields, cached)
+        )
+        return list(listing.get("items") or [])
+
+    async def create(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
+        return await self.request("POST", resource.path(namespace), body)
+
+    async def merge_patch(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        patch: Obj,
+        subresource: str | None = None,
+    ) -> Obj:
+        """A JSON merge patch; a metadata.resourceVersion in it makes it a compare-and-swap."""
+        path = resource.path(namespace, name, subresource)
+        return await self.request("PATCH", path, patch, merge_patch=True)
+
+    async def delete(self, resource: Resource, namespace: str | None, name: str) -> bool:
+        """Delete an object; False when it was gone already (the delete is idempotent)."""
+        try:
+            await self.request("DELETE", resource.path(namespace, name))
+        except NotFound:
+            return False
+        return True
+
+    # -- shakeout objects ---------------------------------------------------------------
+
+    async def get_experiment(self, namespace: str, name: str) -> Obj | None:
+        return await self.get(EXPERIMENTS, namespace, name)
+
+    async def get_run(self, namespace: str, name: str) -> Obj | None:
+        return await self.get(RUNS, namespace, name)
+
+    async def list_runs(self, namespace: str | None = None, selector: str = "") -> list[Obj]:
+        return await self.list_objects(RUNS, namespace, labels=selector)
+
+    async def create_run(self, namespace: str, body: Obj) -> Obj:
+        return await self.create(RUNS, namespace, body)
+
+    async def delete_run(self, namespace: str, name: str) -> None:
+        await self.delete(RUNS, namespace, name)
+
+    async def get_switch(self) -> Obj | None:
+        return await self.get(SWITCHES, None, SWITCH_NAME)
+
+    async def patch_switch_status(self, patch: Obj) -> Obj:
+        """Merge-patch the switch's status; a metadata.resourceVersion makes it a CAS."""
+        return await self.merge_patch(SWITCHES, None, SWITCH_NAME, patch, "status")
+
+    async def patch_run_status(self, namespace: str, name: str, status: Obj) -> Obj:
+        return await self.merge_patch(RUNS, namespace, name, {"status": status}, "status")
+
+    async def patch_experiment_status(self, namespace: str, name: str, status: Obj) -> None:
+        """A no-op when the Experiment is gone (its status has no one left to read it)."""
+        try:
+            await self.merge_patch(EXPERIMENTS, namespace, name, {"status": status}, "status")
+        except NotFound:
+            return
+
+    # -- the cluster's own objects --------------------------------------------------------
+
+    async def list_pods(
+        self, namespace: str, selector: str, cached: bool = False, fields: str = ""
+    ) -> list[Pod]:
+        """The pods matching a selector. cached: served from the API server's watch cache
+        (resourceVersion 0: cheap, possibly a moment old), fine for picking targets;
+        never for finding what to roll back, which must see every write of ours."""
+        items = await self.list_objects(
+            PODS, namespace, labels=selector, fields=fields, cached=cached
+        )
+        return [pod_from(item) for item in items]
+
+    async def list_pod_names(
+        self, namespace: str, selector: str, cached: bool = True, fields: str = ""
+    ) -> list[Pod]:
+        """The pods matching a selector, names and deletion only (cached: as list_pods).
+
+        Asked for as a Table without objects: a few hundred bytes a pod instead of several
+        KiB, so that picking 1,000 targets out of 3,000 pods costs milliseconds, not a
+        second of JSON. Enough for the attacks that need nothing but the names.
+        """
+        query = _list_query(selector, fields, cached)
+        query["includeObject"] = "None"
+        table = await self.request("GET", PODS.path(namespace), query=query, accept=TABLE)
+        return pods_from_table(table)
+
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        """A namespace's labels ({} when it does not exist)."""
+        obj = await self.get(NAMESPACES, None, name)
+        return dict(((obj or {}).get("metadata") or {}).get("labels") or {})
+
+    async def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> bool:
+        """Delete a pod; False when it was already gone (the delete is idempotent)."""
+        try:
+            grace = {"gracePeriodSeconds": str(grace_seconds)}
+            await self.request("DELETE", PODS.path(namespace, name), query=grace)
+        except NotFound:
+            return False
+        return True
+
+    async def get_replicas(self, kind: str, namespace: str, name: str) -> int:
+        scale = await self.request("GET", WORKLOADS[kind].path(namespace, name, "scale"))
+        return int((scale.get("spec") or {}).get("replicas") or 0)
+
+    async def set_replicas(self, kind: str, namespace: str, name: str, replicas: int) -> None:
+        await self.merge_patch(
+            WORKLOADS[kind], namespace, name, {"spec": {"replicas": replicas}}, "scale"
+        )
+
+    async def get_workload(self, kind: str, namespace: str, name: str) -> Obj | None:
+        return await self.get(WORKLOADS[kind], namespace, name)
+
+
+def _list_query(labels: str, fields: str, cached: bool) -> dict[str, str]:
+    query: dict[str, str] = {}
+    if labels:
+        query["labelSelector"] = labels
+    if fields:
+        query["fieldSelector"] = fields
+    if cached:
+        query["resourceVersion"] = "0"
+    return query
+
+
+def _message(data: bytes | None) -> str:
+    """The API server's own message from a Status body (or the first bytes of the body)."""
+    try:
+        return str(json.loads(data or b"{}").get("message") or "")[:500]
+    except ValueError:
+        return repr((data or b"")[:500])
+
+
+_api: Api | None = None
+
+
+def api() -> Api:
+    """The process-wide client, made on first use (after kopf has logged in)."""
+    global _api  # noqa: PLW0603
+    if _api is None:
+        _api = Api()
+    return _api
+
+
+def use(client_api: Api) -> None:
+    """Make `client_api` the process-wide client (tests and benchmarks drive code with a
+    client of their own)."""
+    global _api  # noqa: PLW0603
+    _api = client_api
+
+
+__all__ = ["CONCURRENT_REQUESTS", "Api", "KubeError", "Obj", "Pod", "api", "timestamp", "use"]

@@ -1,0 +1,56 @@
+"""Pods as the operator reads them: the few fields a target needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Pod:
+    name: str
+    ready: bool
+    deleting: bool
+    uid: str = ""
+    node: str | None = None
+    phase: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    owner_kind: str | None = None
+    owner_name: str | None = None
+
+
+def pod_from(item: dict[str, Any]) -> Pod:
+    meta = item["metadata"]
+    status = item.get("status") or {}
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    deleting = bool(meta.get("deletionTimestamp"))
+    owner: dict[str, Any] = next(
+        (o for o in meta.get("ownerReferences") or [] if o.get("controller")), {}
+    )
+    return Pod(
+        name=meta["name"],
+        ready=ready and not deleting,
+        deleting=deleting,
+        uid=meta.get("uid", ""),
+        node=(item.get("spec") or {}).get("nodeName"),
+        phase=status.get("phase"),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        owner_kind=owner.get("kind"),
+        owner_name=owner.get("name"),
+    )
+
+
+def pods_from_table(table: dict[str, Any]) -> list[Pod]:
+    """Pods from a Table listing without objects: names and whether they are being deleted."""
+    columns = [c["name"] for c in table.get("columnDefinitions") or []]
+    name_at, status_at = columns.index("Name"), columns.index("Status")
+    pods = []
+    for row in table.get("rows") or []:
+        cells = row["cells"]
+        # kubectl's own rule: a pod with a deletionTimestamp shows as Terminating.
+        deleting = cells[status_at] == "Terminating"
+        pods.append(Pod(name=cells[name_at], ready=False, deleting=deleting))
+    return pods

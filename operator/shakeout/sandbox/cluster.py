@@ -1,13 +1,14 @@
-"""Start, stop and inspect the sandbox control plane (processes on loopback only)."""
+"""Start, stop and inspect the sandbox control plane (processes on loopback only).
+
+The components' command lines are in sandbox/components.py, the process supervision in
+sandbox/processes.py; this module is the `Sandbox` that puts them together.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -22,54 +23,25 @@ from typing import Any
 import yaml
 
 from shakeout.sandbox import binaries as bins
+from shakeout.sandbox import processes
+from shakeout.sandbox.components import (
+    ARGUMENTS,
+    COMPONENTS,
+    LOOPBACK,
+    NODE_COMPONENTS,
+    PORTS,
+    Site,
+)
 from shakeout.sandbox.pki import ADMIN, TEST_IDENTITIES, Pki, create_pki
+from shakeout.sandbox.processes import SandboxError
 
-LOOPBACK = "127.0.0.1"
-SERVICE_CIDR = "10.96.0.0/16"
-POD_CIDR = "10.244.0.0/16"
 TEAMS = ("team-a", "team-b")
-# Stop order: dependants first, etcd last.
-COMPONENTS = ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
-
-
-class SandboxError(RuntimeError):
-    """The sandbox could not be started or used; the message says what to do."""
 
 
 def default_dir() -> Path:
     if env := os.environ.get("SHAKEOUT_SANDBOX_DIR"):
         return Path(env)
     return bins.cache_root() / "sandbox"
-
-
-def _free_ports(names: list[str]) -> dict[str, int]:
-    """Distinct free loopback ports: all sockets stay open until every port is picked,
-    or the kernel could hand the same just-closed port out twice."""
-    sockets = []
-    try:
-        for _ in names:
-            sock = socket.socket()
-            sock.bind((LOOPBACK, 0))
-            sockets.append(sock)
-        return {name: int(sock.getsockname()[1]) for name, sock in zip(names, sockets, strict=True)}
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _alive(pid: int, name: str) -> bool:
-    """The pid runs and is still our binary (pids are reused after a reboot)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] in {"Z", "X"}:
-        return False
-    if not cmdline:
-        # Seen right after spawn, while the kernel is still setting up the new image.
-        return True
-    return name.encode() in cmdline.split(b"\0", 1)[0]
 
 
 @dataclass
@@ -112,14 +84,17 @@ class Sandbox:
         st = self.state()
         if st is None:
             return {}
-        return {name: _alive(pid, name) for name, pid in st.pids.items()}
+        return {name: processes.alive(pid, name) for name, pid in st.pids.items()}
 
     def is_up(self) -> bool:
         running = self.running()
         return bool(running) and all(running.values()) and self._ready()
 
+    def _kubeconfig_path(self, user: str) -> Path:
+        return self.dir / "kubeconfigs" / f"{user}.kubeconfig"
+
     def kubeconfig(self, user: str = ADMIN.name) -> Path:
-        path = self.dir / "kubeconfigs" / f"{user}.kubeconfig"
+        path = self._kubeconfig_path(user)
         if not path.exists():
             known = ", ".join([ADMIN.name, *(i.name for i in TEST_IDENTITIES)])
             raise SandboxError(f"no kubeconfig for user {user!r} (known: {known}); is it up?")
@@ -176,73 +151,27 @@ class Sandbox:
         self.logs.mkdir(exist_ok=True)
         create_pki(self.pki.dir)
         st = State(
-            ports=_free_ports(["etcd", "etcd-peer", "apiserver", "kcm", "scheduler"]),
+            ports=processes.free_ports(PORTS, LOOPBACK),
             kubectl=str(binaries.kubectl),
             has_nodes=binaries.has_nodes,
         )
         st.save(self.state_file)
         self._write_kubeconfigs(st)
+        site = self._site(st)
 
         log(f"starting etcd on {LOOPBACK}:{st.ports['etcd']}")
-        st.pids["etcd"] = self._spawn("etcd", self._etcd_args(binaries.etcd, st))
+        st.pids["etcd"] = self._spawn("etcd", ARGUMENTS["etcd"](binaries, site))
         log(f"starting kube-apiserver on {LOOPBACK}:{st.ports['apiserver']}")
         st.pids["kube-apiserver"] = self._spawn(
-            "kube-apiserver", self._apiserver_args(binaries, st)
+            "kube-apiserver", ARGUMENTS["kube-apiserver"](binaries, site)
         )
         st.save(self.state_file)
         self._wait("kube-apiserver ready", self._ready, 60, st)
 
-        admin = str(self.kubeconfig())
-        allow = "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"
         if binaries.has_nodes:
-            assert binaries.kube_controller_manager is not None
-            assert binaries.kube_scheduler is not None
-            assert binaries.kwok is not None
-            assert binaries.kwok_stages is not None
             log("starting kube-controller-manager, kube-scheduler and kwok")
-            st.pids["kube-controller-manager"] = self._spawn(
-                "kube-controller-manager",
-                [
-                    str(binaries.kube_controller_manager),
-                    f"--kubeconfig={admin}",
-                    f"--authentication-kubeconfig={admin}",
-                    f"--authorization-kubeconfig={admin}",
-                    f"--bind-address={LOOPBACK}",
-                    f"--secure-port={st.ports['kcm']}",
-                    "--leader-elect=false",
-                    allow,
-                    f"--service-account-private-key-file={self.pki.sa_key}",
-                    f"--root-ca-file={self.pki.ca_crt}",
-                    "--use-service-account-credentials=false",
-                    # kwok renews node leases; a short grace period lets a dead fake node
-                    # be noticed quickly, as kwokctl does.
-                    "--node-monitor-grace-period=40s",
-                ],
-            )
-            st.pids["kube-scheduler"] = self._spawn(
-                "kube-scheduler",
-                [
-                    str(binaries.kube_scheduler),
-                    f"--kubeconfig={admin}",
-                    f"--authentication-kubeconfig={admin}",
-                    f"--authorization-kubeconfig={admin}",
-                    f"--bind-address={LOOPBACK}",
-                    f"--secure-port={st.ports['scheduler']}",
-                    "--leader-elect=false",
-                    allow,
-                ],
-            )
-            kwok_args = [
-                str(binaries.kwok),
-                f"--kubeconfig={admin}",
-                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                "--node-ip=10.0.0.1",
-                f"--cidr={POD_CIDR}",
-                "--node-lease-duration-seconds=40",
-            ]
-            for stage in sorted(binaries.kwok_stages.glob("*.yaml")):
-                kwok_args += ["--config", str(stage)]
-            st.pids["kwok"] = self._spawn("kwok", kwok_args)
+            for name in NODE_COMPONENTS:
+                st.pids[name] = self._spawn(name, ARGUMENTS[name](binaries, site))
             st.save(self.state_file)
             st.nodes = [f"kwok-node-{i}" for i in range(nodes)]
             self.apply(_bootstrap_objects(st.nodes))
@@ -264,79 +193,14 @@ class Sandbox:
         log(f"sandbox up in {st.started_seconds}s at {self.server()}")
         return st
 
-    def _etcd_args(self, etcd: Path, st: State) -> list[str]:
-        client = f"http://{LOOPBACK}:{st.ports['etcd']}"
-        peer = f"http://{LOOPBACK}:{st.ports['etcd-peer']}"
-        return [
-            str(etcd),
-            "--name=sandbox",
-            f"--data-dir={self.dir / 'etcd'}",
-            f"--listen-client-urls={client}",
-            f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=sandbox={peer}",
-            "--unsafe-no-fsync",
-            "--auto-compaction-retention=1",
-            "--quota-backend-bytes=4294967296",
-            "--log-level=warn",
-        ]
-
-    def _apiserver_args(self, binaries: bins.Binaries, st: State) -> list[str]:
-        p = self.pki
-        args = [
-            str(binaries.kube_apiserver),
-            f"--etcd-servers=http://{LOOPBACK}:{st.ports['etcd']}",
-            f"--bind-address={LOOPBACK}",
-            f"--advertise-address={LOOPBACK}",
-            f"--secure-port={st.ports['apiserver']}",
-            f"--tls-cert-file={p.crt('apiserver')}",
-            f"--tls-private-key-file={p.key('apiserver')}",
-            f"--client-ca-file={p.ca_crt}",
-            f"--token-auth-file={p.tokens}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={p.sa_pub}",
-            f"--service-account-signing-key-file={p.sa_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=Node,RBAC",
-            "--allow-privileged=true",
-            "--profiling=false",
-            f"--cert-dir={self.dir / 'apiserver-certs'}",
-        ]
-        if not binaries.has_nodes:
-            # No controller manager makes no default ServiceAccount; envtest does the same.
-            args.append("--disable-admission-plugins=ServiceAccount")
-        return args
+    def _site(self, st: State) -> Site:
+        return Site(self.dir, self.pki, st.ports, self._kubeconfig_path(ADMIN.name))
 
     def _spawn(self, name: str, args: list[str]) -> int:
-        with (self.logs / f"{name}.log").open("ab") as out:
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # outlives `shakeout sandbox up`; `down` stops it
-                cwd=self.dir,
-            )
-        return proc.pid
+        return processes.spawn(name, args, self.logs, cwd=self.dir)
 
     def _wait(self, what: str, check: Callable[[], bool], timeout: float, st: State) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return
-            dead = [n for n, pid in st.pids.items() if not _alive(pid, n)]
-            if dead:
-                tail = self._log_tail(dead[0])
-                raise SandboxError(f"{dead[0]} exited while waiting for {what}:\n{tail}")
-            time.sleep(0.2)
-        raise SandboxError(f"timed out after {timeout}s waiting for {what}; logs in {self.logs}")
-
-    def _log_tail(self, name: str, lines: int = 20) -> str:
-        try:
-            return "\n".join((self.logs / f"{name}.log").read_text().splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        processes.wait_for(what, check, timeout, st.pids, self.logs)
 
     def _write_kubeconfigs(self, st: State) -> None:
         out = self.dir / "kubeconfigs"
@@ -426,9 +290,9 @@ class Sandbox:
         if st is not None:
             for name in COMPONENTS:
                 pid = st.pids.get(name)
-                if pid is not None and _alive(pid, name):
+                if pid is not None and processes.alive(pid, name):
                     log(f"stopping {name} (pid {pid})")
-                    _stop(pid, name)
+                    processes.stop(pid, name)
         if not keep_data and self.dir.exists():
             for sub in ("etcd", "pki", "kubeconfigs", "apiserver-certs", "state.json"):
                 path = self.dir / sub
@@ -447,8 +311,8 @@ class Sandbox:
         if st is None:
             raise SandboxError("the sandbox is not up")
         pid = st.pids.get("kube-apiserver")
-        if pid is not None and _alive(pid, "kube-apiserver"):
-            _stop(pid, "kube-apiserver", grace=0.0 if abrupt else 10.0)
+        if pid is not None and processes.alive(pid, "kube-apiserver"):
+            processes.stop(pid, "kube-apiserver", grace=0.0 if abrupt else 10.0)
 
     def start_apiserver(self, timeout: float = 60) -> None:
         """Start kube-apiserver again on its port, after stop_apiserver."""
@@ -456,7 +320,7 @@ class Sandbox:
         if st is None:
             raise SandboxError("the sandbox is not up")
         st.pids["kube-apiserver"] = self._spawn(
-            "kube-apiserver", self._apiserver_args(bins.find(), st)
+            "kube-apiserver", ARGUMENTS["kube-apiserver"](bins.find(), self._site(st))
         )
         st.save(self.state_file)
         self._wait("kube-apiserver ready", self._ready, timeout, st)
@@ -470,26 +334,11 @@ class Sandbox:
             "server": self.server(),
             "components": self.running(),
             "nodes": st.nodes,
-            "kubeconfig": str(self.dir / "kubeconfigs" / f"{ADMIN.name}.kubeconfig"),
+            "kubeconfig": str(self._kubeconfig_path(ADMIN.name)),
             "kubectl": st.kubectl,
             "startedSeconds": st.started_seconds,
             "logs": str(self.logs),
         }
-
-
-def _stop(pid: int, name: str, grace: float = 10.0) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid, name):
-        time.sleep(0.1)
-    if _alive(pid, name):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    # Reap it if it is our own child (tests start the sandbox in-process), so that no
-    # zombie is left behind by a process that ran `up` and `down` several times.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, 0)
 
 
 def _bootstrap_objects(nodes: list[str]) -> list[dict[str, Any]]:
@@ -537,3 +386,6 @@ def _bootstrap_objects(nodes: list[str]) -> list[dict[str, Any]]:
 
 def main_log(msg: str) -> None:
     print(f"[sandbox] {msg}", file=sys.stderr, flush=True)
+
+
+__all__ = ["Sandbox", "SandboxError", "State", "default_dir", "main_log"]

@@ -16,14 +16,17 @@ import yaml
 
 from shakeout import __version__
 from shakeout.api.common import API_VERSION, GROUP, VERSION
-from shakeout.api.switch import SWITCH_NAME
+from shakeout.api.run import TERMINAL_PHASES, ExperimentRun, Phase
+from shakeout.api.switch import SWITCH_NAME, ChaosSwitch
 from shakeout.cli.report import report, runs_table
 
-TERMINAL = {"COMPLETED", "CANCELED", "FAILED"}
+RUNS = ExperimentRun.PLURAL
+SWITCHES = ChaosSwitch.PLURAL
 
 
 class Cluster:
-    """The current kubeconfig context, through the kubernetes client."""
+    """The current kubeconfig context, through the kubernetes client: every request the
+    plugin sends is one of these methods."""
 
     def __init__(self, namespace: str | None) -> None:
         from kubernetes import client, config
@@ -36,27 +39,38 @@ class Cluster:
 
     def runs(self, all_namespaces: bool) -> list[dict[str, Any]]:
         if all_namespaces:
-            out = self.api.list_cluster_custom_object(GROUP, VERSION, "experimentruns")
+            out = self.api.list_cluster_custom_object(GROUP, VERSION, RUNS)
         else:
-            out = self.api.list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, "experimentruns"
-            )
+            out = self.api.list_namespaced_custom_object(GROUP, VERSION, self.namespace, RUNS)
         return list(out["items"])
 
     def run(self, name: str) -> dict[str, Any]:
         return dict(
-            self.api.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, "experimentruns", name
-            )
+            self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, RUNS, name)
+        )
+
+    def create_run(self, experiment: str) -> dict[str, Any]:
+        """Press the Run button: a new ExperimentRun of the experiment, named after it."""
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": ExperimentRun.KIND,
+            "metadata": {"generateName": f"{experiment}-", "namespace": self.namespace},
+            "spec": {"experimentRef": {"name": experiment}},
+        }
+        return dict(
+            self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, RUNS, body)
+        )
+
+    def patch_run_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, RUNS, name, {"spec": spec}
         )
 
     def switch(self) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return dict(
-                self.api.get_cluster_custom_object(GROUP, VERSION, "chaosswitches", SWITCH_NAME)
-            )
+            return dict(self.api.get_cluster_custom_object(GROUP, VERSION, SWITCHES, SWITCH_NAME))
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -67,17 +81,17 @@ class Cluster:
             self.api.create_cluster_custom_object(
                 GROUP,
                 VERSION,
-                "chaosswitches",
+                SWITCHES,
                 {
                     "apiVersion": API_VERSION,
-                    "kind": "ChaosSwitch",
+                    "kind": ChaosSwitch.KIND,
                     "metadata": {"name": SWITCH_NAME},
                     "spec": {"enabled": enabled},
                 },
             )
         else:
             self.api.patch_cluster_custom_object(
-                GROUP, VERSION, "chaosswitches", SWITCH_NAME, {"spec": {"enabled": enabled}}
+                GROUP, VERSION, SWITCHES, SWITCH_NAME, {"spec": {"enabled": enabled}}
             )
 
 
@@ -92,15 +106,7 @@ def _emit(data: Any, output: str | None, human: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cluster = Cluster(args.namespace)
-    body = {
-        "apiVersion": API_VERSION,
-        "kind": "ExperimentRun",
-        "metadata": {"generateName": f"{args.experiment}-", "namespace": cluster.namespace},
-        "spec": {"experimentRef": {"name": args.experiment}},
-    }
-    created = cluster.api.create_namespaced_custom_object(
-        GROUP, VERSION, cluster.namespace, "experimentruns", body
-    )
+    created = cluster.create_run(args.experiment)
     name = created["metadata"]["name"]
     if not args.wait:
         _emit(created, args.output, f"experimentrun.shakeout.dev/{name} created")
@@ -116,30 +122,24 @@ def _run(args: argparse.Namespace) -> int:
                 f"  {time.strftime('%H:%M:%S')}  {phase or 'PENDING'}  {status.get('message', '')}"
             )
             seen = phase
-        if phase in TERMINAL:
+        if phase in TERMINAL_PHASES:
             print()
             print(report(run))
-            return 0 if phase == "COMPLETED" else 1
+            return 0 if phase == Phase.COMPLETED else 1
         time.sleep(0.5)
 
 
 def _stop(args: argparse.Namespace) -> int:
-    cluster = Cluster(args.namespace)
-    cluster.api.patch_namespaced_custom_object(
-        GROUP, VERSION, cluster.namespace, "experimentruns", args.run, {"spec": {"cancel": True}}
-    )
+    Cluster(args.namespace).patch_run_spec(args.run, {"cancel": True})
     print(f"experimentrun.shakeout.dev/{args.run} cancel requested")
     return 0
 
 
 def _findings(args: argparse.Namespace) -> int:
-    cluster = Cluster(args.namespace)
     spec: dict[str, Any] = {"findings": args.text}
     if args.action_required:
         spec["actionRequired"] = args.action_required.capitalize()
-    cluster.api.patch_namespaced_custom_object(
-        GROUP, VERSION, cluster.namespace, "experimentruns", args.run, {"spec": spec}
-    )
+    Cluster(args.namespace).patch_run_spec(args.run, spec)
     print(f"experimentrun.shakeout.dev/{args.run} findings recorded")
     return 0
 
@@ -169,8 +169,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from shakeout.gather.switch import is_enabled
+
     switch = Cluster(None).switch()
-    enabled = bool(switch and switch.get("spec", {}).get("enabled"))
+    enabled = is_enabled(switch)
     status = (switch or {}).get("status", {})
     active = status.get("activeRun")
     data = {

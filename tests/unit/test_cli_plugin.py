@@ -1,0 +1,174 @@
+"""`kubectl shakeout` against a fake cluster: what each command sends and prints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from shakeout.cli import plugin
+
+
+@dataclass
+class World:
+    """What the fake cluster serves (the switch, a run's phases read after read) and
+    what it was sent."""
+
+    switch: dict[str, Any] | None = None
+    phases: list[str | None] = field(default_factory=list)
+    patches: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    switch_writes: list[bool] = field(default_factory=list)
+
+
+class FakeCluster:
+    """Stands in for plugin.Cluster: records the writes, serves the reads of its world."""
+
+    world: ClassVar[World]
+
+    def __init__(self, namespace: str | None) -> None:
+        self.namespace = namespace or "default"
+
+    def runs(self, all_namespaces: bool) -> list[dict[str, Any]]:
+        return []
+
+    def run(self, name: str) -> dict[str, Any]:
+        phase = self.world.phases.pop(0)
+        status = {"phase": phase} if phase else {}
+        return {
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {"experimentRef": {"name": "exp"}},
+            "status": status,
+        }
+
+    def create_run(self, experiment: str) -> dict[str, Any]:
+        return {"metadata": {"name": f"{experiment}-abcde", "namespace": self.namespace}}
+
+    def patch_run_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.world.patches.append((name, spec))
+
+    def switch(self) -> dict[str, Any] | None:
+        return self.world.switch
+
+    def set_switch(self, enabled: bool) -> None:
+        self.world.switch_writes.append(enabled)
+
+
+@pytest.fixture(autouse=True)
+def world(monkeypatch: pytest.MonkeyPatch) -> World:
+    monkeypatch.setattr(plugin, "Cluster", FakeCluster)
+    monkeypatch.setattr(plugin.time, "sleep", lambda _s: None)
+    FakeCluster.world = World()
+    return FakeCluster.world
+
+
+def status_of(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert plugin.main(["status", "-o", "json"]) == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
+@pytest.mark.parametrize(
+    ("switch", "exists", "enabled"),
+    [
+        (None, False, False),
+        ({"spec": {"enabled": True}}, True, True),
+        ({"spec": {"enabled": False}}, True, False),
+        ({"spec": {}}, True, False),
+        ({}, True, False),
+        # Stored before the schema checked it: read as the operator reads it, disabled.
+        ({"spec": {"enabled": "maybe"}}, True, False),
+    ],
+)
+def test_status_reads_the_switch_as_the_operator_does(
+    world: World,
+    capsys: pytest.CaptureFixture[str],
+    switch: dict[str, Any] | None,
+    exists: bool,
+    enabled: bool,
+) -> None:
+    world.switch = switch
+    data = status_of(capsys)
+    assert (data["switchExists"], data["enabled"]) == (exists, enabled)
+
+
+def test_status_in_words_names_the_active_run_and_the_last_flip(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.switch = {
+        "spec": {"enabled": False},
+        "status": {
+            "activeRun": {"namespace": "team-a", "name": "r1"},
+            "lastChange": {"enabled": False, "by": "alice", "time": "2026-01-01T00:00:00Z"},
+        },
+    }
+    assert plugin.main(["status"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "experimenting: disabled",
+        "active run:    team-a/r1",
+        "last flipped:  to False by alice at 2026-01-01T00:00:00Z",
+    ]
+
+
+def test_status_without_a_switch_says_experimenting_is_disabled(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert plugin.main(["status"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        "experimenting: disabled (no ChaosSwitch 'default': disabled until one is created)"
+    )
+
+
+@pytest.mark.parametrize(("final", "code"), [("COMPLETED", 0), ("CANCELED", 1), ("FAILED", 1)])
+def test_run_wait_follows_the_run_until_a_terminal_phase(
+    world: World, capsys: pytest.CaptureFixture[str], final: str, code: int
+) -> None:
+    world.phases = [None, "CREATED", "CREATED", "ATTACKS_STARTED", final]
+    assert plugin.main(["run", "exp", "-n", "team-a", "--wait"]) == code
+    out = capsys.readouterr().out
+    # One line per phase change (a run not yet picked up prints nothing), then the report.
+    followed = [line.split()[1] for line in out.splitlines() if line.startswith("  ")]
+    assert followed == ["CREATED", "ATTACKS_STARTED", final]
+    assert "Run:         team-a/exp-abcde" in out
+    assert world.phases == []  # it stopped reading at the terminal phase
+
+
+def test_run_without_wait_prints_the_created_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert plugin.main(["run", "exp", "-n", "team-a"]) == 0
+    assert capsys.readouterr().out == "experimentrun.shakeout.dev/exp-abcde created\n"
+
+
+def test_stop_and_findings_patch_the_run_spec(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert plugin.main(["stop", "r1"]) == 0
+    assert plugin.main(["findings", "r1", "it held", "--action-required", "yes"]) == 0
+    assert plugin.main(["findings", "r1", "fine"]) == 0
+    assert world.patches == [
+        ("r1", {"cancel": True}),
+        ("r1", {"findings": "it held", "actionRequired": "Yes"}),
+        ("r1", {"findings": "fine"}),
+    ]
+
+
+def test_stop_all_and_continue_flip_the_switch(world: World) -> None:
+    assert plugin.main(["stop-all"]) == 0
+    assert plugin.main(["continue"]) == 0
+    assert world.switch_writes == [False, True]
+
+
+def test_an_api_error_prints_the_servers_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuse(self: FakeCluster, name: str, spec: dict[str, Any]) -> None:
+        err = ApiException(status=403, reason="Forbidden")
+        err.body = json.dumps({"message": "alice may not patch experimentruns"})
+        raise err
+
+    monkeypatch.setattr(FakeCluster, "patch_run_spec", refuse)
+    assert plugin.main(["stop", "r1"]) == 1
+    assert capsys.readouterr().err == (
+        "Error from server (Forbidden): alice may not patch experimentruns\n"
+    )

@@ -1,39 +1,25 @@
 """Every Kubernetes object shown in README.md and docs/*.md is accepted by the API server
-(schema, CEL, webhooks), and the ExperimentRun example really runs."""
+(schema, CEL, webhooks), and the ExperimentRun example really runs.
+
+The checks that need no cluster (every block is an object, every link resolves) are in
+tests/unit/test_docs.py, which also finds the examples.
+"""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import yaml
 
-from tests.e2e.conftest import REPO, Cluster
+from tests.e2e.conftest import Cluster
 from tests.e2e.runs import TEAM, deployment, wait_phase
+from tests.unit.test_docs import examples
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELED"}
 
 
-def examples() -> list[tuple[str, Any]]:
-    """(file, document) for every YAML block of the docs."""
-    found = []
-    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
-        for block in re.findall(r"```ya?ml\n(.*?)```", path.read_text(), re.S):
-            found += [(path.name, doc) for doc in yaml.safe_load_all(block) if doc]
-    return found
-
-
 def objects(kind: str) -> list[tuple[str, dict[str, Any]]]:
     return [(f, d) for f, d in examples() if isinstance(d, dict) and d.get("kind") == kind]
-
-
-def test_the_docs_show_examples_of_each_kind() -> None:
-    kinds = {d.get("kind") for _, d in examples() if isinstance(d, dict)}
-    assert {"Experiment", "ExperimentRun"} <= kinds
-    # Every block is an object or a spec fragment: nothing else hides in the docs.
-    for name, doc in examples():
-        assert isinstance(doc, dict), (name, doc)
-        assert "kind" in doc or set(doc) == {"spec"}, (name, doc)
 
 
 def test_every_experiment_example_is_accepted(ready: Cluster) -> None:
@@ -67,9 +53,3 @@ def test_the_run_example_runs(ready: Cluster) -> None:
         assert (status["phase"], status["reason"]) == ("CANCELED", "Canceled"), status
     finally:
         ready.kubectl("delete", "experiment", experiment["metadata"]["name"], "-n", TEAM)
-
-
-def test_docs_name_only_files_that_exist() -> None:
-    for path in [REPO / "README.md", *(REPO / "docs").glob("*.md")]:
-        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text()):
-            assert (path.parent / target).exists(), f"{path.name} links to missing {target}"

@@ -12,10 +12,8 @@ from typing import Any
 import yaml
 
 from tests.e2e.conftest import Cluster
-from tests.e2e.runs import TEAM, deployment, wait_phase
+from tests.e2e.runs import TEAM, TERMINAL, deployment, wait_phase
 from tests.unit.test_docs import examples
-
-TERMINAL = {"COMPLETED", "FAILED", "CANCELED"}
 
 
 def objects(kind: str) -> list[tuple[str, dict[str, Any]]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shakeout.agent.node.keeper import Keeper
+from shakeout.agent.node.keeper_client import Keeper
 from tests.node.lab import Netns, create_netns, delete_netns
 
 TOOLS = ("nft", "tc", "ip", "nsenter", "unshare")

@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 
 from shakeout.agent.node import faults
-from shakeout.agent.node.keeper import Keeper
+from shakeout.agent.node.keeper_client import Keeper
 from shakeout.agent.node.system import FaultError
-from shakeout.api.experiment import AttackType
+from shakeout.api.attacks import AttackType
 from tests.node.lab import Netns, eventually
 
 # An agent in miniature: starts a keeper, applies a blackhole, then just lives on.
 AGENT = """
 import asyncio, json, sys
 from pathlib import Path
-from shakeout.agent.node.keeper import Keeper
+from shakeout.agent.node.keeper_client import Keeper
 from shakeout.agent.node.locate import PodRef
 
 async def main():

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from shakeout.agent.node.capabilities import probe
-from shakeout.agent.node.keeper import Keeper
+from shakeout.agent.node.keeper_client import Keeper
 from shakeout.agent.node.system import FaultError
-from shakeout.api.experiment import AttackType
+from shakeout.api.attacks import AttackType
 from tests.node.lab import (
     Netns,
     free_port,

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from shakeout.agent.node import faults
-from shakeout.agent.node.keeper import Keeper
+from shakeout.agent.node.keeper_client import Keeper
 from shakeout.agent.node.locate import Located
-from shakeout.api.experiment import AttackType
+from shakeout.api.attacks import AttackType
 from tests.node.lab import CpuMeter, Netns, cmdline, comm, eventually, rss_kib
 
 STRESS = "shakeout.agent.node.stress"

@@ -29,7 +29,7 @@ from typing import Any
 from kubernetes import watch
 
 from shakeout.agent.node.capabilities import probe
-from shakeout.agent.node.keeper import Keeper
+from shakeout.agent.node.keeper_client import Keeper
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.experiment import Attack
 from shakeout.api.labels import (

@@ -4,18 +4,8 @@
         [--locator runtime|netns-annotation] [--proc-root DIR] [--netns-dir DIR]
         [--cgroup-root DIR] [--parent-pid PID]
 
-Protocol: one JSON object per line, commands on stdin, replies on stdout. A command may
-carry "seq"; its reply echoes "seq" (and "id"), so that the client matches replies.
-
-    {"op":"apply","id":ID,"type":T,"parameters":{...},"pod":{namespace,name,uid,annotations}}
-        -> {"id":ID,"ok":true,"record":{...}} | {"id":ID,"ok":false,"error":"..."}
-    {"op":"rollback","id":ID}  -> {"id":ID,"ok":true,"held":bool} (held: it was held)
-    {"op":"rollback_all"}      -> {"ok":true,"errors":{}} | {"ok":false,"error":...,"errors":{...}}
-    {"op":"list"}              -> {"ok":true,"ids":[...]}
-    {"op":"heartbeat"}         -> {"ok":true,"held":[...]}, answered at once, even mid-apply
-
-First line on stdout: {"event":"ready","pid":P,"recovered":[...],"unrecovered":[...]}, once
-the faults left in the journal by an earlier keeper are rolled back.
+It answers the agent's commands in the line protocol of keeper_protocol (the agent's
+side is keeper_client.Keeper).
 
 Safety: the journal is written before a fault is applied; no command for --deadline
 seconds rolls everything back (the keeper keeps running, empty); SIGTERM, SIGINT, stdin
@@ -27,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -40,26 +28,32 @@ from typing import Any
 
 from shakeout.agent.node import faults
 from shakeout.agent.node.journal import Entries, Journal
+from shakeout.agent.node.keeper_protocol import (
+    LINE_LIMIT,
+    MODULE,
+    READY,
+    Op,
+    checked_deadline,
+    decode,
+    encode,
+    reply_to,
+)
 from shakeout.agent.node.locate import LOCATORS, LocateError, Locator, PodRef, make_locator
 from shakeout.agent.node.stress import set_parent_death_signal
 from shakeout.agent.node.system import FaultError, HostPaths
-from shakeout.api.experiment import REVERSIBLE, AttackType
+from shakeout.api.attacks import REVERSIBLE
 
 log = logging.getLogger("shakeout.keeper")
-client_log = logging.getLogger("shakeout.agent.keeper")
 
-MODULE = "shakeout.agent.node.keeper"
-MAX_DEADLINE_SECONDS = 86_400.0
-# The deadline is checked this often (the brief allows at most 100 ms).
+# The deadline is checked this often: a lapse is acted on within 100 ms.
 _WATCH_SECONDS = 0.05
 # After a deadline rollback that failed, the next attempt comes this much later.
 _RETRY_SECONDS = 1.0
-_LINE_LIMIT = 1 << 20
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
-class _Holder:
-    """The keeper's state: the faults it holds, mirrored in the journal."""
+class FaultHolder:
+    """The faults the keeper holds, mirrored in the journal, and the commands on them."""
 
     def __init__(self, journal: Journal, deadline: float, locator: Locator, host: HostPaths):
         self.journal = journal
@@ -171,22 +165,22 @@ class _Holder:
 
     async def handle(self, command: Mapping[str, Any]) -> dict[str, Any]:
         """The reply to one command (heartbeats excepted). Caller holds the lock."""
-        reply = _reply_to(command)
+        reply = reply_to(command)
         op = command.get("op")
         try:
-            if op == "apply":
+            if op == Op.APPLY:
                 reply.update(ok=True, record=await self.apply(command))
-            elif op == "rollback":
+            elif op == Op.ROLLBACK:
                 held = await self.rollback_one(faults.checked_fault_id(command.get("id")))
                 if held:
                     log.info("rolled back %s", command.get("id"))
                 reply.update(ok=True, held=held)
-            elif op == "rollback_all":
+            elif op == Op.ROLLBACK_ALL:
                 errors = await self.rollback_all("the agent asked")
                 reply.update(ok=not errors, errors=errors)
                 if errors:
                     reply["error"] = "; ".join(f"{key}: {text}" for key, text in errors.items())
-            elif op == "list":
+            elif op == Op.LIST:
                 reply.update(ok=True, ids=sorted(self.entries))
             else:
                 reply.update(ok=False, error=f"unknown op {op!r}")
@@ -198,18 +192,14 @@ class _Holder:
         return reply
 
 
-def _reply_to(command: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: command[key] for key in ("seq", "id") if key in command}
-
-
 def _send(out: asyncio.StreamWriter, message: Mapping[str, Any]) -> None:
     # Buffered by the transport, never awaited: a frozen agent that reads nothing must
     # not block the keeper's deadline.
-    out.write(json.dumps(message).encode() + b"\n")
+    out.write(encode(message))
 
 
 async def _read_commands(
-    holder: _Holder,
+    holder: FaultHolder,
     commands: asyncio.StreamReader,
     queue: asyncio.Queue[dict[str, Any]],
     out: asyncio.StreamWriter,
@@ -219,27 +209,25 @@ async def _read_commands(
         try:
             line = await commands.readline()
         except ValueError:
-            log.error("a command line exceeds %d bytes; stopping", _LINE_LIMIT)
+            log.error("a command line exceeds %d bytes; stopping", LINE_LIMIT)
             return
         if not line:
             log.warning("stdin closed: the agent is gone or stopping us")
             return
         holder.last_command = time.monotonic()
         try:
-            command = json.loads(line)
-            if not isinstance(command, dict):
-                raise TypeError("not an object")
-        except (ValueError, TypeError) as error:
+            command = decode(line)
+        except ValueError as error:
             _send(out, {"ok": False, "error": f"a command must be a JSON object: {error}"})
             continue
-        if command.get("op") == "heartbeat":
-            _send(out, {**_reply_to(command), "ok": True, "held": sorted(holder.entries)})
+        if command.get("op") == Op.HEARTBEAT:
+            _send(out, {**reply_to(command), "ok": True, "held": sorted(holder.entries)})
         else:
             queue.put_nowait(command)
 
 
 async def _work(
-    holder: _Holder, queue: asyncio.Queue[dict[str, Any]], out: asyncio.StreamWriter
+    holder: FaultHolder, queue: asyncio.Queue[dict[str, Any]], out: asyncio.StreamWriter
 ) -> None:
     while True:
         command = await queue.get()
@@ -248,7 +236,7 @@ async def _work(
         _send(out, reply)
 
 
-async def _watch_deadline(holder: _Holder) -> None:
+async def _watch_deadline(holder: FaultHolder) -> None:
     """Roll everything back when the agent has been silent for the deadline."""
     next_attempt = 0.0
     while True:
@@ -275,7 +263,7 @@ async def _watch_deadline(holder: _Holder) -> None:
 async def _stdio(
     loop: asyncio.AbstractEventLoop,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader = asyncio.StreamReader(limit=_LINE_LIMIT)
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     transport, protocol = await loop.connect_write_pipe(
         asyncio.streams.FlowControlMixin, sys.stdout
@@ -288,7 +276,7 @@ async def serve(args: argparse.Namespace) -> int:
     host = HostPaths(
         proc_root=args.proc_root, netns_dir=args.netns_dir, cgroup_root=args.cgroup_root
     )
-    holder = _Holder(
+    holder = FaultHolder(
         Journal(Path(args.journal)), args.deadline, make_locator(args.locator, host), host
     )
     loop = asyncio.get_running_loop()
@@ -303,7 +291,7 @@ async def serve(args: argparse.Namespace) -> int:
     async with holder.lock:
         recovered, unrecovered = await holder.recover()
     commands, out = await _stdio(loop)
-    ready = {"event": "ready", "pid": os.getpid(), "recovered": recovered}
+    ready = {"event": READY, "pid": os.getpid(), "recovered": recovered}
     _send(out, {**ready, "unrecovered": unrecovered})
     holder.last_command = time.monotonic()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -329,10 +317,11 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def _deadline(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and 0 < value <= MAX_DEADLINE_SECONDS):
-        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_DEADLINE_SECONDS:g}] seconds")
-    return value
+    value = float(text)  # a ValueError: argparse says the value is invalid
+    try:
+        return checked_deadline(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -357,206 +346,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     set_parent_death_signal(signal.SIGTERM)
     return asyncio.run(serve(args))
-
-
-# --- the agent daemon's client -------------------------------------------------------
-
-
-class Keeper:
-    """The agent daemon's handle on its keeper process (see the module docstring).
-
-    Start it from the thread that lives as long as the agent (its event loop's thread):
-    the keeper's PR_SET_PDEATHSIG fires when the thread that forked it exits. Call
-    heartbeat() after every successful lease renewal, and use the lease duration as
-    the deadline: an agent that cannot renew, or is frozen, loses its faults in time.
-    """
-
-    def __init__(
-        self, process: asyncio.subprocess.Process, journal: Path, ready: Mapping[str, Any]
-    ):
-        self._process = process
-        self.journal = journal
-        self.recovered: list[str] = list(ready.get("recovered", []))
-        self.unrecovered: list[str] = list(ready.get("unrecovered", []))
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._seq = 0
-        self._replies = asyncio.create_task(self._read_replies())
-
-    @classmethod
-    async def start(
-        cls,
-        *,
-        journal: Path,
-        deadline: float,
-        locator: str = "runtime",
-        proc_root: str = "/proc",
-        netns_dir: str = "/run/netns",
-        cgroup_root: str = "/sys/fs/cgroup",
-        cgroup_namespace: str | None = None,
-        start_timeout: float = 60.0,
-    ) -> Keeper:
-        """Start the keeper; returns once it rolled back what its journal held.
-
-        cgroup_namespace: run the keeper in this cgroup namespace, e.g. the host's
-        (f"{proc_root}/1/ns/cgroup") when the agent's container has a private one (the
-        default on cgroup v2 nodes): cgroup v2 refuses to move a process into a cgroup
-        outside the mover's cgroup namespace, so stress could not join the pod's cgroup.
-        """
-        if locator not in LOCATORS:
-            raise ValueError(f"unknown locator {locator!r}")
-        host = HostPaths(proc_root=proc_root, netns_dir=netns_dir, cgroup_root=cgroup_root)
-        enter: list[str] = []
-        if cgroup_namespace is not None:
-            pid = cgroup_namespace.removeprefix(host.proc_root + "/").removesuffix("/ns/cgroup")
-            if not (
-                pid.isascii()
-                and pid.isdigit()
-                and host.proc(int(pid), "ns", "cgroup") == cgroup_namespace
-            ):
-                raise ValueError(f"not <proc root>/<pid>/ns/cgroup: {cgroup_namespace!r}")
-            # nsenter execs the keeper: same pid, same parent, so PDEATHSIG still works.
-            enter = ["nsenter", f"--cgroup={cgroup_namespace}", "--"]
-        argv = [
-            *enter,
-            sys.executable, "-m", MODULE,
-            "--journal", str(journal),
-            "--deadline", repr(_deadline(repr(float(deadline)))),
-            "--locator", locator,
-            "--proc-root", proc_root,
-            "--netns-dir", netns_dir,
-            "--cgroup-root", cgroup_root,
-            "--parent-pid", str(os.getpid()),
-        ]  # fmt: skip
-        process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=_LINE_LIMIT
-        )
-        assert process.stdout is not None
-        try:
-            line = await asyncio.wait_for(process.stdout.readline(), start_timeout)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise FaultError(f"the keeper was not ready within {start_timeout:g} s") from None
-        try:
-            ready = json.loads(line)
-        except ValueError:
-            ready = None
-        if not isinstance(ready, dict) or ready.get("event") != "ready":
-            code = await process.wait()
-            raise FaultError(f"the keeper did not start (exit code {code}; see its log)")
-        return cls(process, journal, ready)
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
-    @property
-    def running(self) -> bool:
-        return self._process.returncode is None
-
-    async def apply(
-        self,
-        fault_id: str,
-        attack_type: AttackType | str,
-        parameters: Mapping[str, Any] | None,
-        pod: PodRef | Mapping[str, Any],
-        *,
-        timeout: float = 300.0,
-    ) -> dict[str, Any]:
-        """Apply the fault; its rollback record. FaultError with the keeper's message.
-
-        pod: a PodRef, or its JSON form {"namespace", "name", "uid", "annotations"}.
-        """
-        if not isinstance(pod, PodRef):
-            pod = PodRef.from_json(pod)
-        command = {
-            "op": "apply",
-            "id": fault_id,
-            "type": str(attack_type),
-            "parameters": dict(parameters or {}),
-            "pod": pod.to_json(),
-        }
-        reply = await self._request(command, timeout)
-        return dict(reply["record"])
-
-    async def rollback(self, fault_id: str, *, timeout: float = 120.0) -> None:
-        """Roll the fault back; a no-op when the keeper does not hold it."""
-        await self._request({"op": "rollback", "id": fault_id}, timeout)
-
-    async def heartbeat(self, *, timeout: float = 5.0) -> list[str]:
-        """Tell the keeper the agent lives; the ids it holds (fewer after a lapse)."""
-        reply = await self._request({"op": "heartbeat"}, timeout)
-        return [str(fault_id) for fault_id in reply.get("held", [])]
-
-    async def held(self, *, timeout: float = 30.0) -> list[str]:
-        """The ids of the faults the keeper holds (op "list")."""
-        reply = await self._request({"op": "list"}, timeout)
-        return [str(fault_id) for fault_id in reply.get("ids", [])]
-
-    async def rollback_all(self, *, timeout: float = 300.0) -> None:
-        await self._request({"op": "rollback_all"}, timeout)
-
-    async def stop(self, *, timeout: float = 120.0) -> None:
-        """Roll everything back and end the keeper; FaultError if something stayed."""
-        if self._process.returncode is None and self._process.stdin is not None:
-            self._process.stdin.close()  # EOF: the keeper rolls back and exits
-        try:
-            code = await asyncio.wait_for(self._process.wait(), timeout)
-        except TimeoutError:
-            self._process.kill()
-            code = await self._process.wait()
-        await asyncio.gather(self._replies, return_exceptions=True)
-        if code != 0:
-            raise FaultError(
-                f"the keeper (pid {self.pid}) exited with code {code}; what it could not "
-                f"roll back stays in {self.journal} for the next keeper"
-            )
-
-    async def _request(self, command: Mapping[str, Any], timeout: float) -> dict[str, Any]:
-        stdin = self._process.stdin
-        if stdin is None or self._replies.done():
-            raise FaultError(f"the keeper (pid {self.pid}) is not running")
-        self._seq += 1
-        seq = self._seq
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = future
-        try:
-            async with asyncio.timeout(timeout):
-                stdin.write(json.dumps({**command, "seq": seq}).encode() + b"\n")
-                await stdin.drain()
-                reply = await future
-        except TimeoutError:
-            raise FaultError(
-                f"the keeper did not answer {command['op']} within {timeout:g} s"
-            ) from None
-        except (BrokenPipeError, ConnectionResetError) as error:
-            raise FaultError(f"the keeper (pid {self.pid}) is gone: {error}") from error
-        finally:
-            self._pending.pop(seq, None)
-        if not reply.get("ok"):
-            raise FaultError(str(reply.get("error") or f"the keeper refused {command['op']}"))
-        return reply
-
-    async def _read_replies(self) -> None:
-        stdout = self._process.stdout
-        assert stdout is not None
-        try:
-            while line := await stdout.readline():
-                try:
-                    reply = json.loads(line)
-                except ValueError:
-                    client_log.warning("keeper wrote a line that is no JSON: %r", line[:200])
-                    continue
-                seq = reply.get("seq") if isinstance(reply, dict) else None
-                future = self._pending.get(seq) if isinstance(seq, int) else None
-                if future is not None and not future.done():
-                    future.set_result(reply)
-                else:
-                    client_log.warning("keeper said, unasked: %s", reply)
-        finally:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(FaultError(f"the keeper (pid {self.pid}) exited"))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_round_trip_to_camel_case() -> None:
 
 
 def test_every_attack_type_says_whether_it_can_be_rolled_back() -> None:
-    from shakeout.api.experiment import NODE_LEVEL, REVERSIBLE, AttackType
+    from shakeout.api.attacks import NODE_LEVEL, REVERSIBLE, AttackType
 
     assert set(REVERSIBLE) == set(AttackType)
     assert {t for t, ok in REVERSIBLE.items() if not ok} == {

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import ConfigDict, Field, JsonValue, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from shakeout.api.common import (
-    DNS_LABEL,
-    DNS_SUBDOMAIN,
-    Condition,
-    LabelSelector,
-    Model,
-    Resource,
-    cel,
+from shakeout.api.attacks import (
+    CATALOGUE,
+    PARAMETER_FIELDS,
+    AttackDescriptor,
+    AttackType,
+    BandwidthLimitParameters,
+    CpuStressParameters,
+    Level,
+    MemoryStressParameters,
+    NetworkBlackholeParameters,
+    NetworkDelayParameters,
+    NetworkIsolationParameters,
+    PacketLossParameters,
+    PodDeleteParameters,
+    ProcessKillParameters,
+    ScaleWorkloadParameters,
+    parameter_problem,
+    parameter_rules,
 )
+from shakeout.api.checks import StateCheck
+from shakeout.api.common import DNS_LABEL, Condition, LabelSelector, Model, Resource, cel
 
 MAX_DURATION_SECONDS = 24 * 3600
 
@@ -70,399 +81,102 @@ class BlastRadius(Model):
     )
 
 
-class AttackType(StrEnum):
-    # API-level: executed by the operator's built-in cluster agent.
-    POD_DELETE = "PodDelete"
-    SCALE_WORKLOAD = "ScaleWorkload"
-    NETWORK_ISOLATION = "NetworkIsolation"
-    ENDPOINT_REMOVAL = "EndpointRemoval"
-    NODE_CORDON = "NodeCordon"
-    # Node-level: executed by the node agent of each target's node.
-    CPU_STRESS = "CpuStress"
-    MEMORY_STRESS = "MemoryStress"
-    NETWORK_BLACKHOLE = "NetworkBlackhole"
-    PACKET_LOSS = "PacketLoss"
-    BANDWIDTH_LIMIT = "BandwidthLimit"
-    NETWORK_DELAY = "NetworkDelay"
-    PROCESS_KILL = "ProcessKill"
+def _parameters(kind: AttackType) -> Any:
+    """The Attack field of a type's parameters, described from the catalogue."""
+    article = "an" if kind[0] in "AEIOU" else "a"
+    required = " (required for it)" if CATALOGUE[kind].parameters_required else ""
+    return Field(default=None, description=f"Parameters of {article} {kind} attack{required}.")
 
 
-# Whether an attack type can be rolled back; shown in status and reports.
-REVERSIBLE: dict[AttackType, bool] = {
-    AttackType.POD_DELETE: False,
-    AttackType.SCALE_WORKLOAD: True,
-    AttackType.NETWORK_ISOLATION: True,
-    AttackType.ENDPOINT_REMOVAL: True,
-    AttackType.NODE_CORDON: True,
-    AttackType.CPU_STRESS: True,
-    AttackType.MEMORY_STRESS: True,
-    AttackType.NETWORK_BLACKHOLE: True,
-    AttackType.PACKET_LOSS: True,
-    AttackType.BANDWIDTH_LIMIT: True,
-    AttackType.NETWORK_DELAY: True,
-    AttackType.PROCESS_KILL: False,
-}
+def _type_description() -> str:
+    def names(level: Level) -> str:
+        return ", ".join(t for t, d in CATALOGUE.items() if d.level is level)
 
-# Attacks that a node agent executes on the node of each target.
-NODE_LEVEL: frozenset[AttackType] = frozenset(
-    {
-        AttackType.CPU_STRESS,
-        AttackType.MEMORY_STRESS,
-        AttackType.NETWORK_BLACKHOLE,
-        AttackType.PACKET_LOSS,
-        AttackType.BANDWIDTH_LIMIT,
-        AttackType.NETWORK_DELAY,
-        AttackType.PROCESS_KILL,
-    }
-)
-
-
-class WorkloadKind(StrEnum):
-    DEPLOYMENT = "Deployment"
-    STATEFUL_SET = "StatefulSet"
-
-
-class WorkloadRef(Model):
-    """A Deployment or StatefulSet in the Experiment's namespace."""
-
-    kind: WorkloadKind = Field(description="Deployment or StatefulSet.")
-    name: str = Field(description="Name of the workload.", max_length=253, pattern=DNS_SUBDOMAIN)
-
-
-class Direction(StrEnum):
-    INGRESS = "Ingress"
-    EGRESS = "Egress"
-    BOTH = "Both"
-
-
-class PodDeleteParameters(Model):
-    """Parameters of PodDelete: deletes each target pod once. Cannot be rolled back."""
-
-    grace_period_seconds: int = Field(
-        default=0,
-        ge=0,
-        le=3600,
-        description="Grace period of the pod deletion; 0 kills at once.",
+    return (
+        f"What the attack does. API-level: {names(Level.API)}. "
+        f"Node-level (node agents): {names(Level.NODE)}."
     )
 
 
-class ScaleWorkloadParameters(Model):
-    """Parameters of ScaleWorkload: scales a workload, rollback restores the old count."""
-
-    workload: WorkloadRef = Field(description="The workload to scale.")
-    replicas: int = Field(ge=0, le=10000, description="The replica count during the attack.")
-
-
-class NetworkIsolationParameters(Model):
-    """NetworkIsolation: a NetworkPolicy denies the targets' traffic; rollback deletes it."""
-
-    direction: Direction = Field(
-        default=Direction.BOTH, description="Which traffic is denied: Ingress, Egress or Both."
-    )
-
-
-class CpuStressParameters(Model):
-    """CpuStress: worker processes that keep CPUs busy, in the target pod's cgroup."""
-
-    workers: int = Field(default=1, ge=1, le=64, description="Busy processes, one CPU each.")
-
-
-class MemoryStressParameters(Model):
-    """MemoryStress: a process that allocates and holds memory, in the pod's cgroup."""
-
-    megabytes: int = Field(ge=1, le=65536, description="MiB allocated and held.")
-
-
-class NetworkBlackholeParameters(Model):
-    """NetworkBlackhole: nftables in the target's network namespace drops all traffic."""
-
-    direction: Direction = Field(
-        default=Direction.BOTH, description="Which traffic is dropped: Ingress, Egress or Both."
-    )
-
-
-class PacketLossParameters(Model):
-    """PacketLoss: nftables in the target's network namespace drops a share of packets."""
-
-    percent: int = Field(ge=1, le=100, description="Percent (1-100) of the packets dropped.")
-    direction: Direction = Field(
-        default=Direction.BOTH, description="Which traffic loses packets: Ingress, Egress or Both."
-    )
-
-
-class BandwidthLimitParameters(Model):
-    """BandwidthLimit: a tc tbf qdisc caps the target's outgoing throughput."""
-
-    rate_kbit: int = Field(ge=8, le=100_000_000, description="The cap in kbit/s.")
-    burst_kbyte: int = Field(
-        default=32, ge=2, le=1_048_576, description="Bucket size in KiB (bytes sent at full speed)."
-    )
-
-
-class NetworkDelayParameters(Model):
-    """NetworkDelay: a tc netem qdisc delays the target's outgoing packets."""
-
-    delay_ms: int = Field(ge=1, le=60_000, description="Added delay in milliseconds.")
-    jitter_ms: int = Field(default=0, ge=0, le=60_000, description="Jitter in milliseconds.")
-
-
-class KillSignal(StrEnum):
-    KILL = "KILL"
-    TERM = "TERM"
-
-
-class ProcessKillParameters(Model):
-    """ProcessKill: signals the target pod's processes. Cannot be rolled back."""
-
-    signal: KillSignal = Field(default=KillSignal.KILL, description="KILL or TERM.")
-    process_name: str | None = Field(
-        default=None,
-        max_length=15,
-        pattern=r"^[A-Za-z0-9._-]+$",
-        description="Only processes with this name (comm, at most 15 characters); else all.",
-    )
-
-
-# The parameter field of each attack type: (field name, required).
-PARAMETERS: dict[AttackType, tuple[str, bool]] = {
-    AttackType.POD_DELETE: ("pod_delete", False),
-    AttackType.SCALE_WORKLOAD: ("scale_workload", True),
-    AttackType.NETWORK_ISOLATION: ("network_isolation", False),
-    AttackType.CPU_STRESS: ("cpu_stress", False),
-    AttackType.MEMORY_STRESS: ("memory_stress", True),
-    AttackType.NETWORK_BLACKHOLE: ("network_blackhole", False),
-    AttackType.PACKET_LOSS: ("packet_loss", True),
-    AttackType.BANDWIDTH_LIMIT: ("bandwidth_limit", True),
-    AttackType.NETWORK_DELAY: ("network_delay", True),
-    AttackType.PROCESS_KILL: ("process_kill", False),
-}
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-def _parameter_rules() -> list[JsonValue]:
-    """CEL: each type's parameters are given for that type only (and when required)."""
-    rules: list[JsonValue] = []
-    for kind, (field, required) in PARAMETERS.items():
-        key = _camel(field)
-        if required:
-            rules.append(
-                cel(
-                    f"(self.type == '{kind}') == has(self.{key})",
-                    f"{key} parameters are required for, and only for, type {kind}",
-                    fieldPath=f".{key}",
-                )
-            )
-        else:
-            rules.append(
-                cel(
-                    f"self.type == '{kind}' || !has(self.{key})",
-                    f"{key} parameters belong to type {kind} only",
-                    fieldPath=f".{key}",
-                )
-            )
-    return rules
-
-
+# The parameters of each attack type sit in a field of their own, named and typed by the
+# type's descriptor (api/attacks.py): the CEL rules of the CRD and Attack's validator are
+# both made from the catalogue, and the fields are checked against it on import. (A model's
+# docstring is its description in the CRD, hence a comment.)
 class Attack(Model):
     """One attack: what happens to the targets, for how long."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _parameter_rules()})
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": parameter_rules(PARAMETER_FIELDS)}
+    )
 
     name: str = Field(
         description="Name of the attack, unique in the Experiment (a DNS label).",
         max_length=63,
         pattern=DNS_LABEL,
     )
-    type: AttackType = Field(
-        description=(
-            "What the attack does. API-level: PodDelete, ScaleWorkload, NetworkIsolation, "
-            "EndpointRemoval, NodeCordon. Node-level (node agents): CpuStress, MemoryStress, "
-            "NetworkBlackhole, PacketLoss, BandwidthLimit, NetworkDelay, ProcessKill."
-        )
-    )
+    type: AttackType = Field(description=_type_description())
     duration_seconds: int = Field(
         default=60,
         ge=1,
         le=MAX_DURATION_SECONDS,
         description="How long the attack runs before it is stopped and rolled back.",
     )
-    pod_delete: PodDeleteParameters | None = Field(
-        default=None, description="Parameters of a PodDelete attack."
-    )
-    scale_workload: ScaleWorkloadParameters | None = Field(
-        default=None, description="Parameters of a ScaleWorkload attack (required for it)."
-    )
-    network_isolation: NetworkIsolationParameters | None = Field(
-        default=None, description="Parameters of a NetworkIsolation attack."
-    )
-    cpu_stress: CpuStressParameters | None = Field(
-        default=None, description="Parameters of a CpuStress attack."
-    )
-    memory_stress: MemoryStressParameters | None = Field(
-        default=None, description="Parameters of a MemoryStress attack (required for it)."
-    )
-    network_blackhole: NetworkBlackholeParameters | None = Field(
-        default=None, description="Parameters of a NetworkBlackhole attack."
-    )
-    packet_loss: PacketLossParameters | None = Field(
-        default=None, description="Parameters of a PacketLoss attack (required for it)."
-    )
-    bandwidth_limit: BandwidthLimitParameters | None = Field(
-        default=None, description="Parameters of a BandwidthLimit attack (required for it)."
-    )
-    network_delay: NetworkDelayParameters | None = Field(
-        default=None, description="Parameters of a NetworkDelay attack (required for it)."
-    )
-    process_kill: ProcessKillParameters | None = Field(
-        default=None, description="Parameters of a ProcessKill attack."
-    )
+    pod_delete: PodDeleteParameters | None = _parameters(AttackType.POD_DELETE)
+    scale_workload: ScaleWorkloadParameters | None = _parameters(AttackType.SCALE_WORKLOAD)
+    network_isolation: NetworkIsolationParameters | None = _parameters(AttackType.NETWORK_ISOLATION)
+    cpu_stress: CpuStressParameters | None = _parameters(AttackType.CPU_STRESS)
+    memory_stress: MemoryStressParameters | None = _parameters(AttackType.MEMORY_STRESS)
+    network_blackhole: NetworkBlackholeParameters | None = _parameters(AttackType.NETWORK_BLACKHOLE)
+    packet_loss: PacketLossParameters | None = _parameters(AttackType.PACKET_LOSS)
+    bandwidth_limit: BandwidthLimitParameters | None = _parameters(AttackType.BANDWIDTH_LIMIT)
+    network_delay: NetworkDelayParameters | None = _parameters(AttackType.NETWORK_DELAY)
+    process_kill: ProcessKillParameters | None = _parameters(AttackType.PROCESS_KILL)
+
+    @property
+    def descriptor(self) -> AttackDescriptor:
+        return CATALOGUE[AttackType(self.type)]
 
     @property
     def reversible(self) -> bool:
-        return REVERSIBLE[AttackType(self.type)]
+        return self.descriptor.reversible
 
     @property
     def node_level(self) -> bool:
-        return AttackType(self.type) in NODE_LEVEL
+        return self.descriptor.level is Level.NODE
 
     def parameters(self) -> Model | None:
         """The parameters of this attack's type (None where the type has none or defaults)."""
-        entry = PARAMETERS.get(AttackType(self.type))
-        return getattr(self, entry[0]) if entry else None
+        field = self.descriptor.parameters_field
+        parameters: Model | None = getattr(self, field) if field else None
+        return parameters
 
     @model_validator(mode="after")
     def _parameters_match_type(self) -> Attack:
-        for kind, (field, required) in PARAMETERS.items():
-            given = getattr(self, field) is not None
-            key = _camel(field)
-            if required and self.type == kind and not given:
-                raise ValueError(f"type {kind} needs {key} parameters")
-            if given and self.type != kind:
-                raise ValueError(f"{key} parameters belong to type {kind} only")
+        if (problem := parameter_problem(self, self.type, PARAMETER_FIELDS)) is not None:
+            raise ValueError(problem)
         return self
 
 
-class StateCheckType(StrEnum):
-    WORKLOAD_READY = "WorkloadReady"
-    PODS_READY = "PodsReady"
-    HTTP_GET = "HttpGet"
+def _check_parameter_fields() -> None:
+    """Each descriptor's parameters_field is an Attack field of its parameters_model (or
+    None), and every parameter field of Attack belongs to a descriptor: a type added to the
+    catalogue without its field, or a field without its descriptor, fails on import."""
+    fixed = {"name", "type", "duration_seconds"}
+    declared = {
+        d.parameters_field: {d.parameters_model, type(None)}
+        for d in CATALOGUE.values()
+        if d.parameters_field is not None
+    }
+    fields = {
+        name: set(get_args(f.annotation))
+        for name, f in Attack.model_fields.items()
+        if name not in fixed
+    }
+    if fields != declared:
+        raise TypeError(f"Attack's parameter fields {fields} differ from the catalogue's")
 
 
-class WorkloadReadyCheck(Model):
-    """A Deployment or StatefulSet has at least N, or X percent, ready replicas."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "has(self.minReady) != has(self.minReadyPercent)",
-                    "give exactly one of minReady or minReadyPercent",
-                )
-            ]
-        }
-    )
-
-    workload: WorkloadRef = Field(description="The workload whose readiness is checked.")
-    min_ready: int | None = Field(
-        default=None, ge=0, le=10000, description="At least this many replicas are ready."
-    )
-    min_ready_percent: int | None = Field(
-        default=None,
-        ge=0,
-        le=100,
-        description="At least this percent (0-100) of the desired replicas are ready.",
-    )
-
-
-class PodsReadyCheck(Model):
-    """The blast radius' pods are ready: at least this percent of them."""
-
-    min_ready_percent: int = Field(
-        default=100,
-        ge=0,
-        le=100,
-        description="At least this percent (0-100) of the blast radius' pods are Ready.",
-    )
-
-
-class HttpGetCheck(Model):
-    """An HTTP GET answers with the expected status (and body)."""
-
-    url: str = Field(
-        description="The http:// or https:// URL to GET.",
-        max_length=2048,
-        pattern=r"^https?://[^\s]+$",
-    )
-    expected_status: int = Field(
-        default=200, ge=100, le=599, description="The HTTP status that counts as success."
-    )
-    body_contains: str | None = Field(
-        default=None,
-        max_length=1024,
-        description="If set, the response body must contain this text.",
-    )
-    timeout_seconds: int = Field(
-        default=2, ge=1, le=60, description="A request that takes longer counts as a failure."
-    )
-
-
-class StateCheck(Model):
-    """A check of the system's health, run every intervalSeconds during the whole run."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "(self.type == 'WorkloadReady') == has(self.workloadReady)",
-                    "workloadReady parameters are required for, and only for, WorkloadReady",
-                    fieldPath=".workloadReady",
-                ),
-                cel(
-                    "(self.type == 'HttpGet') == has(self.httpGet)",
-                    "httpGet parameters are required for, and only for, HttpGet",
-                    fieldPath=".httpGet",
-                ),
-                cel(
-                    "self.type == 'PodsReady' || !has(self.podsReady)",
-                    "podsReady parameters belong to type PodsReady only",
-                    fieldPath=".podsReady",
-                ),
-            ]
-        }
-    )
-
-    name: str = Field(
-        description="Name of the check, unique in the Experiment (a DNS label).",
-        max_length=63,
-        pattern=DNS_LABEL,
-    )
-    type: StateCheckType = Field(description="WorkloadReady, PodsReady or HttpGet.")
-    interval_seconds: int = Field(default=5, ge=1, le=3600, description="How often the check runs.")
-    workload_ready: WorkloadReadyCheck | None = Field(
-        default=None, description="Parameters of a WorkloadReady check."
-    )
-    pods_ready: PodsReadyCheck | None = Field(
-        default=None, description="Parameters of a PodsReady check."
-    )
-    http_get: HttpGetCheck | None = Field(
-        default=None, description="Parameters of an HttpGet check."
-    )
-
-    @model_validator(mode="after")
-    def _parameters_match_type(self) -> StateCheck:
-        if (self.type == StateCheckType.WORKLOAD_READY) != (self.workload_ready is not None):
-            raise ValueError(
-                "workloadReady parameters are required for, and only for, WorkloadReady"
-            )
-        if (self.type == StateCheckType.HTTP_GET) != (self.http_get is not None):
-            raise ValueError("httpGet parameters are required for, and only for, HttpGet")
-        if self.type != StateCheckType.PODS_READY and self.pods_ready is not None:
-            raise ValueError("podsReady parameters belong to type PodsReady only")
-        return self
+_check_parameter_fields()
 
 
 def schedule_error(cron: str, time_zone: str) -> str | None:

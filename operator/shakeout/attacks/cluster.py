@@ -14,8 +14,9 @@ import contextlib
 import json
 from typing import Any
 
+from shakeout.api.attacks import AttackType, Direction
 from shakeout.api.common import API_VERSION
-from shakeout.api.experiment import Attack, AttackType, Direction
+from shakeout.api.experiment import Attack
 from shakeout.api.labels import CORDONED_BY, ISOLATED, REMOVED_LABELS, RUN_UID_LABEL
 from shakeout.api.run import AttackResult
 from shakeout.attacks.fanout import each

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from shakeout.api.experiment import Attack, AttackType
+from shakeout.api.attacks import AttackType
+from shakeout.api.experiment import Attack
 from shakeout.api.run import AttackResult
 from shakeout.attacks.cluster import ClusterAttacks
 from shakeout.attacks.node import NodeDispatcher

@@ -30,7 +30,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from shakeout.api.experiment import AttackType, ExperimentSpec
+from shakeout.api.attacks import AttackType
+from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.run import MAX_AGENT_NODES, UserInfo
 from shakeout.api.switch import ChaosSwitchSpec
 from shakeout.engine.policies import NamespaceFacts, cap_refusal, namespace_refusal

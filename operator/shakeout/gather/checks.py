@@ -6,7 +6,7 @@ import math
 
 import aiohttp
 
-from shakeout.api.experiment import StateCheck, StateCheckType
+from shakeout.api.checks import StateCheck, StateCheckType
 from shakeout.kube.client import api
 
 

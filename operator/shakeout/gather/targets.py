@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from shakeout.api.experiment import NODE_LEVEL, AttackType, BlastRadius, ExperimentSpec
+from shakeout.api.experiment import BlastRadius, ExperimentSpec
 from shakeout.engine.targets import (
     ATTACKABLE_FIELDS,
     Selection,
@@ -25,12 +25,10 @@ class SelectorError(Exception):
     """The blast radius' selector cannot be used to list pods."""
 
 
-# Attacks that need more of a target than its name: its node, labels, UID or owner.
-NEED_DETAIL = NODE_LEVEL | {AttackType.ENDPOINT_REMOVAL, AttackType.NODE_CORDON}
-
-
 def needs_detail(spec: ExperimentSpec) -> bool:
-    return any(AttackType(a.type) in NEED_DETAIL for a in spec.attacks)
+    """Whether an attack of the spec needs more of a target than its name (its node, labels,
+    UID or owner): its descriptor says so (api/attacks.py, needs_pod_detail)."""
+    return any(a.descriptor.needs_pod_detail for a in spec.attacks)
 
 
 async def resolve_target_pods(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from shakeout.agent.node import nft, qdisc
 from shakeout.agent.node.system import FaultError, run
-from shakeout.api.experiment import AttackType, Direction
+from shakeout.api.attacks import AttackType, Direction
 
 # Each command's share of the probe's budget of 2 s; they run side by side.
 _COMMAND_TIMEOUT_SECONDS = 1.5

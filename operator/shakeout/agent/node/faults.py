@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from shakeout.agent.node import nft, processes, qdisc
 from shakeout.agent.node.locate import Located
 from shakeout.agent.node.system import FaultError, HostPaths
-from shakeout.api.experiment import (
+from shakeout.api.attacks import (
     NODE_LEVEL,
     AttackType,
     BandwidthLimitParameters,

@@ -10,7 +10,7 @@ from typing import Any
 from shakeout.agent.node.locate import Located
 from shakeout.agent.node.netns import find_target, target_of
 from shakeout.agent.node.system import FaultError, HostPaths, checked_int, in_netns, run
-from shakeout.api.experiment import Direction
+from shakeout.api.attacks import Direction
 
 TABLE = re.compile(r"^shakeout_[0-9a-f]{12}$")
 # Before conntrack (-200) and NAT (-100): dropped packets leave no conntrack entries,

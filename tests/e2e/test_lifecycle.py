@@ -1,4 +1,4 @@
-"""The seed's rules on the real control plane, one test per rule, driven with kubectl."""
+"""A run's lifecycle rules on the real control plane, one test per rule, driven with kubectl."""
 
 from __future__ import annotations
 
@@ -142,6 +142,22 @@ def test_a_failing_state_check_fails_the_run_and_rolls_back(ready: Cluster) -> N
     assert replicas(ready, "web3") == 3
     summary = next(c for c in status["conditions"] if c["type"] == "Succeeded")
     assert (summary["status"], summary["reason"]) == ("False", "StateCheckFailed")
+    # The failure is a Warning Event (what `kubectl get events --field-selector
+    # type=Warning` and alerting on Events pick up); the phases before it are Normal.
+    posted = eventually(
+        lambda: (e := event_types(ready, name)).get("StateCheckFailed") and e,
+        what="the failure's Event",
+    )
+    assert posted["StateCheckFailed"] == "Warning", posted
+    assert posted["Created"] == "Normal", posted
+
+
+def event_types(cluster: Cluster, name: str) -> dict[str, str]:
+    """reason -> type of the run's Events."""
+    items = cluster.get("events", "-n", TEAM, "--field-selector", f"involvedObject.name={name}")[
+        "items"
+    ]
+    return {e["reason"]: e["type"] for e in items}
 
 
 def test_an_authenticated_user_outside_the_team_can_cancel(ready: Cluster) -> None:

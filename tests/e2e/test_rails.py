@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import Cluster, eventually
 from tests.e2e.runs import TEAM, create_run, deployment, replicas, scale_experiment, wait_phase
 
 
@@ -69,3 +69,63 @@ def test_opt_in_mode_and_target_caps(ready: Cluster) -> None:
             "chaosswitch", "default", {"spec": {"caps": None, "namespaceMode": "OptOut"}}
         )
         ready.kubectl("label", "namespace", TEAM, "shakeout.dev/chaos-")
+
+
+def test_a_rail_set_during_the_warm_up_fails_the_run_before_any_attack(
+    ready: Cluster, namespace: str
+) -> None:
+    deployment(ready, "warm", replicas=2, namespace=namespace)
+    scale_experiment(ready, "warm", "warm", to=0, warm_up=3, namespace=namespace)
+    name, _ = create_run(ready, "warm", user=None, namespace=namespace)
+    wait_phase(ready, name, {"PREPARED"}, namespace=namespace)
+    ready.kubectl("label", "namespace", namespace, "shakeout.dev/protected=true")
+    status = wait_phase(ready, name, {"FAILED", "COMPLETED", "CANCELED"}, namespace=namespace)
+    assert (status["phase"], status["reason"]) == ("FAILED", "NamespaceProtected"), status
+    assert f"namespace {namespace} is protected" in status["message"]
+    assert status["attacks"][0]["state"] == "Skipped"
+    assert replicas(ready, "warm", namespace=namespace) == 2
+
+
+def test_the_blast_radius_takes_only_running_scheduled_pods(ready: Cluster, namespace: str) -> None:
+    deployment(ready, "live", replicas=2, namespace=namespace)
+    # Same labels, never scheduled (no node has this label): Pending, not a target.
+    ready.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "pending", "namespace": namespace, "labels": {"app": "live"}},
+            "spec": {
+                "nodeSelector": {"shakeout.dev/no-such-node": "true"},
+                "containers": [{"name": "c", "image": "nginx"}],
+            },
+        }
+    )
+    ready.apply(
+        {
+            "apiVersion": "shakeout.dev/v1alpha1",
+            "kind": "Experiment",
+            "metadata": {"name": "live", "namespace": namespace},
+            "spec": {
+                "blastRadius": {"selector": {"matchLabels": {"app": "live"}}},
+                "attacks": [{"name": "kill", "type": "PodDelete", "durationSeconds": 1}],
+            },
+        }
+    )
+    name, _ = create_run(ready, "live", user=None, namespace=namespace)
+    status = wait_phase(ready, name, {"FAILED", "COMPLETED", "CANCELED"}, namespace=namespace)
+    assert status["phase"] == "COMPLETED", status
+    assert (status["targets"]["matched"], status["targets"]["selected"]) == (2, 2), status
+    assert "pending" not in status["targets"]["names"]
+    assert status["attacks"][0]["targets"] == 2
+    pending = ready.get("pod", "pending", "-n", namespace)
+    assert "deletionTimestamp" not in pending["metadata"]
+    assert pending["status"]["phase"] == "Pending"
+    # A blast radius of nothing but Pending pods has no targets: refused, nothing stored.
+    ready.kubectl("scale", "deployment", "live", "-n", namespace, "--replicas=0")
+    eventually(
+        lambda: len(ready.get("pods", "-n", namespace, "-l", "app=live")["items"]) == 1,
+        what="only the Pending pod left",
+    )
+    _, refused = create_run(ready, "live", user=None, namespace=namespace, check=False)
+    assert refused.returncode != 0
+    assert "resolves to no pods" in refused.stderr

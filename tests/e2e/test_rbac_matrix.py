@@ -1,5 +1,7 @@
-"""The seed's access rules as a matrix of identities and actions, run twice: with the
-operator's webhooks in place, and with its ValidatingWebhookConfiguration deleted.
+"""Who may do what (team members run their team's experiments; any authenticated user may
+cancel any run and flip the ChaosSwitch), as a matrix of identities and actions, run
+twice: with the operator's webhooks in place, and with its ValidatingWebhookConfiguration
+deleted.
 Zero unauthorized actions and zero false refusals, both times."""
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""admission"""
+"""The admission webhooks, one module per kind."""

@@ -1,4 +1,4 @@
-"""Building blocks shared by the three kinds: camelCase models, conditions, selectors."""
+"""Building blocks shared by the four kinds (Experiment, ExperimentRun, ChaosSwitch, NodeAttack): camelCase models, conditions, selectors."""
 
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ class ObjectMeta(Model):
 
 
 class Resource(Model):
-    """Base of the three kinds: apiVersion, kind, metadata; subclasses add spec/status."""
+    """Base of every kind: apiVersion, kind, metadata; subclasses add spec/status."""
 
     KIND: ClassVar[str]
     PLURAL: ClassVar[str]

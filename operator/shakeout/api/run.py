@@ -19,7 +19,8 @@ MAX_AGENT_NODES = 500
 
 
 class Phase(StrEnum):
-    """The seed's phases, in order; CANCELED and FAILED end a run from any phase."""
+    """A run's phases in order, CREATED → PREPARED → ATTACKS_STARTED → ATTACKS_STOPPED →
+    COMPLETED; CANCELED and FAILED end a run from any phase."""
 
     CREATED = "CREATED"
     PREPARED = "PREPARED"

@@ -1,1 +1,1 @@
-"""attacks"""
+"""Acting on the cluster: the executors of the attack catalogue."""

@@ -1,1 +1,2 @@
-"""kopf handlers: thin adapters that gather observations, ask the engine, and act."""
+"""The kopf wiring only: each handler hands its object to gather/, engine/ and execution/;
+operator.py imports these modules by name."""

@@ -1,1 +1,1 @@
-"""kube"""
+"""Cluster access: one client, one error vocabulary, URL descriptors, leases."""

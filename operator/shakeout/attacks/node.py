@@ -19,7 +19,7 @@ from shakeout.api.common import API_VERSION
 from shakeout.api.experiment import Attack
 from shakeout.api.labels import ATTACK_LABEL, NODE_LABEL, RUN_UID_LABEL
 from shakeout.api.nodeattack import MAX_NODE_TARGETS, NodeAttackPhase
-from shakeout.attacks.cluster import AttackError, run_owner
+from shakeout.attacks.context import AttackError, run_owner
 from shakeout.gather import agents
 from shakeout.kube.client import Obj, Pod, api
 from shakeout.kube.errors import Conflict, NotFound

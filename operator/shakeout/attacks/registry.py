@@ -1,11 +1,11 @@
-"""The attacks of one run, each handed to its executor: the operator itself for API-level
-attacks, the node agents (through NodeAttacks) for node-level ones."""
+"""The attacks of one run, each handed to the executor of its level (its descriptor in
+api/attacks.py says which): the operator itself for API-level attacks (attacks/cluster.py),
+the node agents, through NodeAttacks, for node-level ones (attacks/node.py)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from shakeout.api.attacks import AttackType
 from shakeout.api.experiment import Attack
 from shakeout.api.run import AttackResult
 from shakeout.attacks.cluster import ClusterAttacks
@@ -23,7 +23,7 @@ class RunAttacks:
     async def prepare(self, attack: Attack) -> dict[str, object]:
         """What to journal before applying (the rollback data), read from the cluster."""
         if attack.node_level:
-            return {}
+            return {}  # the agents journal their targets themselves (NodeAttack status)
         return await self.cluster.prepare(attack)
 
     async def apply(self, attack: Attack, pods: list[Pod]) -> int:
@@ -45,5 +45,4 @@ class RunAttacks:
 
     async def clean_up(self, attacks: list[AttackResult]) -> None:
         """After the run ended: remove what selects nothing any more (isolation marks)."""
-        if any(a.type == AttackType.NETWORK_ISOLATION for a in attacks):
-            await self.cluster.unmark()
+        await self.cluster.clean_up(a.type for a in attacks)

@@ -12,7 +12,7 @@ import pytest
 from shakeout.agent.node.capabilities import probe
 from shakeout.agent.node.keeper_client import Keeper
 from shakeout.agent.node.system import FaultError
-from shakeout.api.attacks import AttackType
+from shakeout.api.attacks import NODE_LEVEL, AttackType
 from tests.node.lab import (
     Netns,
     free_port,
@@ -140,15 +140,7 @@ async def test_probe_reports_every_node_level_type_quickly() -> None:
     reasons = await probe()
     elapsed = time.monotonic() - started
     assert elapsed < 2.0
-    assert set(reasons) == {
-        AttackType.CPU_STRESS,
-        AttackType.MEMORY_STRESS,
-        AttackType.NETWORK_BLACKHOLE,
-        AttackType.PACKET_LOSS,
-        AttackType.BANDWIDTH_LIMIT,
-        AttackType.NETWORK_DELAY,
-        AttackType.PROCESS_KILL,
-    }
+    assert set(reasons) == NODE_LEVEL
     supported = {kind for kind, reason in reasons.items() if reason is None}
     assert supported >= reasons.keys() - {AttackType.NETWORK_DELAY}
     unusable = await probe(locator_ok=False)

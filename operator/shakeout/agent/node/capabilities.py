@@ -12,8 +12,11 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import assert_never
 
 from shakeout.agent.node import nft, qdisc
+from shakeout.agent.node.faults import FAULTS, Probe
 from shakeout.agent.node.system import FaultError, run
 from shakeout.api.attacks import AttackType, Direction
 
@@ -64,8 +67,36 @@ def _missing(*tools: str) -> str | None:
     return f"not installed on this node: {', '.join(absent)}" if absent else None
 
 
+@dataclass(frozen=True)
+class _Reasons:
+    """What the probes found: None where it works, else why not."""
+
+    network: str | None
+    nftables: str | None
+    tbf: str | None
+    netem: str | None
+
+
+def _needs(probe: Probe, reasons: _Reasons) -> str | None:
+    """Why this node cannot do what `probe` names, or None."""
+    match probe:
+        case Probe.NFTABLES:
+            return _missing("nft") or reasons.network or reasons.nftables
+        case Probe.TBF:
+            return _missing("tc", "ip") or reasons.network or reasons.tbf
+        case Probe.NETEM:
+            return _missing("tc", "ip") or reasons.network or reasons.netem
+        case Probe.NSENTER:
+            return reasons.network
+        case Probe.NOTHING:
+            return None
+        case _:  # mypy checks that every Probe has its case
+            assert_never(probe)
+
+
 async def probe(locator_ok: bool = True) -> dict[AttackType, str | None]:
-    """For each node-level attack type: None if this node can run it, else why not."""
+    """For each node-level attack type (each fault of faults.FAULTS, by the probe it
+    names): None if this node can run it, else why not."""
     nftables, tbf, netem, nsenter = await asyncio.gather(
         _nftables(),
         _qdisc(qdisc.tbf_options(1000, 32)),
@@ -76,16 +107,8 @@ async def probe(locator_ok: bool = True) -> dict[AttackType, str | None]:
     if unshare is not None:
         # Without unshare, the scratch namespace probes say nothing about the kernel.
         nftables = tbf = netem = f"cannot probe in a scratch network namespace: {unshare}"
-    network = _missing("nsenter") or nsenter
-    reasons: dict[AttackType, str | None] = {
-        AttackType.NETWORK_BLACKHOLE: _missing("nft") or network or nftables,
-        AttackType.PACKET_LOSS: _missing("nft") or network or nftables,
-        AttackType.BANDWIDTH_LIMIT: _missing("tc", "ip") or network or tbf,
-        AttackType.NETWORK_DELAY: _missing("tc", "ip") or network or netem,
-        AttackType.CPU_STRESS: network,
-        AttackType.MEMORY_STRESS: network,
-        AttackType.PROCESS_KILL: None,
-    }
+    found = _Reasons(_missing("nsenter") or nsenter, nftables, tbf, netem)
+    reasons = {kind: _needs(fault.probe, found) for kind, fault in FAULTS.items()}
     if not locator_ok:
         unusable = "the pod locator does not work on this node"
         return dict.fromkeys(reasons, unusable)

@@ -6,6 +6,11 @@ NodeAttacks labelled with its node and reconciles each: applies it once, after c
 against the run (the run's status, written only by the operator, is the authority), and
 rolls it back when asked, when the run ended, or when the NodeAttack is gone.
 
+An apply goes target by target, each journaled (Applying) before it is touched, and
+starts no further target once a rollback is asked for (spec.rollback or the NodeAttack's
+deletion, seen by the watch or a resync), the lease ran out, or the run, read again
+during the apply, no longer allows it; what it applied is then rolled back.
+
 Losing the API server: renewals fail, the heartbeats stop, and the keeper rolls every
 fault back when the lease runs out, whatever this process is doing (even when frozen).
 Faults lost that way are reported Failed on reconnection and never applied again.
@@ -15,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -28,25 +32,23 @@ from typing import Any
 
 from kubernetes import watch
 
+from shakeout.agent.lease import AgentLease
 from shakeout.agent.node.capabilities import probe
 from shakeout.agent.node.keeper_client import Keeper
+from shakeout.agent.nodeattacks import fault_id, refusal, rolled_back
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.experiment import Attack
 from shakeout.api.labels import (
-    AGENT_LABEL,
-    AGENT_LABEL_VALUE,
-    CAPABILITIES_ANNOTATION,
-    NODE_ANNOTATION,
     NODE_LABEL,
-    agent_lease_name,
 )
 from shakeout.api.nodeattack import NodeAttackPhase, TargetState
-from shakeout.api.run import AttackState, Phase
 from shakeout.kube.client import Api, Obj
-from shakeout.kube.leases import micro_time, renewed
-from shakeout.kube.resources import LEASES, NODE_ATTACKS, PODS, RUNS
+from shakeout.kube.leases import micro_time
+from shakeout.kube.resources import NODE_ATTACKS, PODS, RUNS
 
 log = logging.getLogger("shakeout.agent")
+
+LEASE_RAN_OUT = "the lease ran out"
 
 
 @dataclass
@@ -63,10 +65,9 @@ class AgentOptions:
     # hostPID), so that stress processes can join the target pod's cgroup.
     cgroup_namespace: str | None = None
     resync: float = 10.0
-
-
-def fault_id(run_uid: str, attack: str, pod_uid: str) -> str:
-    return f"{run_uid}/{attack}/{pod_uid}"
+    # While an apply goes on, the run is read again at most this often (seconds): a stop
+    # that reached neither the watch nor a resync yet halts it all the same.
+    recheck: float = 0.5
 
 
 class NodeAgent:
@@ -74,10 +75,15 @@ class NodeAgent:
         self.options = options
         self.api = api
         self.keeper = keeper
-        self.capabilities = capabilities
         self.identity = f"{options.node}_{uuid.uuid4().hex[:10]}"
-        self.lease_name = agent_lease_name(options.node)
-        self.last_renewal = 0.0
+        self.lease = AgentLease(
+            api,
+            node=options.node,
+            namespace=options.namespace,
+            identity=self.identity,
+            duration=options.lease_duration,
+            capabilities=capabilities,
+        )
         # NodeAttack uid -> the fault ids this agent applied for it and still holds.
         self.held: dict[str, set[str]] = {}
         self.locks: dict[str, asyncio.Lock] = {}
@@ -86,36 +92,16 @@ class NodeAgent:
         self.tasks: set[asyncio.Task[None]] = set()
         # NodeAttacks whose faults the keeper rolled back on its own (a lapse).
         self.lapsed: set[str] = set()
+        # NodeAttacks asked to roll back, or deleted: seen before their lock is taken, so
+        # that an apply in progress starts no further target. Never applied again.
+        self.halted: set[str] = set()
+        # The last report per NodeAttack (phase, targets): fresher than an event's copy.
+        self.reports: dict[str, tuple[str, list[Obj]]] = {}
 
     # -- the lease ---------------------------------------------------------------
 
-    def lease_body(self, current: Obj | None) -> Obj:
-        body = renewed(
-            current,
-            agent_lease_name(self.options.node),
-            self.options.namespace,
-            self.identity,
-            self.options.lease_duration,
-        )
-        meta = body["metadata"]
-        meta["labels"] = {**(meta.get("labels") or {}), AGENT_LABEL: AGENT_LABEL_VALUE}
-        meta["annotations"] = {
-            **(meta.get("annotations") or {}),
-            NODE_ANNOTATION: self.options.node,
-            CAPABILITIES_ANNOTATION: json.dumps(self.capabilities, sort_keys=True),
-        }
-        return body
-
-    async def renew(self) -> None:
-        namespace = self.options.namespace
-        current = await self.api.get(LEASES, namespace, self.lease_name)
-        if current is None:
-            await self.api.create(LEASES, namespace, self.lease_body(None))
-        else:
-            # A PUT with the resourceVersion read: a concurrent writer makes it a Conflict.
-            path = LEASES.path(namespace, self.lease_name)
-            await self.api.request("PUT", path, self.lease_body(current))
-        self.last_renewal = time.monotonic()
+    async def renewed(self, again: bool) -> None:
+        """After a renewal: tell the keeper; report what it rolled back on its own."""
         held = set(await self.keeper.heartbeat())
         # Faults the keeper no longer holds were rolled back by its deadline: they are
         # reported Failed by the next reconcile (never applied again).
@@ -123,33 +109,16 @@ class NodeAgent:
             if ids - held:
                 self.held[uid] = ids & held
                 self.lapsed.add(uid)
+        if again or self.lapsed:
+            log.warning("lease renewed again; reporting faults lost meanwhile")
+            await self.resync()
 
-    async def renew_loop(self) -> None:
-        lost = False
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            try:
-                await self.renew()
-                if lost or self.lapsed:
-                    log.warning("lease renewed again; reporting faults lost meanwhile")
-                    lost = False
-                    await self.resync()
-            except Exception as err:  # noqa: BLE001  (the API server may be away: keep trying)
-                expired = time.monotonic() - self.last_renewal > self.options.lease_duration
-                log.warning(f"lease renewal failed: {err}")
-                if expired and not lost:
-                    lost = True
-                    log.error("lease expired: rolling back every fault of this node")
-                    try:
-                        await self.keeper.rollback_all()
-                    except Exception as err:  # noqa: BLE001  (the keeper keeps the rest journaled)
-                        log.error(f"rollback after lease expiry incomplete: {err}")
-                    self.held.clear()
-            spent = time.monotonic() - started
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.stopping.wait(), max(0.05, self.options.renew_interval - spent)
-                )
+    async def lease_lost(self) -> None:
+        log.error("lease expired: rolling back every fault of this node")
+        try:
+            await self.keeper.rollback_all()
+        finally:
+            self.held.clear()  # what the keeper could not undo stays in its journal
 
     # -- NodeAttacks ---------------------------------------------------------------
 
@@ -197,12 +166,18 @@ class NodeAgent:
         items = await self.api.list_objects(NODE_ATTACKS, labels=mine)
         present = {o["metadata"]["uid"] for o in items}
         for uid in [u for u in self.held if u not in present]:
-            await self.rollback_held(uid)
+            await self.reconcile({"metadata": {"uid": uid, "name": uid}}, deleted=True)
         await asyncio.gather(*(self.reconcile(o) for o in items))
 
     async def rollback_held(self, uid: str) -> None:
-        for fid in sorted(self.held.pop(uid, set())):
-            await self.keeper.rollback(fid)
+        left = self.held.pop(uid, set())
+        for fid in sorted(left):
+            try:
+                await self.keeper.rollback(fid)
+            except Exception:
+                self.held.setdefault(uid, set()).update(left)  # the next reconcile retries
+                raise
+            left = left - {fid}
 
     async def report(self, obj: Obj, phase: str, message: str, targets: list[Obj]) -> None:
         meta = obj["metadata"]
@@ -216,43 +191,46 @@ class NodeAgent:
         await self.api.merge_patch(
             NODE_ATTACKS, meta["namespace"], meta["name"], {"status": status}, "status"
         )
+        self.reports[meta["uid"]] = (phase, targets)
 
     async def reconcile(self, obj: Obj, deleted: bool = False) -> None:
         uid = obj["metadata"]["uid"]
-        lock = self.locks.setdefault(uid, asyncio.Lock())
-        async with lock:
+        if deleted or (obj.get("spec") or {}).get("rollback"):
+            self.halted.add(uid)  # before the lock, which an apply may hold
+        async with self.locks.setdefault(uid, asyncio.Lock()):
             try:
-                await self._reconcile(obj, deleted)
+                if deleted:
+                    await self.rollback_held(uid)
+                    self.reports.pop(uid, None)
+                else:
+                    await self._reconcile(obj)
             except Exception as err:
                 log.exception(f"NodeAttack {obj['metadata'].get('name')}: {err}")
 
-    async def _reconcile(self, obj: Obj, deleted: bool) -> None:
+    async def _reconcile(self, obj: Obj) -> None:
         uid = obj["metadata"]["uid"]
         spec = obj.get("spec") or {}
         status = obj.get("status") or {}
-        if deleted:
-            await self.rollback_held(uid)
-            return
+        phase, targets = self.reports.get(uid, (status.get("phase"), status.get("targets")))
         run = await self.api.get(RUNS, obj["metadata"]["namespace"], str(spec.get("runName")))
-        refusal = self.refusal(obj, run)
-        if spec.get("rollback") or refusal is not None:
+        refused = refusal(obj, run, self.options.node)
+        asked = uid in self.halted
+        if asked or refused is not None:
             await self.rollback_held(uid)
-            phase = status.get("phase")
-            if phase is None and not spec.get("rollback"):
-                await self.report(obj, NodeAttackPhase.FAILED, f"refused: {refusal}", [])
+            self.lapsed.discard(uid)  # whatever the keeper lost, nothing is held now
+            if phase is None and not asked:
+                await self.report(obj, NodeAttackPhase.FAILED, f"refused: {refused}", [])
             elif phase not in (NodeAttackPhase.ROLLED_BACK, NodeAttackPhase.FAILED) and (
                 phase is None or Attack.model_validate(spec.get("attack") or {}).reversible
             ):
                 # (an applied irreversible attack keeps its Applied report: nothing to undo)
-                targets = [
-                    {"name": t["name"], "state": TargetState.ROLLED_BACK}
-                    for t in status.get("targets") or spec.get("targets") or []
-                ]
                 await self.report(
-                    obj, NodeAttackPhase.ROLLED_BACK, "rolled back by the node agent", targets
+                    obj,
+                    NodeAttackPhase.ROLLED_BACK,
+                    "rolled back by the node agent",
+                    rolled_back(targets or spec.get("targets") or []),
                 )
             return
-        phase = status.get("phase")
         if phase is None:
             await self.apply(obj)
         elif (
@@ -266,35 +244,20 @@ class NodeAgent:
                 obj,
                 NodeAttackPhase.FAILED,
                 "the node agent restarted or lost its lease; its faults were rolled back",
-                [
-                    {"name": t["name"], "state": TargetState.ROLLED_BACK}
-                    for t in status.get("targets") or []
-                ],
+                rolled_back(targets or []),
             )
             self.held.pop(uid, None)
             self.lapsed.discard(uid)
 
-    def refusal(self, obj: Obj, run: Obj | None) -> str | None:
-        """Why the NodeAttack must not (or no longer) be applied; None if it may."""
-        spec = obj.get("spec") or {}
-        if spec.get("node") != self.options.node:
-            return f"meant for node {spec.get('node')}"
-        if run is None or run["metadata"].get("uid") != spec.get("runUID"):
-            return "its ExperimentRun is gone"
-        run_status = run.get("status") or {}
-        if run_status.get("phase") != Phase.ATTACKS_STARTED:
-            return f"its ExperimentRun is {run_status.get('phase')}, not ATTACKS_STARTED"
-        attack = Attack.model_validate(spec.get("attack") or {})
-        planned = [
-            Attack.model_validate(a)
-            for a in (run_status.get("experiment") or {}).get("attacks") or []
-        ]
-        if attack not in planned:
-            return f"attack {attack.name} is not in the run's copy of the Experiment"
-        states = {a.get("name"): a.get("state") for a in run_status.get("attacks") or []}
-        if states.get(attack.name) not in (AttackState.APPLYING, AttackState.APPLIED):
-            return f"the run has attack {attack.name} in state {states.get(attack.name)}"
-        return None
+    async def recheck(self, obj: Obj) -> str | None:
+        """The run read again during an apply: why it no longer allows it, if so."""
+        namespace, name = obj["metadata"]["namespace"], str(obj["spec"].get("runName"))
+        try:
+            run = await self.api.get(RUNS, namespace, name)
+        except Exception as err:  # noqa: BLE001  (the watch, or the lease's loss, still stop it)
+            log.warning(f"re-reading run {name} during an apply failed: {err}")
+            return None
+        return refusal(obj, run, self.options.node)
 
     async def apply(self, obj: Obj) -> None:
         uid = obj["metadata"]["uid"]
@@ -312,34 +275,27 @@ class NodeAgent:
             f"applying {attack.type} to {len(wanted)} pod(s)",
             [{"name": t["name"], "state": TargetState.APPLYING} for t in wanted],
         )
-        held = self.held.setdefault(uid, set())
-        results = []
+        self.held.setdefault(uid, set())  # applied by this instance, even if nothing is held
+        results: list[Obj] = []
         parameters = attack.parameters()
         params = parameters.model_dump(by_alias=True, mode="json") if parameters else {}
+        # Halted between two targets: by a rollback asked for (seen by the watch or a
+        # resync), by the lease's loss, or by the run, read again every `recheck` seconds.
+        read_at = time.monotonic()  # the run was read just before the apply began
+        halted = None
         for target in wanted:
+            if uid in self.halted:
+                halted = "a rollback was asked for"
+            elif self.lease.expired():
+                halted = LEASE_RAN_OUT
+            elif time.monotonic() - read_at >= self.options.recheck:
+                read_at = time.monotonic()
+                halted = await self.recheck(obj)
+            if halted is not None:
+                await self.stop_apply(obj, attack, results, halted)
+                return
             pod = by_name.get(target["name"])
-            if pod is None or pod["metadata"]["uid"] != target["uid"]:
-                results.append(
-                    {"name": target["name"], "state": TargetState.GONE, "message": "pod gone"}
-                )
-                continue
-            fid = fault_id(spec["runUID"], attack.name, target["uid"])
-            pod_ref = {
-                "namespace": namespace,
-                "name": target["name"],
-                "uid": target["uid"],
-                "annotations": dict(pod["metadata"].get("annotations") or {}),
-            }
-            try:
-                await self.keeper.apply(fid, str(attack.type), params, pod_ref)
-            except Exception as err:  # noqa: BLE001  (reported per target)
-                results.append(
-                    {"name": target["name"], "state": TargetState.FAILED, "message": str(err)[:500]}
-                )
-                continue
-            if attack.reversible:
-                held.add(fid)
-            results.append({"name": target["name"], "state": TargetState.APPLIED})
+            results.append(await self.apply_target(obj, attack, params, target, pod))
         applied = sum(1 for r in results if r["state"] == TargetState.APPLIED)
         failed = [r for r in results if r["state"] == TargetState.FAILED]
         if failed and not applied:
@@ -354,16 +310,64 @@ class NodeAgent:
             )
         await self.report(obj, phase, message, results)
 
+    async def apply_target(
+        self, obj: Obj, attack: Attack, params: Obj, target: Obj, pod: Obj | None
+    ) -> Obj:
+        """Apply the attack to one target pod (None: not on this node); its result."""
+        if pod is None or pod["metadata"]["uid"] != target["uid"]:
+            return {"name": target["name"], "state": TargetState.GONE, "message": "pod gone"}
+        fid = fault_id(obj["spec"]["runUID"], attack.name, target["uid"])
+        pod_ref = {
+            "namespace": obj["metadata"]["namespace"],
+            "name": target["name"],
+            "uid": target["uid"],
+            "annotations": dict(pod["metadata"].get("annotations") or {}),
+        }
+        try:
+            await self.keeper.apply(fid, str(attack.type), params, pod_ref)
+        except Exception as err:  # noqa: BLE001  (reported per target)
+            return {"name": target["name"], "state": TargetState.FAILED, "message": str(err)[:500]}
+        if attack.reversible:
+            # Looked up each time: a lease's loss empties `held` meanwhile.
+            self.held.setdefault(obj["metadata"]["uid"], set()).add(fid)
+        return {"name": target["name"], "state": TargetState.APPLIED}
+
+    async def stop_apply(self, obj: Obj, attack: Attack, results: list[Obj], why: str) -> None:
+        """An apply halted before all targets: undo what it did, report what it left."""
+        uid, wanted = obj["metadata"]["uid"], obj["spec"].get("targets") or []
+        applied = sum(1 for r in results if r["state"] == TargetState.APPLIED)
+        if attack.reversible:
+            await self.rollback_held(uid)
+            if why == LEASE_RAN_OUT:
+                self.lapsed.add(uid)  # reported Failed once the lease is renewed again
+                return
+            phase, results = NodeAttackPhase.ROLLED_BACK, rolled_back(results)
+        else:
+            phase = NodeAttackPhase.APPLIED  # nothing to undo: it stays Applied
+        untouched = [
+            {"name": t["name"], "state": TargetState.ROLLED_BACK, "message": "not applied"}
+            for t in wanted[len(results) :]
+        ]
+        message = f"halted after {applied} of {len(wanted)} pod(s): {why}"
+        await self.report(obj, phase, message, results + untouched)
+
     # -- running -------------------------------------------------------------------
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        await self.renew()
-        log.info(f"agent {self.identity} holds lease {agent_lease_name(self.options.node)}")
+        await self.lease.renew()
+        await self.renewed(again=False)
+        log.info(f"agent {self.identity} holds lease {self.lease.name}")
         thread = threading.Thread(target=self.watch_thread, args=(loop,), daemon=True)
         thread.start()
         await self.resync()
-        await asyncio.gather(self.renew_loop(), self.event_loop(), self.resync_loop())
+        await asyncio.gather(
+            self.lease.keep(
+                self.options.renew_interval, self.stopping, self.renewed, self.lease_lost
+            ),
+            self.event_loop(),
+            self.resync_loop(),
+        )
 
 
 async def run_agent(options: AgentOptions) -> None:

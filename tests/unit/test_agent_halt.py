@@ -1,0 +1,301 @@
+"""A stop halts the node agent's apply between two targets, and what it applied is undone.
+
+The agent runs on the in-memory API server of fake_kube and a keeper that only records;
+a hook on the keeper's n-th apply changes the world at that exact point: a rollback
+asked for (by an event or a resync), the NodeAttack deleted, the run stopped, the lease
+run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from shakeout.agent.daemon import AgentOptions, NodeAgent
+from shakeout.api.labels import NODE_LABEL
+from shakeout.api.nodeattack import NodeAttackPhase, TargetState
+from shakeout.api.run import AttackState, Phase
+from shakeout.kube.client import Obj
+from shakeout.kube.resources import NODE_ATTACKS, RUNS
+from tests.unit.fake_kube import FakeApi
+
+NS = "team-a"
+NODE = "node-1"
+TARGETS = 50
+BLACKHOLE = {"name": "bh", "type": "NetworkBlackhole", "durationSeconds": 60}
+KILL = {"name": "kill", "type": "ProcessKill", "durationSeconds": 60}
+
+
+class FakeKeeper:
+    """The keeper's interface, in memory; `at(n, action)` runs action on the n-th apply."""
+
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+        self.held: set[str] = set()
+        self.rolled_back: list[str] = []
+        self.hooks: dict[int, Callable[[], None]] = {}
+        self.fail_rollbacks = 0
+
+    def at(self, n: int, action: Callable[[], None]) -> None:
+        self.hooks[n] = action
+
+    async def apply(self, fid: str, kind: str, params: Obj, pod: Obj) -> Obj:
+        self.applied.append(fid)
+        if kind != "ProcessKill":
+            self.held.add(fid)
+        if (hook := self.hooks.get(len(self.applied))) is not None:
+            hook()
+        await asyncio.sleep(0)  # a real apply waits for the keeper: others run meanwhile
+        return {}
+
+    async def rollback(self, fid: str) -> None:
+        await asyncio.sleep(0)
+        if self.fail_rollbacks:
+            self.fail_rollbacks -= 1
+            raise RuntimeError("the keeper did not answer rollback")
+        if fid in self.held:
+            self.held.discard(fid)
+            self.rolled_back.append(fid)
+
+    async def heartbeat(self) -> list[str]:
+        return sorted(self.held)
+
+    async def rollback_all(self) -> None:
+        self.rolled_back.extend(sorted(self.held))
+        self.held.clear()
+
+
+class World:
+    """A run in ATTACKS_STARTED with one node-level attack, its NodeAttack for NODE with
+    TARGETS pods, and the agent of NODE holding its Lease."""
+
+    def __init__(self, attack: Obj, recheck: float = 0.5) -> None:
+        self.fake = FakeApi()
+        self.fake.add_namespace(NS)
+        self.fake.add_namespace("shakeout-system")
+        self.attack = attack
+        status = {
+            "phase": Phase.ATTACKS_STARTED,
+            "experiment": {"attacks": [attack]},
+            "attacks": [{"name": attack["name"], "state": AttackState.APPLIED}],
+        }
+        self.run = self.fake.add_run(NS, "r1", "exp", status=status)
+        pods = [self.fake.add_pod(NS, f"web-{i}", {"app": "web"}, node=NODE) for i in range(50)]
+        self.node_attack = self.fake.put(
+            NODE_ATTACKS,
+            NS,
+            {
+                "metadata": {"name": "r1-a-0", "labels": {NODE_LABEL: NODE}},
+                "spec": {
+                    "runName": "r1",
+                    "runUID": self.run["metadata"]["uid"],
+                    "node": NODE,
+                    "attack": attack,
+                    "targets": [
+                        {"name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}
+                        for p in pods[:TARGETS]
+                    ],
+                },
+            },
+        )
+        self.keeper = FakeKeeper()
+        options = AgentOptions(node=NODE, recheck=recheck)
+        self.agent = NodeAgent(options, self.fake, self.keeper, capabilities={})
+        self.tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def uid(self) -> str:
+        return str(self.node_attack["metadata"]["uid"])
+
+    def current(self) -> Obj:
+        """The NodeAttack as a watch event would carry it now."""
+        obj = self.fake.peek(NODE_ATTACKS, NS, "r1-a-0")
+        assert obj is not None
+        return dict(obj)
+
+    def status(self) -> Obj:
+        return dict(self.current().get("status") or {})
+
+    def soon(self, work: Any) -> None:
+        """Start `work` as the agent's event loop would: a task of its own."""
+        self.tasks.append(asyncio.create_task(work))
+
+    def ask_rollback(self) -> None:
+        """What the operator's stop does: spec.rollback on the NodeAttack."""
+        self.fake.edit(NODE_ATTACKS, NS, "r1-a-0", {"spec": {"rollback": True}})
+
+    def stop_run(self) -> None:
+        """What the operator's stop writes first: the attack leaves Applied."""
+        name = self.attack["name"]
+        state = AttackState.ROLLING_BACK if name == "bh" else AttackState.COMPLETED
+        self.fake.edit(RUNS, NS, "r1", {"status": {"attacks": [{"name": name, "state": state}]}})
+
+    async def start(self) -> None:
+        await self.agent.lease.renew()
+        await self.agent.reconcile(self.current())
+        await asyncio.gather(*self.tasks)
+
+    def reports(self) -> list[Obj]:
+        """Every status the agent wrote, in order."""
+        return [c.body["status"] for c in self.fake.find("PATCH", r"/nodeattacks/.*/status")]
+
+
+def assert_halted_and_rolled_back(world: World, most: int = 4) -> None:
+    keeper = world.keeper
+    assert 1 <= len(keeper.applied) <= most, f"{len(keeper.applied)} of {TARGETS} applied"
+    assert keeper.held == set()
+    assert sorted(keeper.rolled_back) == sorted(keeper.applied)
+    assert world.agent.held.get(world.uid, set()) == set()
+
+
+async def test_a_rollback_event_during_the_apply_halts_it_and_rolls_back() -> None:
+    world = World(BLACKHOLE)
+
+    def rollback_event() -> None:
+        world.ask_rollback()
+        world.soon(world.agent.reconcile(world.current()))
+
+    world.keeper.at(3, rollback_event)
+    await world.start()
+
+    assert_halted_and_rolled_back(world)
+    status = world.status()
+    assert status["phase"] == NodeAttackPhase.ROLLED_BACK
+    assert status["message"].startswith(f"halted after 3 of {TARGETS} pod(s)")
+    states = [t["state"] for t in status["targets"]]
+    assert states == [TargetState.ROLLED_BACK] * TARGETS
+    assert [t.get("message") for t in status["targets"]][2:4] == [None, "not applied"]
+    # The journal first, then one report: the queued rollback has nothing left to say.
+    assert [r["phase"] for r in world.reports()] == ["Applying", "RolledBack"]
+
+
+async def test_a_resync_that_shows_the_rollback_halts_the_apply() -> None:
+    world = World(BLACKHOLE)
+
+    def rollback_seen_by_a_resync() -> None:
+        world.ask_rollback()
+        world.soon(world.agent.resync())
+
+    world.keeper.at(3, rollback_seen_by_a_resync)
+    await world.start()
+
+    # The resync's list request lets a few more targets go meanwhile.
+    assert_halted_and_rolled_back(world, most=8)
+    assert world.status()["phase"] == NodeAttackPhase.ROLLED_BACK
+
+
+async def test_the_deletion_of_the_node_attack_halts_the_apply() -> None:
+    world = World(BLACKHOLE)
+
+    def delete() -> None:
+        world.fake.drop(NODE_ATTACKS, NS, "r1-a-0")
+        world.soon(world.agent.reconcile(world.node_attack, deleted=True))
+
+    world.keeper.at(3, delete)
+    await world.start()
+
+    assert_halted_and_rolled_back(world)
+
+
+async def test_the_run_read_again_halts_the_apply_without_an_event() -> None:
+    world = World(BLACKHOLE, recheck=0.0)
+    world.keeper.at(3, world.stop_run)
+    await world.start()
+
+    assert_halted_and_rolled_back(world)
+    status = world.status()
+    assert status["phase"] == NodeAttackPhase.ROLLED_BACK
+    assert "the run has attack bh in state RollingBack" in status["message"]
+
+
+async def test_the_run_is_read_again_at_most_every_recheck_seconds() -> None:
+    world = World(BLACKHOLE)  # recheck 0.5 s; the fake applies take no time
+    await world.start()
+
+    assert len(world.keeper.applied) == TARGETS
+    assert world.status()["phase"] == NodeAttackPhase.APPLIED
+    assert len(world.fake.find("GET", r"/experimentruns/r1$")) == 1  # the reconcile's own
+
+
+async def test_a_halted_irreversible_attack_keeps_what_it_did_and_says_so() -> None:
+    world = World(KILL, recheck=0.0)
+    world.keeper.at(3, world.stop_run)
+    await world.start()
+
+    assert len(world.keeper.applied) <= 4
+    assert world.keeper.rolled_back == []  # nothing to undo
+    status = world.status()
+    assert status["phase"] == NodeAttackPhase.APPLIED
+    assert status["message"].startswith(f"halted after 3 of {TARGETS} pod(s)")
+    states = [t["state"] for t in status["targets"]]
+    assert states[:3] == [TargetState.APPLIED] * 3
+    assert set(states[3:]) == {TargetState.ROLLED_BACK}
+
+
+async def test_a_lease_that_ran_out_halts_the_apply_and_is_reported_failed_when_back() -> None:
+    world = World(BLACKHOLE)
+
+    def lease_runs_out() -> None:
+        world.agent.lease.last_renewal = time.monotonic() - 2 * world.agent.lease.duration
+
+    world.keeper.at(3, lease_runs_out)
+    await world.start()
+
+    assert_halted_and_rolled_back(world)
+    # Nothing reported meanwhile (the API server is likely away); once renewed, Failed.
+    assert [r["phase"] for r in world.reports()] == ["Applying"]
+    world.agent.lease.last_renewal = time.monotonic()  # renewed again
+    await world.agent.renewed(again=True)
+    status = world.status()
+    assert status["phase"] == NodeAttackPhase.FAILED
+    assert "lost its lease" in status["message"]
+    assert world.uid not in world.agent.lapsed
+
+
+async def test_an_apply_that_no_stop_reaches_applies_every_target() -> None:
+    world = World(BLACKHOLE, recheck=0.0)
+    await world.start()
+
+    assert len(world.keeper.held) == TARGETS
+    status = world.status()
+    assert status["phase"] == NodeAttackPhase.APPLIED
+    assert status["message"] == f"applied to {TARGETS} of {TARGETS} pod(s)"
+    # The rollback asked for afterwards undoes it all.
+    world.ask_rollback()
+    await world.agent.reconcile(world.current())
+    assert world.keeper.held == set()
+    assert world.status()["phase"] == NodeAttackPhase.ROLLED_BACK
+
+
+async def test_a_failed_rollback_is_retried_by_the_next_reconcile() -> None:
+    world = World(BLACKHOLE)
+    await world.start()
+    world.ask_rollback()
+    world.keeper.fail_rollbacks = 1
+    await world.agent.reconcile(world.current())  # logged, not raised
+    assert len(world.keeper.held) == TARGETS
+    assert world.status()["phase"] == NodeAttackPhase.APPLIED
+    await world.agent.reconcile(world.current())
+    assert world.keeper.held == set()
+    assert world.status()["phase"] == NodeAttackPhase.ROLLED_BACK
+
+
+@pytest.mark.parametrize("asked", ["event", "resync"])
+async def test_a_node_attack_asked_to_roll_back_before_its_apply_is_never_applied(
+    asked: str,
+) -> None:
+    world = World(BLACKHOLE)
+    await world.agent.lease.renew()
+    stale = world.current()  # an older event, reconciled after the rollback was seen
+    world.ask_rollback()
+    if asked == "event":
+        await world.agent.reconcile(world.current())
+    else:
+        await world.agent.resync()
+    await world.agent.reconcile(stale)
+    assert world.keeper.applied == []
+    assert world.status()["phase"] == NodeAttackPhase.ROLLED_BACK

@@ -83,6 +83,17 @@ def test_printer_columns() -> None:
     assert cols["ChaosSwitch"][:2] == ["Enabled", "Active Run"]
 
 
+def test_the_attacks_column_shows_every_type() -> None:
+    # A JSONPath over the attacks would show the first one only: the column reads the
+    # status field that lists them all.
+    experiment = next(c for c in all_crds().values() if c["spec"]["names"]["kind"] == "Experiment")
+    version = experiment["spec"]["versions"][0]
+    column = next(c for c in version["additionalPrinterColumns"] if c["name"] == "Attacks")
+    assert column["jsonPath"] == ".status.attackTypes"
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status["properties"]["attackTypes"]["type"] == "string"
+
+
 def test_cel_rules_examples_are_present() -> None:
     text = "".join(crds.render().values())
     assert "self.metadata.name == 'default'" in text

@@ -71,7 +71,8 @@ CRDS: list[CrdInfo] = [
         scope="Namespaced",
         short_names=["exp"],
         columns=[
-            PrinterColumn("Attacks", ".spec.attacks[*].type", description="Attack types"),
+            # A column shows the first value of a JSONPath only: every type is in one field.
+            PrinterColumn("Attacks", ".status.attackTypes", description="Attack types"),
             PrinterColumn("Schedule", ".spec.schedule.cron", description="Cron schedule"),
             PrinterColumn("Last Run", ".status.lastRun.name", description="Most recent run"),
             AGE,

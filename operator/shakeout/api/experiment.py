@@ -342,6 +342,14 @@ class ExperimentStatus(Model):
         max_length=16,
         description="Each attack with whether it can be rolled back.",
     )
+    attack_types: str | None = Field(
+        default=None,
+        max_length=1024,
+        description=(
+            "The attack types of the experiment, each once, comma-separated in the order of "
+            "the attacks (the Attacks column of kubectl get experiments)."
+        ),
+    )
     irreversible_attacks: int | None = Field(
         default=None, ge=0, description="How many attacks cannot be rolled back."
     )

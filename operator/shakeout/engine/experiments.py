@@ -24,7 +24,8 @@ def describe_validation_error(err: ValidationError) -> str:
 def experiment_status(
     body: dict[str, Any], old: ExperimentStatus | None, now: datetime
 ) -> ExperimentStatus:
-    """The status an Experiment should have: Valid, and the attacks' reversibility."""
+    """The status an Experiment should have: Valid, the attacks' reversibility, and its attack
+    types (each once, in the order of the attacks) for `kubectl get experiments`."""
     status = old.model_copy(deep=True) if old else ExperimentStatus()
     generation = body.get("metadata", {}).get("generation")
     try:
@@ -45,6 +46,7 @@ def experiment_status(
     status.attacks = [
         AttackSummary(name=a.name, type=a.type, reversible=a.reversible) for a in exp.spec.attacks
     ]
+    status.attack_types = ",".join(dict.fromkeys(a.type for a in exp.spec.attacks))
     irreversible = [a.name for a in exp.spec.attacks if not a.reversible]
     status.irreversible_attacks = len(irreversible)
     message = "the experiment can be run"

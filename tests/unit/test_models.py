@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from shakeout.api import ChaosSwitch, Experiment, ExperimentRun
+from shakeout.api.checks import StateCheck
 from shakeout.api.experiment import Attack
 
 
@@ -125,3 +126,20 @@ def test_at_most_one_network_isolation() -> None:
         Experiment.model_validate(
             experiment(attacks=[{"name": "a", **isolation}, {"name": "b", **isolation}])
         )
+
+
+@pytest.mark.parametrize(
+    ("check", "error"),
+    [
+        ({"type": "WorkloadReady"}, "type WorkloadReady needs workloadReady parameters"),
+        ({"type": "HttpGet"}, "type HttpGet needs httpGet parameters"),
+        (
+            {"type": "HttpGet", "httpGet": {"url": "http://a"}, "podsReady": {}},
+            "podsReady parameters belong to type PodsReady only",
+        ),
+    ],
+)
+def test_state_check_parameters_must_match_the_type(check: dict[str, object], error: str) -> None:
+    with pytest.raises(ValidationError, match=error):
+        StateCheck.model_validate({"name": "c", **check})
+    assert StateCheck.model_validate({"name": "c", "type": "PodsReady"}).pods_ready is None

@@ -1,4 +1,5 @@
-"""Building blocks shared by the four kinds (Experiment, ExperimentRun, ChaosSwitch, NodeAttack): camelCase models, conditions, selectors."""
+"""Building blocks shared by the four kinds (Experiment, ExperimentRun, ChaosSwitch,
+NodeAttack): camelCase models, conditions, selectors."""
 
 from __future__ import annotations
 

@@ -127,6 +127,23 @@ def record_applied(
     return new, first
 
 
+def failed_in_apply(result: AttackResult) -> bool:
+    """A reversible attack whose apply failed: it may have acted on some targets before
+    the error (a write whose answer was lost, targets done before another was refused),
+    so a stop rolls it back like an applied one. It never reached APPLIED (no
+    applied_at) and was never rolled back; a FAILED rollback is not tried again here."""
+    return (
+        result.state == AttackState.FAILED
+        and result.reversible
+        and result.applied_at is None
+        and result.rolled_back_at is None
+    )
+
+
+def _stoppable(result: AttackResult) -> bool:
+    return result.state in OPEN_STATES or failed_in_apply(result)
+
+
 def _stop_kind(result: AttackResult) -> StopKind:
     if result.state == AttackState.PENDING:
         return StopKind.SKIP
@@ -135,10 +152,10 @@ def _stop_kind(result: AttackResult) -> StopKind:
 
 def stop_actions(status: ExperimentRunStatus) -> list[StopAction]:
     """What stopping the run (cancel, Stop All, a failure, deletion, shutdown) does to
-    each open attack: a PENDING one is skipped, an irreversible one closed, a reversible
-    one rolled back (an APPLYING or ROLLING_BACK one too: a rollback is idempotent and
-    undoes nothing that was never applied)."""
-    return [StopAction(r.name, _stop_kind(r)) for r in status.attacks if r.state in OPEN_STATES]
+    each attack that may still act: a PENDING one is skipped, an irreversible one closed,
+    a reversible one rolled back (an APPLYING, ROLLING_BACK or failed_in_apply one too: a
+    rollback is idempotent and undoes nothing that was never applied)."""
+    return [StopAction(r.name, _stop_kind(r)) for r in status.attacks if _stoppable(r)]
 
 
 def _experiment(status: ExperimentRunStatus) -> ExperimentSpec:
@@ -196,7 +213,9 @@ def begin_stop(status: ExperimentRunStatus, action: StopAction) -> ExperimentRun
     before the rollback is requested). The action must be the one that `stop_actions` or
     `due_actions` gives for the attack: an irreversible attack is never rolled back and
     an attack that may have acted is never skipped."""
-    i = _index(status, action.name, OPEN_STATES)
+    i = _index(status, action.name, OPEN_STATES | {AttackState.FAILED})
+    if not _stoppable(status.attacks[i]):
+        raise ValueError(f"attack {action.name} is {status.attacks[i].state}: nothing to stop")
     expected = _stop_kind(status.attacks[i])
     if action.kind != expected:
         raise ValueError(f"attack {action.name} is stopped by {expected}, not {action.kind}")

@@ -36,6 +36,7 @@ from shakeout.gather.facts import gather_run_facts
 from shakeout.gather.switch import switch_enabled
 from shakeout.gather.targets import FRESH_TARGETS, resolve_targets
 from shakeout.kube.client import api
+from shakeout.kube.errors import NotFound
 
 # The longest the run sleeps between looks; its stop signal's wakeup cuts it short.
 MAX_IDLE = 1.0
@@ -43,6 +44,12 @@ MAX_IDLE = 1.0
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class RunGone(Exception):  # noqa: N818  (a state, like kopf's own)
+    """The run object is gone (deleted before the operator's finalizer was on it): there
+    is nothing left to drive, and nothing was attacked (a run is attacked only after its
+    journal is written on it)."""
 
 
 class RunHost(Protocol):
@@ -115,7 +122,10 @@ class RunExecutor:
         return recorded_user(self.host.body["metadata"].get("annotations") or {}, key)
 
     async def persist(self, status: ExperimentRunStatus) -> None:
-        await api().patch_run_status(self.namespace, self.name, status.to_k8s())
+        try:
+            await api().patch_run_status(self.namespace, self.name, status.to_k8s())
+        except NotFound as err:
+            raise RunGone(f"run {self.namespace}/{self.name} is gone") from err
         self.status = status
         self.dirty = False
 
@@ -225,18 +235,29 @@ class RunExecutor:
         metrics.ATTACKS_APPLIED.labels(attack.type).inc()
         return lifecycle.ApplyOutcome(attack.name, targets=count)
 
-    async def apply_attacks(self) -> None:
-        """Journal every attack as Applying (with its rollback data), then apply them."""
+    async def apply_attacks(self) -> str | None:
+        """Journal every attack as Applying (with its rollback data), then apply them.
+        Returns why the attacks could not even be prepared (nothing was applied then)."""
         spec = self.snapshot
         # The rollback data and the targets, read at once (the targets are the pick-up's
         # own when they are fresh: listing thousands of pods is most of the first fault).
         targets = asyncio.create_task(resolve_targets(self.namespace, spec, self.uid))
-        prepared = await asyncio.gather(*(self.attacks.prepare(a) for a in spec.attacks))
+        prepared = await asyncio.gather(
+            *(self.attacks.prepare(a) for a in spec.attacks), return_exceptions=True
+        )
+        rollback_data: dict[str, dict[str, object]] = {}
+        for attack, outcome in zip(spec.attacks, prepared, strict=True):
+            if isinstance(outcome, BaseException):
+                targets.cancel()
+                if not isinstance(outcome, Exception):
+                    raise outcome
+                return f"attack {attack.name} could not be prepared: {outcome}"
+            rollback_data[attack.name] = outcome
         selection, pods = await targets
         node_level = any(a.node_level for a in spec.attacks)
         status = lifecycle.begin_apply(
             self.status,
-            {a.name: data for a, data in zip(spec.attacks, prepared, strict=True)},
+            rollback_data,
             selection.summary(),
             [p.node for p in pods if p.node] if node_level else [],
         )
@@ -246,6 +267,7 @@ class RunExecutor:
         outcomes = await asyncio.gather(*(self.apply_one(a, pods) for a in spec.attacks))
         status, _ = lifecycle.record_applied(self.status, outcomes, utcnow())
         await self.persist(status)
+        return None
 
     async def stop_attack(self, action: lifecycle.StopAction) -> str | None:
         """Stop one attack as the engine says; the failure message if its rollback gave up."""
@@ -283,10 +305,22 @@ class RunExecutor:
         ]
         return "; ".join(errors) or None
 
+    async def stopping(self) -> bool:
+        """Whether the run is being stopped: canceled, deleted, Stop All, the operator
+        shutting down, or an end decided before a restart."""
+        return (
+            bool(self.host.body["spec"].get("cancel"))
+            or self.host.deleting()
+            or self.host.shutting_down()
+            or engine.pending_end(self.status) is not None
+            or not await switch_enabled()
+        )
+
     async def resume(self) -> None:
-        """After an operator restart: finish what the journal says was under way."""
+        """After an operator restart: finish what the journal says was under way. A run
+        being stopped applies nothing again: the stop rolls its attacks back as they are."""
         status, again = lifecycle.resume(self.status, utcnow())
-        if again:
+        if again and not await self.stopping():
             # Re-applying a reversible attack is idempotent (each target's record is on
             # the target; a scale's rollback data is journaled).
             _, pods = await resolve_targets(self.namespace, self.snapshot, self.uid)
@@ -356,6 +390,9 @@ class RunExecutor:
     async def step(self) -> None:
         # Cleared before looking, so that a stop arriving meanwhile cuts the next wait.
         self.signal.wakeup.clear()
+        if (end := engine.pending_end(self.status)) is not None:
+            await self.transition(end)  # decided before a restart: finish it
+            return
         now = utcnow()
         check_failure = await self.run_checks(now)
         failed_attack = lifecycle.failure(self.status)
@@ -399,8 +436,11 @@ class RunExecutor:
             metrics.stopped(self.uid, transition.reason)
 
     async def transition(self, transition: Transition) -> None:
-        if transition.rollback and (error := await self.stop_all()) is not None:
-            transition = Transition(Phase.FAILED, Reason.ROLLBACK_FAILED, error)
+        if transition.rollback:
+            # The end goes into the journal with the first stop written (engine.begin_end).
+            self.status = engine.begin_end(self.status, transition)
+            if (error := await self.stop_all()) is not None:
+                transition = Transition(Phase.FAILED, Reason.ROLLBACK_FAILED, error)
         if transition.apply_attacks and (refusal := await self.attack_start_refusal()):
             # Nothing was applied: the run ends with the precondition's own reason.
             transition = Transition(Phase.FAILED, refusal.reason, refusal.message)
@@ -411,8 +451,10 @@ class RunExecutor:
         if transition.apply_attacks:
             # apply_attacks writes this phase together with its journal, before acting.
             self.status = status
-            await self.apply_attacks()
-        elif is_terminal(status.phase) or transition.rollback:
+            if (problem := await self.apply_attacks()) is not None:
+                await self.transition(Transition(Phase.FAILED, Reason.ATTACK_FAILED, problem))
+            return
+        if is_terminal(status.phase) or transition.rollback:
             await self.persist(status)
         else:
             self.status, self.dirty = status, True

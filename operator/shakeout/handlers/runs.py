@@ -11,10 +11,9 @@ from shakeout import metrics
 from shakeout.api.common import GROUP, VERSION
 from shakeout.engine.runs import is_terminal
 from shakeout.execution import lock
-from shakeout.execution.executor import RunExecutor
+from shakeout.execution.executor import RunExecutor, RunGone
 from shakeout.execution.live_runs import LIVE_RUNS
 from shakeout.execution.retire import retire_run
-from shakeout.kube.errors import NotFound
 from shakeout.options import OPTIONS
 
 
@@ -82,7 +81,7 @@ async def lifecycle(
         await executor.execute()
         if is_terminal(executor.status.phase):
             await retire_run(executor.namespace, executor.name)
-    except NotFound:
+    except RunGone:
         # The run was deleted before kopf's finalizer was on it: nothing left to drive
         # (and nothing attacked: a run is attacked only after its journal is written).
         logger.info("the run is gone; its daemon ends")

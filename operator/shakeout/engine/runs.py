@@ -111,7 +111,8 @@ class Observation:
     def agents_connected(self) -> bool:
         return not self.agents_missing
 
-    def missing_agents(self) -> str:
+    def missing_agents_shown(self) -> str:
+        """The missing agents for a message: the first five nodes, then a count."""
         shown = ", ".join(self.agents_missing[:5])
         more = len(self.agents_missing) - 5
         return shown + (f" and {more} more" if more > 0 else "")
@@ -160,7 +161,7 @@ def _abort(obs: Observation) -> Transition | None:
         return Transition(
             Phase.FAILED,
             Reason.AGENT_DISCONNECTED,
-            f"the node agent of {obs.missing_agents()} lost its lease during the run; "
+            f"the node agent of {obs.missing_agents_shown()} lost its lease during the run; "
             "it rolls back its own attacks, the operator rolled back the rest",
             rollback=True,
         )
@@ -194,7 +195,7 @@ def decide(obs: Observation) -> Transition | None:
             return Transition(
                 Phase.FAILED,
                 Reason.AGENTS_NOT_CONNECTED,
-                f"the node agents of {obs.missing_agents()} did not connect within "
+                f"the node agents of {obs.missing_agents_shown()} did not connect within "
                 f"{exp.agent_timeout_seconds}s (agentTimeoutSeconds)",
             )
         if spent >= timedelta(seconds=exp.preparation_timeout_seconds):

@@ -35,7 +35,7 @@ from shakeout.gather.checks import run_check
 from shakeout.gather.facts import gather_run_facts
 from shakeout.gather.switch import switch_enabled
 from shakeout.gather.targets import FRESH_TARGETS, resolve_targets
-from shakeout.kube.client import api
+from shakeout.kube.client import Pod, api
 from shakeout.kube.errors import NotFound
 
 # The longest the run sleeps between looks; its stop signal's wakeup cuts it short.
@@ -227,7 +227,7 @@ class RunExecutor:
 
     # -- attacks -------------------------------------------------------------------------
 
-    async def apply_one(self, attack: Attack, pods: list[Any]) -> lifecycle.ApplyOutcome:
+    async def apply_one(self, attack: Attack, pods: list[Pod]) -> lifecycle.ApplyOutcome:
         try:
             count = await self.attacks.apply(attack, pods)
         except Exception as err:  # noqa: BLE001  (recorded, then the run fails)

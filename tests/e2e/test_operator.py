@@ -38,6 +38,9 @@ def test_operator_reports_reversibility_of_attacks(
         {"name": "scale-down", "type": "ScaleWorkload", "reversible": True},
     ]
     assert status["observedGeneration"] == 1
+    # kubectl's Attacks column names every attack type, not the first one only.
+    table = crds.kubectl("get", "experiment", "mixed", "-n", namespace).stdout
+    assert "PodDelete,ScaleWorkload" in table, table
     # An edit of the spec is seen: the generation moves and the summary follows.
     crds.kubectl(
         "patch",

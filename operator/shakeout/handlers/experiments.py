@@ -19,7 +19,7 @@ def reconcile_experiment(body: kopf.Body, status: kopf.Status, patch: kopf.Patch
     old = ExperimentStatus.model_validate(dict(status)) if status else None
     new = experiment_status(dict(body), old, datetime.now(UTC))
     # Only the fields this handler owns: lastRun and lastScheduleTime have writers of their own.
-    owned = {"conditions", "attacks", "irreversibleAttacks", "observedGeneration"}
+    owned = {"conditions", "attacks", "attackTypes", "irreversibleAttacks", "observedGeneration"}
     rendered = {k: v for k, v in new.to_k8s().items() if k in owned}
     current = {k: v for k, v in (old.to_k8s() if old else {}).items() if k in owned}
     if rendered != current:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from shakeout.agent.node.locate import ANNOTATION_NETNS, PodRef
@@ -188,7 +189,12 @@ def start_server(netns: Netns, port: int) -> subprocess.Popen[str]:
     return server
 
 
-def tcp_connects(address: str, port: int, timeout: float = 0.4) -> bool:
+# A probe waits this long for an answer: a yes comes at once, and a no is believed only
+# after a server that a loaded machine schedules late has had time to answer.
+PROBE_TIMEOUT = 1.0
+
+
+def tcp_connects(address: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
     try:
         socket.create_connection((address, port), timeout=timeout).close()
     except OSError:
@@ -196,7 +202,7 @@ def tcp_connects(address: str, port: int, timeout: float = 0.4) -> bool:
     return True
 
 
-def udp_echoes(address: str, port: int, timeout: float = 0.4) -> bool:
+def udp_echoes(address: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.settimeout(timeout)
         try:
@@ -204,6 +210,12 @@ def udp_echoes(address: str, port: int, timeout: float = 0.4) -> bool:
             return udp.recvfrom(64)[0] == b"ping"
         except OSError:
             return False
+
+
+def udp_round_trip(address: str, port: int, timeout: float = PROBE_TIMEOUT) -> float | None:
+    """Seconds for one UDP echo, or None without an answer."""
+    started = time.monotonic()
+    return time.monotonic() - started if udp_echoes(address, port, timeout) else None
 
 
 def udp_received_share(netns: Netns, count: int) -> float:
@@ -273,6 +285,43 @@ class CpuMeter:
         time.sleep(seconds)
         after, ended = cls.ticks(pids), time.monotonic()
         return (after - before) / cls.TICKS / (ended - started)
+
+    @classmethod
+    def against_reference(
+        cls, pids: list[int], enough: float = 0.5, shortest: float = 1.0, longest: float = 20.0
+    ) -> tuple[float, float]:
+        """CPU seconds per second of `pids` and of one reference busy loop, over one window.
+
+        The reference is a process of the stress's own kind (a Python busy loop at the
+        default priority) started alongside: what one busy process could get from this
+        machine meanwhile. The window lasts until the reference burned `enough` CPU
+        seconds (at least `shortest`, at most `longest` seconds), so that a loaded machine
+        makes it longer, not the comparison weaker.
+        """
+        with reference_burner() as reference:
+            eventually(lambda: cls.ticks([reference]) > 0, timeout=10)  # it runs
+            before, base, started = cls.ticks(pids), cls.ticks([reference]), time.monotonic()
+            while True:
+                time.sleep(0.1)
+                after, top, ended = cls.ticks(pids), cls.ticks([reference]), time.monotonic()
+                spent, burned = ended - started, (top - base) / cls.TICKS
+                if spent >= longest or (spent >= shortest and burned >= enough):
+                    break
+        return (after - before) / cls.TICKS / spent, burned / spent
+
+
+BUSY_LOOP = "while True: pass"
+
+
+@contextlib.contextmanager
+def reference_burner() -> Iterator[int]:
+    """A Python busy loop at the default priority, for as long as the block runs; its pid."""
+    process = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+    try:
+        yield process.pid
+    finally:
+        process.kill()
+        process.wait()
 
 
 def rss_kib(pid: int) -> int:

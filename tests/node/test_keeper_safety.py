@@ -74,15 +74,17 @@ async def test_a_silent_agent_loses_its_faults_at_the_deadline(netns: Netns, jou
         # Heartbeats keep the fault for longer than the deadline.
         for _ in range(6):
             await asyncio.sleep(deadline / 4)
+            sent = time.monotonic()  # the keeper read the last command after this
             assert await keeper.heartbeat() == ["bh"]
-        last_command = time.monotonic()
+        answered = time.monotonic()  # and before this
         assert netns.tables() != []
         while netns.tables():
-            assert time.monotonic() - last_command < deadline + 0.5, "fault outlived the deadline"
+            # The slack covers a loaded machine: the keeper's 50 ms watch, nft, this poll.
+            assert time.monotonic() - answered < deadline + 1.0, "fault outlived the deadline"
             await asyncio.sleep(0.01)
-        latency = time.monotonic() - last_command
-        print(f"\nno heartbeat for {latency:.2f} s (deadline {deadline} s): fault rolled back")
-        assert latency >= deadline - 0.1  # the deadline, not something else, rolled it back
+        gone = time.monotonic()
+        print(f"\nno heartbeat for {gone - answered:.2f} s (deadline {deadline} s): rolled back")
+        assert gone - sent >= deadline  # the deadline, not something earlier, rolled it back
         # The keeper lives on, empty, and takes new faults.
         assert keeper.running
         assert await keeper.held() == []  # answered once the rollback is complete

@@ -21,6 +21,7 @@ from tests.node.lab import (
     tcp_throughput_kbit,
     udp_echoes,
     udp_received_share,
+    udp_round_trip,
 )
 
 
@@ -114,13 +115,14 @@ async def test_network_delay_where_the_kernel_has_no_netem(
         server = start_server(netns, port)
         try:
             await keeper.apply("delay", "NetworkDelay", parameters, netns.pod())
-            started = time.monotonic()
-            assert udp_echoes(netns.inner_ip, port, timeout=2)
-            assert time.monotonic() - started >= 0.1
+            # Every echo is delayed; load can only add to a round trip, never take away.
+            during = [udp_round_trip(netns.inner_ip, port, timeout=2) for _ in range(5)]
             await keeper.rollback("delay")
-            started = time.monotonic()
-            assert udp_echoes(netns.inner_ip, port)
-            assert time.monotonic() - started < 0.05
+            after = [udp_round_trip(netns.inner_ip, port, timeout=2) for _ in range(5)]
+            print(f"\nnetwork delay 100 ms: round trips {during}; after rollback {after}")
+            assert all(t is not None and t >= 0.1 for t in during)
+            # Gone: the best of five is below the delay (the rest may wait for a busy CPU).
+            assert min((t for t in after if t is not None), default=2.0) < 0.1
         finally:
             server.kill()
             server.wait()

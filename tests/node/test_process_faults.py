@@ -28,10 +28,15 @@ async def test_cpu_stress_burns_one_cpu_in_the_pod(netns: Netns, keeper: Keeper)
     record = await keeper.apply("cpu", AttackType.CPU_STRESS, {"workers": 1}, netns.pod())
     pids = stress_pids(netns)
     assert pids == [entry["pid"] for entry in record["processes"]]
-    rate = CpuMeter.rate(pids, 1.0)
-    print(f"\ncpu stress, 1 worker: {rate:.2f} CPU seconds per second")
-    # A band, not a point: the 2 cores are shared with whatever else the machine runs.
-    assert 0.7 <= rate <= 1.1
+    rate, reference = CpuMeter.against_reference(pids)
+    print(
+        f"\ncpu stress, 1 worker: {rate:.2f} CPU seconds per second; a reference busy loop "
+        f"alongside: {reference:.2f} (share {rate / max(reference, 1e-9):.2f})"
+    )
+    # What one busy process could get meanwhile is the measure: the cores are shared with
+    # whatever else the machine runs. One worker burns at most one CPU (tick rounding aside).
+    assert rate >= 0.5 * reference
+    assert rate <= 1.1
 
     await keeper.rollback("cpu")
     assert stress_pids(netns) == []

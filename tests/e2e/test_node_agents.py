@@ -21,16 +21,18 @@ from tests.e2e.agents import (
     AGENT_NAMESPACE,
     AGENT_NODE,
     LEASE_DURATION,
+    OWN_ROLLBACK_SLACK,
     Netns,
     NodeAgent,
     TcpProxy,
     UdpEcho,
-    cpu_seconds,
     dropped,
     rss_mib,
 )
 from tests.e2e.conftest import Cluster, eventually
-from tests.e2e.runs import TEAM, create_run, wait_phase
+from tests.e2e.invariants import assert_clean
+from tests.e2e.runs import TEAM, create_run, set_switch, wait_phase
+from tests.node.lab import CpuMeter
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELED"}
 
@@ -219,13 +221,17 @@ def test_cpu_stress_burns_cpu_in_the_target_and_stops(
         ready,
         "cpu",
         target,
-        {"type": "CpuStress", "durationSeconds": 5, "cpuStress": {"workers": 1}},
+        {"type": "CpuStress", "durationSeconds": 12, "cpuStress": {"workers": 1}},
     )
-    before = cpu_seconds(target.pids())
-    time.sleep(1.5)
-    burned = cpu_seconds(target.pids()) - before
-    print(f"\nCpuStress workers=1: {burned / 1.5:.2f} CPU-seconds per second in the target")
-    assert burned >= 0.7  # about one CPU on a 2-core machine shared with the control plane
+    # Measured against a reference busy loop alongside: the 2 cores are shared with the
+    # control plane. The window ends well before the stress does (12 s).
+    rate, reference = CpuMeter.against_reference(target.pids(), enough=0.5, longest=6.0)
+    print(
+        f"\nCpuStress workers=1: {rate:.2f} CPU-seconds per second in the target; a "
+        f"reference busy loop alongside: {reference:.2f}"
+    )
+    assert rate >= 0.5 * reference
+    assert rate <= 1.1  # one worker burns at most one CPU (tick rounding aside)
     status = finished(ready, run)
     assert status["phase"] == "COMPLETED", status
     assert target.pids() == []
@@ -298,6 +304,65 @@ def test_a_run_waits_for_agents_and_fails_with_its_own_reason(
     assert status["attacks"][0]["state"] == "Skipped"
 
 
+def test_stop_all_while_a_node_attack_is_being_applied_halts_it(
+    live_agent: NodeAgent, target: Netns, ready: Cluster
+) -> None:
+    """Stop All arriving while the agent applies MemoryStress to 50 pods of its node: it
+    starts no further target, undoes those it applied, and reports that it halted."""
+    targets = 50
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "spec": {"nodeName": AGENT_NODE, "containers": [{"name": "c", "image": "nginx"}]},
+    }
+    items = [
+        {
+            **pod,
+            "metadata": {
+                "name": f"nhalt-{i:02d}",
+                "namespace": TEAM,
+                "labels": {"app": "nhalt"},
+                # One network namespace for all: each target gets a stress process in it.
+                "annotations": {"shakeout.dev/netns": target.name},
+            },
+        }
+        for i in range(targets)
+    ]
+    ready.create({"apiVersion": "v1", "kind": "List", "items": items})
+    try:
+        eventually(
+            lambda: (
+                sum(
+                    p.get("status", {}).get("phase") == "Running"
+                    for p in ready.get("pods", "-n", TEAM, "-l", "app=nhalt")["items"]
+                )
+                == targets
+            ),
+            what=f"{targets} pods Running",
+        )
+        attack = {"type": "MemoryStress", "durationSeconds": 600, "memoryStress": {"megabytes": 1}}
+        node_experiment(ready, "nhalt", attack)
+        run, _ = create_run(ready, "nhalt")
+        eventually(target.pids, interval=0.05, what="the first target stressed")
+        set_switch(ready, False)
+        status = finished(ready, run)
+        assert (status["phase"], status["reason"]) == ("CANCELED", "StoppedAll"), status
+        assert status["attacks"][0]["state"] == "RolledBack", status
+        uid = ready.get("experimentrun", run, "-n", TEAM)["metadata"]["uid"]
+        (obj,) = ready.get("nodeattacks", "-n", TEAM, "-l", f"shakeout.dev/run-uid={uid}")["items"]
+        report = obj["status"]
+        assert report["phase"] == "RolledBack", report
+        assert report["message"].startswith("halted after "), report["message"]
+        applied = int(report["message"].split()[2])
+        print(f"\nStop All mid-apply: {applied} of {targets} node targets stressed")
+        assert 0 < applied < targets  # halted partway through
+        eventually(lambda: target.pids() == [], what="every stress process gone")
+        assert_clean(ready, TEAM, netns=[target])
+    finally:
+        set_switch(ready, True)
+        ready.kubectl("delete", "pods", "-n", TEAM, "-l", "app=nhalt", "--wait=false")
+
+
 # -- agent loss -------------------------------------------------------------------------
 
 
@@ -326,11 +391,11 @@ def test_agent_sigstop_rolls_back_at_lease_expiry_and_fails_the_run(
     frozen = time.monotonic()
     live_agent.signal(signal.SIGSTOP)
     try:
-        gone = fault_gone_after(target, frozen, timeout=LEASE_DURATION + 3)
+        gone = fault_gone_after(target, frozen, timeout=LEASE_DURATION + OWN_ROLLBACK_SLACK + 2)
         print(
             f"\nagent SIGSTOP: fault gone {gone:.2f} s after the freeze (lease {LEASE_DURATION} s)"
         )
-        assert gone <= LEASE_DURATION + 1
+        assert gone <= LEASE_DURATION + OWN_ROLLBACK_SLACK
         assert echo.ratio(20) == 1.0
         status = finished(ready, run, timeout=LEASE_DURATION + 10)
         assert (status["phase"], status["reason"]) == ("FAILED", "AgentDisconnected"), status
@@ -363,12 +428,12 @@ def test_agent_cut_off_from_the_api_server_rolls_back_on_its_own(
         assert lease is not None
         with dropped(proxy.port):
             cut = time.monotonic()
-            gone = fault_gone_after(target, cut, timeout=LEASE_DURATION + 3)
+            gone = fault_gone_after(target, cut, timeout=LEASE_DURATION + OWN_ROLLBACK_SLACK + 2)
             print(
                 f"\nagent cut off: fault gone {gone:.2f} s after the cut "
                 f"(lease {LEASE_DURATION} s; goal: within lease expiry + 1 s)"
             )
-            assert gone <= LEASE_DURATION + 1
+            assert gone <= LEASE_DURATION + OWN_ROLLBACK_SLACK
             assert echo.ratio(20) == 1.0
             status = finished(ready, run, timeout=LEASE_DURATION + 10)
             assert (status["phase"], status["reason"]) == ("FAILED", "AgentDisconnected"), status

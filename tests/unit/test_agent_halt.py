@@ -250,6 +250,8 @@ async def test_a_lease_that_ran_out_halts_the_apply_and_is_reported_failed_when_
     assert [r["phase"] for r in world.reports()] == ["Applying"]
     world.agent.lease.last_renewal = time.monotonic()  # renewed again
     await world.agent.renewed(again=True)
+    assert world.agent.resyncing is not None  # in the background: renewals never wait
+    await world.agent.resyncing
     status = world.status()
     assert status["phase"] == NodeAttackPhase.FAILED
     assert "lost its lease" in status["message"]
@@ -299,3 +301,29 @@ async def test_a_node_attack_asked_to_roll_back_before_its_apply_is_never_applie
     await world.agent.reconcile(stale)
     assert world.keeper.applied == []
     assert world.status()["phase"] == NodeAttackPhase.ROLLED_BACK
+
+
+async def test_a_renewal_never_waits_for_an_apply_in_progress() -> None:
+    world = World(BLACKHOLE)
+    release = asyncio.Event()
+    original = world.keeper.apply
+
+    async def slow_apply(fid: str, kind: str, params: Obj, pod: Obj) -> Obj:
+        result = await original(fid, kind, params, pod)
+        if len(world.keeper.applied) == 3:
+            await release.wait()  # the keeper is busy with this target
+        return result
+
+    world.keeper.apply = slow_apply  # type: ignore[method-assign]
+    await world.agent.lease.renew()
+    applying = asyncio.create_task(world.agent.reconcile(world.current()))
+    while len(world.keeper.applied) < 3:
+        await asyncio.sleep(0)
+    world.agent.lapsed.add("an-earlier-node-attack")  # a renewal that asks for a resync
+    await asyncio.wait_for(world.agent.renewed(again=True), timeout=1)
+    assert not applying.done()
+    release.set()
+    await applying
+    assert world.agent.resyncing is not None
+    await world.agent.resyncing
+    assert world.status()["phase"] == NodeAttackPhase.APPLIED

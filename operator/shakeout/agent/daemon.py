@@ -97,6 +97,7 @@ class NodeAgent:
         self.halted: set[str] = set()
         # The last report per NodeAttack (phase, targets): fresher than an event's copy.
         self.reports: dict[str, tuple[str, list[Obj]]] = {}
+        self.resyncing: asyncio.Task[None] | None = None
 
     # -- the lease ---------------------------------------------------------------
 
@@ -109,16 +110,15 @@ class NodeAgent:
             if ids - held:
                 self.held[uid] = ids & held
                 self.lapsed.add(uid)
-        if again or self.lapsed:
+        if (again or self.lapsed) and (self.resyncing is None or self.resyncing.done()):
             log.warning("lease renewed again; reporting faults lost meanwhile")
-            await self.resync()
+            # Not awaited: a resync waits for the applies in progress, renewals must not.
+            self.resyncing = asyncio.create_task(self.resync_logged())
 
     async def lease_lost(self) -> None:
         log.error("lease expired: rolling back every fault of this node")
-        try:
-            await self.keeper.rollback_all()
-        finally:
-            self.held.clear()  # what the keeper could not undo stays in its journal
+        self.held.clear()  # what the keeper cannot undo stays in its journal
+        await self.keeper.rollback_all()
 
     # -- NodeAttacks ---------------------------------------------------------------
 
@@ -155,10 +155,13 @@ class NodeAgent:
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.options.resync)
-            try:
-                await self.resync()
-            except Exception as err:  # noqa: BLE001  (the next round tries again)
-                log.warning(f"resync of NodeAttacks failed: {err}")
+            await self.resync_logged()
+
+    async def resync_logged(self) -> None:
+        try:
+            await self.resync()
+        except Exception as err:  # noqa: BLE001  (the next round tries again)
+            log.warning(f"resync of NodeAttacks failed: {err}")
 
     async def resync(self) -> None:
         """List this node's NodeAttacks: reconcile each, roll back faults of vanished ones."""

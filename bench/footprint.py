@@ -123,7 +123,7 @@ def churn(
             started += 1
         except client.ApiException as err:
             # The previous run still executing (a loaded machine): this tick is skipped.
-            if err.status != 403 or "another experiment is running" not in str(err.body):
+            if err.status != 403 or "another run is executing" not in str(err.body):
                 raise
         rss.append(rss_mib(pid))
         time.sleep(max(0.0, interval - (time.monotonic() - tick)))

@@ -127,7 +127,7 @@ def test_refused_preconditions_leave_no_run_behind(ready: Cluster) -> None:
     wait_phase(ready, first, {"ATTACKS_STARTED"}, timeout=30)
     _, result = create_run(ready, "web2", check=False)
     assert result.returncode != 0
-    assert f"another experiment is running: {TEAM}/{first}" in result.stderr
+    assert f"another run is executing: {TEAM}/{first} holds the cluster-wide lock" in result.stderr
     assert runs_in(ready) == before | {first}
 
 

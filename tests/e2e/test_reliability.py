@@ -122,7 +122,7 @@ def test_twenty_concurrent_creates_execute_exactly_one(ready: Cluster) -> None:
     refused = [result.stderr for _, result in results if result.returncode != 0]
     assert stored, refused
     for message in refused:
-        assert "another experiment is running" in message, message
+        assert "another run is executing" in message, message
     finals = {n: wait_phase(ready, n, TERMINAL, timeout=60) for n in stored}
     executed = [n for n, s in finals.items() if s.get("attacks") and s["phase"] == "COMPLETED"]
     assert len(executed) == 1, finals

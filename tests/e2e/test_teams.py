@@ -95,5 +95,5 @@ def test_the_operator_rechecks_the_recorded_creator(ready: Cluster) -> None:
         )
         status = wait_phase(ready, "team2-forged", {"FAILED", "COMPLETED", "CANCELED"})
     assert (status["phase"], status["reason"]) == ("FAILED", "Unauthorized")
-    assert "carol may not run experiments" in status["message"]
+    assert "carol, who created the run, may not run experiments" in status["message"]
     assert replicas(ready, "team2") == 2

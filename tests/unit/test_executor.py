@@ -20,8 +20,10 @@ from shakeout.api.labels import CANCELED_BY, ISOLATED, REMOVED_LABELS
 from shakeout.api.run import ExperimentRunStatus, Phase, Targets
 from shakeout.api.switch import OPT_IN_LABEL, PROTECTED_LABEL
 from shakeout.engine import attacks as lifecycle
+from shakeout.engine import checks, ends
 from shakeout.engine import runs as engine
 from shakeout.engine.runs import Reason, Transition
+from shakeout.execution import clock as clock_module
 from shakeout.execution import executor as executor_module
 from shakeout.execution.executor import RunExecutor
 from shakeout.execution.live_runs import LiveRuns, StopSignal
@@ -87,7 +89,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(executor_module, "utcnow", clock)
+    monkeypatch.setattr(clock_module, "utcnow", clock)
     # Waits of 0.05 s (one second of the fast clock) at most: a run looks again soon.
     monkeypatch.setattr(executor_module, "MAX_IDLE", 0.05)
     return clock
@@ -647,8 +649,8 @@ async def test_a_restart_in_the_rollback_of_a_failed_run_still_fails_it(
     check = {"name": "up", "type": "PodsReady", "intervalSeconds": 1}
     experiment = spec(SCALE, checks=[check])
     status = applied(journal(experiment, clock()), clock())
-    status = engine.record_check(status, "up", True, "3/3 ready", clock())
-    status = engine.record_check(status, "up", False, "1/3 blast-radius pods ready", clock())
+    status = checks.record_check(status, "up", True, "3/3 ready", clock())
+    status = checks.record_check(status, "up", False, "1/3 blast-radius pods ready", clock())
     # What the operator journals with the first stop it writes: the end it decided.
     end = Transition(
         Phase.FAILED,
@@ -656,7 +658,7 @@ async def test_a_restart_in_the_rollback_of_a_failed_run_still_fails_it(
         "state check up failed: 1/3 blast-radius pods ready",
         rollback=True,
     )
-    status = engine.begin_end(status, end)
+    status = ends.begin_end(status, end)
     status = lifecycle.begin_stop(
         status, lifecycle.StopAction("scale", lifecycle.StopKind.ROLL_BACK)
     )

@@ -9,15 +9,15 @@ import pytest
 
 from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.run import AttackState, Phase
+from shakeout.engine.checks import record_check
+from shakeout.engine.checks import succeeded_once as checks_succeeded_once
 from shakeout.engine.runs import (
     Observation,
     Reason,
-    checks_succeeded_once,
     decide,
     enter,
     initial_status,
     phase_entered,
-    record_check,
     refuse,
     straight_to_attacks,
 )

@@ -304,45 +304,6 @@ def _true_if(condition: bool) -> ConditionStatus:
     return ConditionStatus.TRUE if condition else ConditionStatus.FALSE
 
 
-# The ends a run can be stopped into (every one of them with a rollback first), and the
-# phase each ends in.
-STOPPING_ENDS: dict[Reason, Phase] = {
-    Reason.RUN_DELETED: Phase.CANCELED,
-    Reason.STOPPED_ALL: Phase.CANCELED,
-    Reason.CANCELED: Phase.CANCELED,
-    Reason.OPERATOR_SHUTDOWN: Phase.FAILED,
-    Reason.ROLLBACK_FAILED: Phase.FAILED,
-    Reason.ATTACK_FAILED: Phase.FAILED,
-    Reason.AGENT_DISCONNECTED: Phase.FAILED,
-    Reason.STATE_CHECK_FAILED: Phase.FAILED,
-}
-
-
-def begin_end(status: ExperimentRunStatus, transition: Transition) -> ExperimentRunStatus:
-    """The status of a run that is being stopped into `transition`'s end, written before
-    its attacks are rolled back: the phase stays, the reason and message are the end's,
-    so that an operator restarted during the rollback finishes the same end
-    (`pending_end`) instead of deciding afresh (a state check that failed may pass now)."""
-    new = status.model_copy(deep=True)
-    new.reason = transition.reason
-    new.message = transition.message[:MESSAGE_LIMIT]
-    return new
-
-
-def pending_end(status: ExperimentRunStatus) -> Transition | None:
-    """The end a live run was being stopped into when its operator stopped, if any."""
-    if status.phase is None or is_terminal(status.phase) or status.reason is None:
-        return None
-    try:
-        reason = Reason(status.reason)
-    except ValueError:
-        return None
-    phase = STOPPING_ENDS.get(reason)
-    if phase is None:
-        return None
-    return Transition(phase, reason, status.message or "", rollback=True)
-
-
 def straight_to_attacks(experiment: ExperimentSpec) -> bool:
     """Whether a run goes from its pick-up to its attacks without waiting for anything: no
     state check to pass, no node agent to wait for, no warm-up."""
@@ -409,25 +370,3 @@ def phase_entered(status: ExperimentRunStatus) -> datetime | None:
         if entry.phase == status.phase:
             return entry.time
     return None
-
-
-def record_check(
-    status: ExperimentRunStatus, name: str, ok: bool, message: str, now: datetime
-) -> ExperimentRunStatus:
-    new = status.model_copy(deep=True)
-    tallies = {t.name: t for t in new.state_checks}
-    tally = tallies.get(name) or StateCheckTally(name=name)
-    if ok:
-        tally.successes += 1
-    else:
-        tally.failures += 1
-    tally.last_message = message[:1024]
-    tally.last_time = now
-    tallies[name] = tally
-    new.state_checks = list(tallies.values())
-    return new
-
-
-def checks_succeeded_once(status: ExperimentRunStatus, experiment: ExperimentSpec) -> bool:
-    successes = {t.name: t.successes for t in status.state_checks}
-    return all(successes.get(c.name, 0) > 0 for c in experiment.state_checks)

@@ -11,7 +11,8 @@ from shakeout import metrics
 from shakeout.api.common import GROUP, VERSION
 from shakeout.engine.runs import is_terminal
 from shakeout.execution import lock
-from shakeout.execution.executor import RunExecutor, RunGone
+from shakeout.execution.executor import RunExecutor
+from shakeout.execution.journal import RunGone
 from shakeout.execution.live_runs import LIVE_RUNS
 from shakeout.execution.retire import retire_run
 from shakeout.options import OPTIONS

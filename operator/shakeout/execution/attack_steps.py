@@ -1,0 +1,119 @@
+"""Applying, stopping and resuming the attacks of one run, as engine/attacks.py decides:
+each step's status is written before the cluster is touched, and its outcome after."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shakeout import metrics
+from shakeout.api.experiment import Attack
+from shakeout.attacks.registry import RunAttacks
+from shakeout.engine import attacks as lifecycle
+from shakeout.execution import clock
+from shakeout.execution.journal import RunJournal
+from shakeout.gather import agents
+from shakeout.gather.targets import resolve_targets
+from shakeout.kube.client import Pod
+
+
+class AttackSteps:
+    def __init__(self, journal: RunJournal, attacks: RunAttacks, uid: str) -> None:
+        self.journal = journal
+        self.attacks = attacks
+        self.uid = uid
+        # Each node agent's lease holder when the attacks went out: another holder later
+        # means the agent restarted, and its faults with it.
+        self.agent_holders: dict[str, str] = {}
+
+    async def apply_one(self, attack: Attack, pods: list[Pod]) -> lifecycle.ApplyOutcome:
+        try:
+            count = await self.attacks.apply(attack, pods)
+        except Exception as err:  # noqa: BLE001  (recorded, then the run fails)
+            return lifecycle.ApplyOutcome(attack.name, error=str(err))
+        metrics.ATTACKS_APPLIED.labels(attack.type).inc()
+        return lifecycle.ApplyOutcome(attack.name, targets=count)
+
+    async def apply_all(self) -> str | None:
+        """Journal every attack as Applying (with its rollback data), then apply them.
+        Returns why the attacks could not even be prepared (nothing was applied then)."""
+        journal, spec = self.journal, self.journal.snapshot
+        # The rollback data and the targets, read at once (the targets are the pick-up's
+        # own when they are fresh: listing thousands of pods is most of the first fault).
+        targets = asyncio.create_task(resolve_targets(journal.namespace, spec, self.uid))
+        prepared = await asyncio.gather(
+            *(self.attacks.prepare(a) for a in spec.attacks), return_exceptions=True
+        )
+        rollback_data: dict[str, dict[str, object]] = {}
+        for attack, outcome in zip(spec.attacks, prepared, strict=True):
+            if isinstance(outcome, BaseException):
+                targets.cancel()
+                if not isinstance(outcome, Exception):
+                    raise outcome
+                return f"attack {attack.name} could not be prepared: {outcome}"
+            rollback_data[attack.name] = outcome
+        selection, pods = await targets
+        node_level = any(a.node_level for a in spec.attacks)
+        status = lifecycle.begin_apply(
+            journal.status,
+            rollback_data,
+            selection.summary(),
+            [p.node for p in pods if p.node] if node_level else [],
+        )
+        if node_level:
+            self.agent_holders = agents.holders(status.agents)
+        await journal.write(status)  # the journal: written before anything is touched
+        outcomes = await asyncio.gather(*(self.apply_one(a, pods) for a in spec.attacks))
+        status, _ = lifecycle.record_applied(journal.status, outcomes, clock.utcnow())
+        await journal.write(status)
+        return None
+
+    async def stop(self, action: lifecycle.StopAction) -> str | None:
+        """Stop one attack as the engine says; the failure message if its rollback gave up."""
+        journal = self.journal
+        await journal.write(lifecycle.begin_stop(journal.status, action))
+        if action.kind != lifecycle.StopKind.ROLL_BACK:
+            return None
+        attack = journal.attack(action.name)
+        result = next(r for r in journal.status.attacks if r.name == action.name)
+        attempt = 0
+        while True:
+            try:
+                note = await self.attacks.rollback(attack, result)
+            except Exception as err:  # noqa: BLE001  (retried, then reported)
+                delay = lifecycle.rollback_delay(attempt)
+                if delay is None:
+                    status, failure = lifecycle.record_rollback_failure(
+                        journal.status, action.name, str(err)
+                    )
+                    await journal.write(status)
+                    metrics.ROLLBACK_FAILURES.labels(attack.type).inc()
+                    return failure
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            now = clock.utcnow()
+            await journal.write(lifecycle.record_rollback(journal.status, action.name, now, note))
+            metrics.ATTACKS_ROLLED_BACK.labels(attack.type).inc()
+            return None
+
+    async def stop_all(self) -> str | None:
+        """Stop every attack that may still act; the rollback failures, if any."""
+        errors = [
+            error
+            for action in lifecycle.stop_actions(self.journal.status)
+            if (error := await self.stop(action)) is not None
+        ]
+        return "; ".join(errors) or None
+
+    async def resume(self, stopping: bool) -> None:
+        """After an operator restart: finish what the journal says was under way. A run
+        being stopped applies nothing again: the stop rolls its attacks back as they are."""
+        journal = self.journal
+        status, again = lifecycle.resume(journal.status, clock.utcnow())
+        if again and not stopping:
+            # Re-applying a reversible attack is idempotent (each target's record is on
+            # the target; a scale's rollback data is journaled).
+            _, pods = await resolve_targets(journal.namespace, journal.snapshot, self.uid)
+            outcomes = [await self.apply_one(journal.attack(name), pods) for name in again]
+            status, _ = lifecycle.record_applied(status, outcomes, clock.utcnow())
+        await journal.write(status)

@@ -199,6 +199,13 @@ async def test_the_deletion_of_the_node_attack_halts_the_apply() -> None:
     await world.start()
 
     assert_halted_and_rolled_back(world)
+    # Once its faults are undone, a deleted NodeAttack leaves nothing in the agent's
+    # memory (an agent runs for months and sees thousands of them).
+    uid = world.node_attack["metadata"]["uid"]
+    await world.agent.reconcile(world.node_attack, deleted=True)
+    assert uid not in world.agent.halted
+    assert uid not in world.agent.locks
+    assert uid not in world.agent.reports
 
 
 async def test_the_run_read_again_halts_the_apply_without_an_event() -> None:

@@ -205,6 +205,9 @@ class NodeAgent:
                 if deleted:
                     await self.rollback_held(uid)
                     self.reports.pop(uid, None)
+                    if uid not in self.held:  # all undone: nothing of it to remember
+                        self.halted.discard(uid)
+                        self.locks.pop(uid, None)
                 else:
                     await self._reconcile(obj)
             except Exception as err:

@@ -254,47 +254,19 @@ CHECKS: tuple[Check, ...] = (
     creator_still_member,
 )
 
-# When a run is created: RBAC has authorized the requesting user itself.
-ADMISSION: tuple[Check, ...] = (
-    switch_exists,
-    switch_enabled,
-    no_other_run_holds_lock,
-    experiment_found,
-    experiment_valid,
-    namespace_allowed,
-    blast_radius_has_targets,
-    within_caps,
-    agent_nodes_within_limit,
-    agents_can_attack,
-)
 
+def _all_but(*left_out: Check) -> tuple[Check, ...]:
+    """A chain: every check in the one order, but those left out."""
+    return tuple(check for check in CHECKS if check not in left_out)
+
+
+# When a run is created: RBAC has authorized the requesting user itself.
+ADMISSION = _all_but(creator_still_member)
 # When the operator picks a run up: the lock is then taken with a compare-and-swap (so it
 # is not checked here), and a scheduled run, never checked at creation, is checked in full.
-PICKUP: tuple[Check, ...] = (
-    switch_exists,
-    switch_enabled,
-    experiment_found,
-    experiment_valid,
-    namespace_allowed,
-    blast_radius_has_targets,
-    within_caps,
-    agent_nodes_within_limit,
-    agents_can_attack,
-    creator_still_member,
-)
-
+PICKUP = _all_but(no_other_run_holds_lock)
 # Just before the attacks start: the run executes its own snapshot of the Experiment.
-ATTACK_START: tuple[Check, ...] = (
-    switch_exists,
-    switch_enabled,
-    experiment_valid,
-    namespace_allowed,
-    blast_radius_has_targets,
-    within_caps,
-    agent_nodes_within_limit,
-    agents_can_attack,
-    creator_still_member,
-)
+ATTACK_START = _all_but(no_other_run_holds_lock, experiment_found)
 
 
 def evaluate(chain: Sequence[Check], facts: RunFacts) -> Refusal | None:

@@ -813,6 +813,27 @@ async def test_a_rollback_that_fails_twice_then_succeeds_is_rolled_back(fake: Fa
     assert fake.replicas(NS, "web") == 3
 
 
+async def test_a_workload_deleted_during_the_attack_leaves_nothing_to_restore(
+    fake: FakeApi,
+) -> None:
+    """The team deleted the scaled Deployment mid-run: the rollback finds nothing to
+    restore, and that is not a failure of the run."""
+    fake.on(
+        "PATCH",
+        r"/deployments/web/scale$",
+        lambda _call: fake.drop(DEPLOYMENTS, NS, "web"),
+        when=_restore,
+    )
+    executor, _ = start(fake, spec(SCALE, KILL))
+
+    await drive(executor)
+
+    status = status_of(fake)
+    assert (status["phase"], status["reason"]) == (Phase.COMPLETED, Reason.COMPLETED)
+    assert attacks_of(fake)["scale"]["state"] == "RolledBack"
+    assert scale_writes(fake) == [0, 3]  # tried once, not retried as a failure
+
+
 async def test_a_failed_attack_recorded_before_a_restart_fails_the_run_and_rolls_back(
     fake: FakeApi, clock: Clock
 ) -> None:

@@ -8,6 +8,7 @@ from shakeout.api.experiment import Attack
 from shakeout.api.run import AttackResult
 from shakeout.attacks.context import AttackError, ClusterExecutor
 from shakeout.kube.client import Pod, api
+from shakeout.kube.errors import NotFound
 
 
 def _parameters(attack: Attack) -> ScaleWorkloadParameters:
@@ -35,4 +36,9 @@ class ScaleWorkload(ClusterExecutor):
         if result.previous_replicas is None:
             return  # never applied: nothing was journaled, nothing to restore
         ref = _parameters(attack).workload
-        await api().set_replicas(ref.kind, self.run.namespace, ref.name, result.previous_replicas)
+        try:
+            await api().set_replicas(
+                ref.kind, self.run.namespace, ref.name, result.previous_replicas
+            )
+        except NotFound:
+            return  # the workload was deleted meanwhile: there is nothing left to restore

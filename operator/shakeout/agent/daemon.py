@@ -28,7 +28,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kubernetes import watch
 
@@ -38,9 +37,7 @@ from shakeout.agent.node.keeper_client import Keeper
 from shakeout.agent.nodeattacks import fault_id, refusal, rolled_back
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.experiment import Attack
-from shakeout.api.labels import (
-    NODE_LABEL,
-)
+from shakeout.api.labels import NODE_LABEL
 from shakeout.api.nodeattack import NodeAttackPhase, TargetState
 from shakeout.kube.client import Api, Obj
 from shakeout.kube.leases import micro_time
@@ -71,7 +68,7 @@ class AgentOptions:
 
 
 class NodeAgent:
-    def __init__(self, options: AgentOptions, api: Api, keeper: Any, capabilities: Obj) -> None:
+    def __init__(self, options: AgentOptions, api: Api, keeper: Keeper, capabilities: Obj) -> None:
         self.options = options
         self.api = api
         self.keeper = keeper

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationError
 
 from shakeout.api.common import Condition, Model, Resource, cel
+from shakeout.api.labels import CHANGED_AT, CHANGED_BY, PREFIX
 
 SWITCH_NAME = "default"
+
+# Set by the mutating webhook, beside labels.CHANGED_BY / CHANGED_AT, on every request that
+# changes the spec: the generation the change produced. The ValidatingAdmissionPolicy
+# `shakeout-switch-rails` lets these three annotations change only in a request that
+# changes the spec, with changed-by equal to the requesting user and this value equal to
+# the new generation; the switch's watch trusts them only for that generation.
+CHANGED_GENERATION = f"{PREFIX}/changed-generation"
+# Who a change is recorded as when no webhook stamped it (webhooks deleted or down).
+UNKNOWN_CHANGER = "unknown (no webhook)"
+HISTORY_LENGTH = 20
 
 
 PROTECTED_LABEL = "shakeout.dev/protected"
@@ -78,6 +90,35 @@ class SwitchChange(Model):
     time: datetime = Field(description="When it was flipped.")
 
 
+class SwitchHistoryEntry(Model):
+    """One change of the switch's spec, as the operator's watch saw it."""
+
+    generation: int = Field(ge=1, description="The .metadata.generation the change produced.")
+    by: str = Field(
+        max_length=512,
+        description=(
+            "The user who made the change, from the admission request (the mutating "
+            f"webhook); '{UNKNOWN_CHANGER}' when no webhook stamped it."
+        ),
+    )
+    time: datetime = Field(
+        description="When: the webhook's time, or when the operator saw it if unstamped."
+    )
+    enabled: bool = Field(description="spec.enabled after the change.")
+    enabled_changed: bool = Field(
+        default=False, description="Whether spec.enabled changed (a Stop All or a Continue)."
+    )
+    rails: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "The spec fields other than enabled (the rails: caps, namespaceMode, ...) that "
+            "the change set, changed or removed; all those set when no earlier spec is known."
+        ),
+    )
+    spec: ChaosSwitchSpec = Field(description="The whole spec after the change.")
+
+
 class ChaosSwitchStatus(Model):
     """The lock held by the active run, and the switch's history."""
 
@@ -87,6 +128,14 @@ class ChaosSwitchStatus(Model):
     )
     last_change: SwitchChange | None = Field(
         default=None, description="Who last flipped the switch, and when."
+    )
+    history: list[SwitchHistoryEntry] = Field(
+        default_factory=list,
+        max_length=HISTORY_LENGTH,
+        description=(
+            f"Every change of the spec, oldest first, the last {HISTORY_LENGTH}: who, when "
+            "and what (enabled, and which rails)."
+        ),
     )
     observed_generation: int | None = Field(
         default=None, description="The .metadata.generation this status is for."
@@ -121,3 +170,89 @@ class ChaosSwitch(Resource):
     status: ChaosSwitchStatus | None = Field(
         default=None, description="The lock and the history, written by the operator."
     )
+
+
+def _normal_spec(spec: Any) -> dict[str, Any]:
+    """A spec as the model reads it (defaults filled in, nothing unset), for comparing."""
+    raw = dict(spec) if isinstance(spec, Mapping) else {}
+    try:
+        return ChaosSwitchSpec.model_validate(raw).model_dump(
+            by_alias=True, exclude_none=True, mode="json"
+        )
+    except ValidationError:
+        return raw
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def history_entry(body: Mapping[str, Any], now: datetime) -> SwitchHistoryEntry | None:
+    """The history entry of the switch's current generation, or None when it is recorded
+    already (or the object has no generation yet).
+
+    Who and when come from the webhook's stamp only when the stamp names this very
+    generation (the policy lets the stamp change only with a spec change, to the requesting
+    user and the new generation); otherwise who is UNKNOWN_CHANGER and when is `now`. What
+    is the spec compared with the last recorded one; with none recorded, every rail set.
+    """
+    meta = body.get("metadata") or {}
+    generation = meta.get("generation")
+    if not isinstance(generation, int) or generation < 1:
+        return None
+    status = body.get("status") or {}
+    history = status.get("history") or []
+    last = history[-1] if history and isinstance(history[-1], Mapping) else None
+    recorded = last.get("generation") if last is not None else None
+    if isinstance(recorded, int) and recorded >= generation:
+        return None
+    spec = _normal_spec(body.get("spec"))
+    enabled = bool(spec.get("enabled"))
+    annotations = meta.get("annotations") or {}
+    by, at = annotations.get(CHANGED_BY), _parse_time(annotations.get(CHANGED_AT))
+    if annotations.get(CHANGED_GENERATION) == str(generation) and by and at is not None:
+        who, when = str(by), at
+    else:
+        who, when = UNKNOWN_CHANGER, now
+    if last is not None and isinstance(last.get("spec"), Mapping):
+        before = _normal_spec(last["spec"])
+        enabled_changed = bool(before.get("enabled")) != enabled
+        rails = sorted(
+            k for k in set(spec) | set(before) if k != "enabled" and spec.get(k) != before.get(k)
+        )
+    else:
+        flipped = status.get("lastChange")
+        enabled_changed = not isinstance(flipped, Mapping) or flipped.get("enabled") != enabled
+        rails = sorted(k for k in spec if k != "enabled")
+    try:
+        after = ChaosSwitchSpec.model_validate(spec)
+    except ValidationError:
+        after = ChaosSwitchSpec(enabled=enabled)
+    return SwitchHistoryEntry(
+        generation=generation,
+        by=who[:512],
+        time=when,
+        enabled=enabled,
+        enabled_changed=enabled_changed,
+        rails=rails[:32],
+        spec=after,
+    )
+
+
+def describe_change(entry: SwitchHistoryEntry) -> str:
+    """The Event's message for one change of the switch."""
+    parts = []
+    if entry.enabled_changed:
+        parts.append(
+            "Stop All (enabled: false)" if not entry.enabled else "Continue (enabled: true)"
+        )
+    if entry.rails:
+        parts.append("rails changed: " + ", ".join(entry.rails))
+    if not parts:
+        parts.append(f"spec changed (enabled: {str(entry.enabled).lower()})")
+    return f"{'; '.join(parts)}, by {entry.by} (generation {entry.generation})"

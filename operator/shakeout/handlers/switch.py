@@ -1,18 +1,18 @@
 """The ChaosSwitch's watch: keep the operator's view, stop every live run on Stop All, and
-record who flipped it."""
+record every change of its spec (who, when, what) as an Event and in status.history."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from shakeout.api.common import GROUP, VERSION
-from shakeout.api.labels import CHANGED_AT, CHANGED_BY
-from shakeout.api.switch import SWITCH_NAME
+from shakeout.api.switch import HISTORY_LENGTH, SWITCH_NAME, describe_change, history_entry
 from shakeout.execution.live_runs import LIVE_RUNS
 from shakeout.gather.switch import SWITCH, is_enabled
-from shakeout.kube.client import api
+from shakeout.kube.client import api, timestamp
 from shakeout.kube.errors import NotFound
 
 
@@ -36,19 +36,24 @@ async def switch_event(
 
 
 async def _record_change(body: kopf.Body) -> None:
-    """Copy who flipped the switch (from the webhook's annotations) into status."""
-    annotations = body.get("metadata", {}).get("annotations", {})
-    by = annotations.get(CHANGED_BY)
-    at = annotations.get(CHANGED_AT)
-    if not by or not at:
+    """Append the change that made the switch's current generation to status.history (and
+    status.lastChange when it flipped enabled), and post it as an Event on the switch.
+
+    Who comes from the webhook's stamp only when it names this generation (see
+    api.switch.history_entry); a change made with the webhooks deleted is recorded as
+    made by an unknown user, never as whatever a user wrote.
+    """
+    entry = history_entry(body, datetime.now(UTC))
+    if entry is None:
         return
-    last = body.get("status", {}).get("lastChange") or {}
-    enabled = bool(body.get("spec", {}).get("enabled"))
-    if last.get("by") == by and last.get("time") == at and last.get("enabled") == enabled:
-        return
+    history = list(body.get("status", {}).get("history") or [])
+    record = entry.model_dump(by_alias=True, exclude_none=True, mode="json")
+    record["time"] = timestamp(entry.time)
+    status: dict[str, Any] = {"history": [*history, record][-HISTORY_LENGTH:]}
+    if entry.enabled_changed:
+        status["lastChange"] = {"enabled": entry.enabled, "by": entry.by, "time": record["time"]}
     try:
-        await api().patch_switch_status(
-            {"status": {"lastChange": {"enabled": enabled, "by": by, "time": at}}}
-        )
+        await api().patch_switch_status({"status": status})
     except NotFound:
         return  # deleted since this event: nothing to record it on
+    kopf.event(body, type="Normal", reason="SwitchChanged", message=describe_change(entry))

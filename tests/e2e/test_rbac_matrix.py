@@ -1,11 +1,14 @@
 """Who may do what (team members run their team's experiments; any authenticated user may
-cancel any run and flip the ChaosSwitch), as a matrix of identities and actions, run
-twice: with the operator's webhooks in place, and with its ValidatingWebhookConfiguration
-deleted.
-Zero unauthorized actions and zero false refusals, both times."""
+cancel any run and flip the ChaosSwitch; only the holders of shakeout-rails-admin change
+its rails, create or delete it), as a matrix of identities and actions, run three times:
+with the operator's webhooks in place, with its ValidatingWebhookConfiguration deleted, and
+with its Mutating- and ValidatingWebhookConfiguration both deleted.
+Zero unauthorized actions and zero false refusals, every time."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -27,10 +30,81 @@ MATRIX = [
     ("carol", "cancel", "team-a", True),
     ("carol", "switch", "", True),
     ("bob", "delete", "team-a", False),
+    # The switch's rails (tests/e2e/test_switch_rails.py plays the attacks in full).
+    ("carol", "caps", "", False),
+    ("alice", "caps", "", False),
+    ("bob", "mode", "", False),
+    ("carol", "switch-create", "", False),
+    ("alice", "switch-delete", "", False),
+    ("rails-admin", "caps", "", True),
+    ("rails-admin", "mode", "", True),
+    ("rails-admin", "switch-create", "", True),
+    ("rails-admin", "switch-delete", "", True),
 ]
+RAILS_ADMIN_NS = "shakeout-matrix"
 
 
-@pytest.fixture(params=["webhooks", "no-validating-webhook"])
+@pytest.fixture(scope="module")
+def rails_admin(crds: Cluster) -> Iterator[str]:
+    """A ServiceAccount bound to shakeout-rails-admin; its token."""
+    crds.kubectl("create", "namespace", RAILS_ADMIN_NS, check=False)
+    crds.kubectl("create", "serviceaccount", "rails-admin", "-n", RAILS_ADMIN_NS, check=False)
+    crds.kubectl(
+        "create",
+        "clusterrolebinding",
+        "matrix-rails-admin",
+        "--clusterrole=shakeout-rails-admin",
+        f"--serviceaccount={RAILS_ADMIN_NS}:rails-admin",
+        check=False,
+    )
+    token = crds.kubectl("create", "token", "rails-admin", "-n", RAILS_ADMIN_NS).stdout.strip()
+    yield token
+    crds.kubectl("delete", "clusterrolebinding", "matrix-rails-admin", check=False)
+    crds.kubectl("delete", "namespace", RAILS_ADMIN_NS, "--wait=false", check=False)
+
+
+def as_user(
+    cluster: Cluster, user: str, token: str, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """kubectl as a sandbox user, or as the rails admin (its token, or impersonated)."""
+    if user != "rails-admin":
+        return cluster.kubectl(*args, user=user, stdin=stdin, check=False)
+    if cluster.sandbox is None:
+        sa = f"system:serviceaccount:{RAILS_ADMIN_NS}:rails-admin"
+        return cluster.kubectl(*args, f"--as={sa}", stdin=stdin, check=False)
+    return cluster.kubectl(*args, f"--token={token}", user="carol", stdin=stdin, check=False)
+
+
+def attempt_switch(cluster: Cluster, user: str, action: str, token: str) -> bool:
+    """A change of the switch's rails, or its create or delete (server-side dry runs);
+    a change let through is undone at once, so that the runs of the matrix are unaffected."""
+    if action == "switch-delete":
+        deleted = ("delete", "chaosswitch", "default", "--dry-run=server")
+        return as_user(cluster, user, token, *deleted).returncode == 0
+    if action == "switch-create":
+        body = {
+            "apiVersion": "shakeout.dev/v1alpha1",
+            "kind": "ChaosSwitch",
+            "metadata": {"name": "default"},
+            "spec": {"enabled": True},
+        }
+        created = ("create", "--dry-run=server", "-f", "-")
+        result = as_user(cluster, user, token, *created, stdin=json.dumps(body))
+        # AlreadyExists comes after authorization and admission let it through
+        return result.returncode == 0 or "AlreadyExists" in result.stderr
+    change: dict[str, object]
+    undo: dict[str, object]
+    if action == "caps":
+        change, undo = {"caps": {"maxTargets": 100000}}, {"caps": None}
+    else:
+        change, undo = {"namespaceMode": "OptIn"}, {"namespaceMode": "OptOut"}
+    args = ("patch", "chaosswitch", "default", "--type=merge", "-p")
+    result = as_user(cluster, user, token, *args, json.dumps({"spec": change}))
+    cluster.merge_patch("chaosswitch", "default", {"spec": undo})
+    return result.returncode == 0
+
+
+@pytest.fixture(params=["webhooks", "no-validating-webhook", "no-webhooks"])
 def setup(request: pytest.FixtureRequest, ready: Cluster) -> Iterator[Cluster]:
     for team in ("team-a", "team-b"):
         deployment(ready, "matrix", replicas=1, namespace=team)
@@ -38,12 +112,23 @@ def setup(request: pytest.FixtureRequest, ready: Cluster) -> Iterator[Cluster]:
     if request.param == "webhooks":
         yield ready
         return
-    with ready.without("validatingwebhookconfiguration"):
+    if request.param == "no-validating-webhook":
+        with ready.without("validatingwebhookconfiguration"):
+            yield ready
+        return
+    with (
+        ready.without("validatingwebhookconfiguration"),
+        ready.without("mutatingwebhookconfiguration"),
+    ):
         yield ready
 
 
-def attempt(cluster: Cluster, user: str, action: str, namespace: str, target: str) -> bool:
+def attempt(
+    cluster: Cluster, user: str, action: str, namespace: str, target: str, *, token: str = ""
+) -> bool:
     """Try the action for real as the user; True if the API server accepted it."""
+    if action in {"caps", "mode", "switch-create", "switch-delete"}:
+        return attempt_switch(cluster, user, action, token)
     if action == "run":
         # Server-side dry-run: authorization and admission run in full, nothing is stored.
         body = {
@@ -81,7 +166,7 @@ def attempt(cluster: Cluster, user: str, action: str, namespace: str, target: st
     return result.returncode == 0
 
 
-def test_access_matrix(setup: Cluster) -> None:
+def test_access_matrix(setup: Cluster, rails_admin: str) -> None:
     target, _ = create_run(setup, "matrix", user="alice")
     wait_phase(setup, target, {"ATTACKS_STARTED"}, timeout=30)
     # A run in progress would (rightly) refuse more runs: cancel it first, then try runs.
@@ -89,7 +174,7 @@ def test_access_matrix(setup: Cluster) -> None:
     for user, action, namespace, allowed in MATRIX:
         if action != "run":
             outcomes[(user, action, namespace)] = (
-                attempt(setup, user, action, namespace, target),
+                attempt(setup, user, action, namespace, target, token=rails_admin),
                 allowed,
             )
     wait_phase(setup, target, {"CANCELED"}, timeout=15)

@@ -110,7 +110,7 @@ def setup(request: pytest.FixtureRequest, ready: Cluster) -> Iterator[tuple[Clus
 
 
 def switch(cluster: Cluster) -> dict[str, Any]:
-    return cluster.get("chaosswitch", "default")
+    return dict(cluster.get("chaosswitch", "default"))
 
 
 def refused(result: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -146,7 +146,7 @@ def recorded(cluster: Cluster, generation: int, by: str) -> dict[str, Any]:
         return None
 
     found["event"] = eventually(event, timeout=20, what=f"Event of generation {generation}")
-    return found
+    return dict(found)
 
 
 def identities(accounts: dict[str, Who]) -> list[Who]:
@@ -159,7 +159,7 @@ def test_nobody_but_admins_changes_the_rails(
     cluster, webhooks = setup
     before = switch(cluster)
     for who in identities(accounts):
-        attempts = {
+        attempts: dict[str, tuple[dict[str, Any], str]] = {
             "lift the caps": ({"spec": {"caps": None}}, "spec.caps"),
             "raise the caps": ({"spec": {"caps": {"maxTargets": 1000}}}, "spec.caps"),
             "another rail": ({"spec": {"caps": {"maxTargets": 2, "maxPercent": 100}}}, "caps"),

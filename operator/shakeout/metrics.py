@@ -32,7 +32,9 @@ ATTACKS_ROLLED_BACK = Counter(
     "shakeout_attacks_rolled_back_total", "Reversible attacks rolled back.", ["type"]
 )
 ROLLBACK_FAILURES = Counter(
-    "shakeout_rollback_failures_total", "Rollbacks that failed after every retry.", ["type"]
+    "shakeout_rollback_failures_total",
+    "Rollbacks still failing after the quick retries (pending: retried until they succeed).",
+    ["type"],
 )
 WEBHOOK_DURATION = Histogram(
     "shakeout_webhook_duration_seconds",

@@ -11,7 +11,8 @@ from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.run import AttackState, ExperimentRunStatus, Phase, Targets, UserInfo
 from shakeout.engine.attacks import (
     OPEN_STATES,
-    ROLLBACK_ATTEMPTS,
+    ROLLBACK_MAX_DELAY,
+    ROLLBACK_QUICK_ATTEMPTS,
     ApplyOutcome,
     StopAction,
     StopKind,
@@ -23,9 +24,10 @@ from shakeout.engine.attacks import (
     next_due,
     record_applied,
     record_rollback,
-    record_rollback_failure,
     resume,
+    retried_rollbacks,
     rollback_delay,
+    rollback_pending,
     stop_actions,
 )
 from shakeout.engine.runs import Reason, Transition, enter, initial_status, refuse
@@ -187,14 +189,23 @@ STOPS: list[tuple[AttackState, StopKind | None, StopKind | None]] = [
     (AttackState.ROLLING_BACK, StopKind.ROLL_BACK, StopKind.CLOSE),
     (AttackState.ROLLED_BACK, None, None),
     (AttackState.COMPLETED, None, None),
-    (AttackState.FAILED, None, None),
+    # A reversible attack whose apply failed may have acted on some targets: rolled back.
+    (AttackState.FAILED, StopKind.ROLL_BACK, None),
     (AttackState.SKIPPED, None, None),
 ]
 
 
 def test_the_stop_table_covers_every_state() -> None:
     assert {row[0] for row in STOPS} == set(AttackState)
-    assert {row[0] for row in STOPS if row[1] is not None} == OPEN_STATES
+    assert {row[0] for row in STOPS if row[1] is not None} == OPEN_STATES | {AttackState.FAILED}
+
+
+def test_a_failed_attack_already_rolled_back_is_not_stopped_again() -> None:
+    status = with_states(scale=AttackState.FAILED)
+    status.attacks[1].rolled_back_at = T0
+    assert [a.name for a in stop_actions(status)] == ["kill"]  # kill is still pending
+    with pytest.raises(ValueError, match="nothing to stop"):
+        begin_stop(status, StopAction("scale", StopKind.ROLL_BACK))
 
 
 @pytest.mark.parametrize(("state", "reversible", "irreversible"), STOPS)
@@ -251,12 +262,35 @@ def test_a_rollback_is_recorded_with_its_time_and_note() -> None:
     assert noted.attacks[1].message == "2 of 2 nodes restored"
 
 
-def test_a_failed_rollback_fails_the_attack_and_says_so() -> None:
+def test_a_rollback_that_keeps_failing_is_pending_not_given_up() -> None:
     status = with_states(scale=AttackState.ROLLING_BACK)
-    failed, problem = record_rollback_failure(status, "scale", "conflict " + "y" * 2000)
-    assert failed.attacks[1].state == AttackState.FAILED
-    assert failed.attacks[1].message == ("conflict " + "y" * 2000)[:1024]
-    assert problem == f"rollback of scale failed: {failed.attacks[1].message}"
+    pending = rollback_pending(status, "scale", "conflict " + "y" * 2000, 5, T0)
+    # Still RollingBack: its fault may be in place, and the rollback is retried.
+    assert pending.attacks[1].state == AttackState.ROLLING_BACK
+    assert pending.attacks[1].message.startswith("rollback failed 5 time(s), retrying: conflict")
+    assert len(pending.attacks[1].message) == 1024
+    condition = next(c for c in pending.conditions if c.type == "RollbackPending")
+    assert (condition.status, condition.reason) == ("True", "RollbackRetrying")
+    assert "attack scale" in condition.message
+    assert retried_rollbacks(pending) is not None
+    # It succeeds in the end: the condition says no rollback is pending any more.
+    done = record_rollback(pending, "scale", T0 + timedelta(seconds=90), None)
+    condition = next(c for c in done.conditions if c.type == "RollbackPending")
+    assert (condition.status, condition.reason) == ("False", "RolledBack")
+    assert retried_rollbacks(done) is not None  # the run still says a retry was needed
+
+
+def test_the_pending_condition_stays_while_another_rollback_is_pending() -> None:
+    status = with_states(scale=AttackState.ROLLING_BACK, kill=AttackState.ROLLING_BACK)
+    status = rollback_pending(status, "scale", "refused", 5, T0)
+    one_done = record_rollback(status, "kill", T0, None)
+    condition = next(c for c in one_done.conditions if c.type == "RollbackPending")
+    assert condition.status == "True"
+
+
+def test_a_run_whose_rollbacks_never_failed_has_no_retry_to_report() -> None:
+    status = with_states(scale=AttackState.ROLLING_BACK)
+    assert retried_rollbacks(record_rollback(status, "scale", T0, None)) is None
 
 
 @pytest.mark.parametrize("state", [s for s in AttackState if s != AttackState.ROLLING_BACK])
@@ -265,22 +299,19 @@ def test_only_a_rolling_back_attack_records_a_rollback(state: AttackState) -> No
     with pytest.raises(ValueError, match="not RollingBack"):
         record_rollback(status, "scale", T0, None)
     with pytest.raises(ValueError, match="not RollingBack"):
-        record_rollback_failure(status, "scale", "boom")
+        rollback_pending(status, "scale", "boom", 5, T0)
 
 
 @pytest.mark.parametrize(
     ("attempt", "delay"),
-    [(0, 0.2), (1, 0.4), (2, 0.8), (3, 1.6), (4, None), (5, None)],
+    [(0, 0.2), (1, 0.4), (2, 0.8), (3, 1.6), (4, 3.2), (7, 25.6), (8, 30.0), (500, 30.0)],
 )
-def test_rollback_retries_back_off_then_give_up(attempt: int, delay: float | None) -> None:
+def test_rollback_retries_back_off_to_a_ceiling_and_never_give_up(
+    attempt: int, delay: float
+) -> None:
     assert rollback_delay(attempt) == pytest.approx(delay)
-
-
-def test_a_rollback_is_tried_five_times_in_all() -> None:
-    tries = 1
-    while rollback_delay(tries - 1) is not None:
-        tries += 1
-    assert tries == ROLLBACK_ATTEMPTS == 5
+    assert ROLLBACK_MAX_DELAY == 30.0
+    assert ROLLBACK_QUICK_ATTEMPTS == 5
     with pytest.raises(ValueError, match="< 0"):
         rollback_delay(-1)
 
@@ -453,7 +484,7 @@ CALLS: list[tuple[str, Callable[[ExperimentRunStatus], object]]] = [
     ("record_applied", lambda s: record_applied(s, [ApplyOutcome("kill", error="x")], NOW)),
     ("begin_stop", lambda s: begin_stop(s, StopAction("scale", StopKind.ROLL_BACK))),
     ("record_rollback", lambda s: record_rollback(s, "scale", NOW, "note")),
-    ("record_rollback_failure", lambda s: record_rollback_failure(s, "scale", "x")),
+    ("rollback_pending", lambda s: rollback_pending(s, "scale", "x", 5, NOW)),
     ("resume", lambda s: resume(s, NOW)),
     ("enter", lambda s: enter(s, Transition(Phase.CANCELED, Reason.CANCELED, "c"), NOW, 1, ALICE)),
     ("refuse", lambda s: refuse(s, Reason.NO_TARGETS, "none", NOW, 1, started_by=ALICE)),
@@ -463,7 +494,7 @@ BEFORE = {
     "record_applied": journaled,
     "begin_stop": lambda: with_states(scale=AttackState.APPLIED),
     "record_rollback": lambda: with_states(scale=AttackState.ROLLING_BACK),
-    "record_rollback_failure": lambda: with_states(scale=AttackState.ROLLING_BACK),
+    "rollback_pending": lambda: with_states(scale=AttackState.ROLLING_BACK),
     "resume": journaled,
     "enter": journaled,
     "refuse": fresh,

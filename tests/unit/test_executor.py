@@ -110,7 +110,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> FakeApi:
     monkeypatch.setattr(
         lifecycle,
         "rollback_delay",
-        lambda attempt: None if (d := real_delay(attempt)) is None else d / 100,
+        lambda attempt: real_delay(attempt) / 100,
     )
     api.add_namespace(NS)
     api.add_switch()
@@ -136,6 +136,14 @@ def start(
     fake.add_run(NS, run, "exp", status=status, started_by=started_by, annotations=annotations)
     host = FakeHost(fake, NS, run)
     return RunExecutor(host, signal or StopSignal(), protected), host
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Until `condition` holds (the run is driven meanwhile by another task)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
 
 
 async def drive(executor: RunExecutor, timeout: float = 5.0) -> None:
@@ -774,11 +782,27 @@ def _restore(call: Call) -> bool:
     return bool(call.body["spec"]["replicas"] == 3)
 
 
-async def test_a_rollback_that_keeps_failing_fails_the_run(fake: FakeApi) -> None:
+async def test_a_rollback_that_keeps_failing_is_retried_until_it_succeeds(
+    fake: FakeApi,
+) -> None:
+    """The scale's restore is refused 8 times (a webhook restarting, a brown-out): the
+    run is never ended with the fault in place. It keeps the lock, says the rollback is
+    pending, retries, and fails once the workload is restored."""
+    fails = lifecycle.ROLLBACK_QUICK_ATTEMPTS + 3
     fake.fail(
         "PATCH",
         r"/deployments/web/scale$",
         Unavailable("the API server is away", 503),
+        times=fails,
+        when=_restore,
+    )
+    seen: list[Obj] = []
+    fake.on(
+        "PATCH",
+        r"/deployments/web/scale$",
+        lambda _call: seen.append(
+            {"lock": lock_holder(fake), "conditions": status_of(fake).get("conditions", [])}
+        ),
         when=_restore,
     )
     executor, host = start(fake, spec(SCALE, KILL))
@@ -787,17 +811,70 @@ async def test_a_rollback_that_keeps_failing_fails_the_run(fake: FakeApi) -> Non
 
     status = status_of(fake)
     assert (status["phase"], status["reason"]) == (Phase.FAILED, Reason.ROLLBACK_FAILED)
-    assert status["message"].startswith("rollback of scale failed: ")
+    assert "retried until it succeeded" in status["message"]
     assert "the API server is away" in status["message"]
-    scale = attacks_of(fake)["scale"]
-    assert scale["state"] == "Failed"
-    assert "the API server is away" in scale["message"]
-    # Every retry, then it gave up.
-    assert scale_writes(fake) == [0] + [3] * lifecycle.ROLLBACK_ATTEMPTS
-    assert attacks_of(fake)["kill"]["state"] == "Completed"
-    assert lock_holder(fake) is None
+    assert fake.replicas(NS, "web") == 3
+    assert attacks_of(fake)["scale"]["state"] == "RolledBack"
+    assert scale_writes(fake) == [0] + [3] * (fails + 1)
+    # While it was pending the run held the lock, and a condition said so.
+    assert all(s["lock"] is not None for s in seen)
+    pending = [c for s in seen for c in s["conditions"] if c["type"] == "RollbackPending"]
+    assert any(c["status"] == "True" for c in pending)
+    final = next(c for c in status["conditions"] if c["type"] == "RollbackPending")
+    assert (final["status"], final["reason"]) == ("False", "RolledBack")
+    assert ("Warning", "RollbackPending") in events(host)
     assert events(host)[-1] == ("Warning", Reason.ROLLBACK_FAILED)
-    assert "the API server is away" in host.events[-1].message
+    assert lock_holder(fake) is None
+
+
+async def test_a_stuck_rollback_does_not_keep_the_other_faults_in_place(fake: FakeApi) -> None:
+    """Stop All while the scale's restore is refused: the isolation is undone at once,
+    the scale when its restore goes through."""
+    isolation = {**ISOLATE, "durationSeconds": 60}
+    scale = {**SCALE, "durationSeconds": 60}
+    fake.fail(
+        "PATCH",
+        r"/deployments/web/scale$",
+        Unavailable("refused", 503),
+        times=lifecycle.ROLLBACK_QUICK_ATTEMPTS + 4,
+        when=_restore,
+    )
+    order: list[str] = []
+    fake.on("PATCH", r"/deployments/web/scale$", lambda _c: order.append("scale"), when=_restore)
+    fake.on("DELETE", r"/networkpolicies/", lambda _c: order.append("isolation"))
+    executor, _ = start(fake, spec(scale, isolation))
+    task = asyncio.create_task(drive(executor))
+    await wait_for(lambda: attacks_of(fake).get("isolate", {}).get("state") == "Applied")
+    fake.edit(SWITCHES, None, "default", {"spec": {"enabled": False}})
+    await task
+
+    assert status_of(fake)["phase"] == Phase.CANCELED
+    assert fake.names(NETWORK_POLICIES, NS) == []
+    assert fake.replicas(NS, "web") == 3
+    # The isolation went right after the scale's quick attempts, not after all its retries.
+    first_isolation = order.index("isolation")
+    assert first_isolation == lifecycle.ROLLBACK_QUICK_ATTEMPTS
+    assert order.count("scale") == lifecycle.ROLLBACK_QUICK_ATTEMPTS + 5
+
+
+async def test_a_restart_resumes_a_pending_rollback(fake: FakeApi, clock: Clock) -> None:
+    """The operator died while a rollback was pending: the new one keeps retrying."""
+    status = applied(journal(spec(SCALE, KILL), clock()), clock())
+    end = Transition(Phase.CANCELED, Reason.STOPPED_ALL, "Stop All", rollback=True)
+    status = ends.begin_end(status, end)
+    status = rolling_back(status)
+    status = lifecycle.rollback_pending(status, "scale", "refused", 5, clock())
+    fake.fail(
+        "PATCH", r"/deployments/web/scale$", Unavailable("still", 503), times=2, when=_restore
+    )
+    executor, _ = crashed(fake, spec(SCALE, KILL), status, replicas=0, deleted=3)
+
+    await drive(executor)
+
+    final = status_of(fake)
+    assert (final["phase"], final["reason"]) == (Phase.CANCELED, Reason.STOPPED_ALL)
+    assert fake.replicas(NS, "web") == 3
+    assert scale_writes(fake) == [3, 3, 3]
 
 
 async def test_a_rollback_that_fails_twice_then_succeeds_is_rolled_back(fake: FakeApi) -> None:

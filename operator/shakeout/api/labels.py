@@ -97,6 +97,8 @@ class ConditionType:
     ATTACKS_STARTED: Final = "AttacksStarted"
     ATTACKS_STOPPED: Final = "AttacksStopped"
     SUCCEEDED: Final = "Succeeded"
+    # A rollback that failed is being retried: the run keeps its lock until it succeeds.
+    ROLLBACK_PENDING: Final = "RollbackPending"
     # kstatus (Flux, kpt, cli-utils) reads these two on every kind.
     RECONCILING: Final = "Reconciling"
     STALLED: Final = "Stalled"

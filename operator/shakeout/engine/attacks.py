@@ -22,15 +22,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from shakeout.api.common import ConditionStatus
 from shakeout.api.experiment import ExperimentSpec
+from shakeout.api.labels import ConditionType
 from shakeout.api.run import AttackResult, AttackState, ExperimentRunStatus, Targets
+from shakeout.engine.conditions import find, set_condition
 
 # Attacks that may still act on the cluster, or may be about to: a stop handles each one.
 OPEN_STATES: frozenset[AttackState] = frozenset(
     {AttackState.PENDING, AttackState.APPLYING, AttackState.APPLIED, AttackState.ROLLING_BACK}
 )
-# A rollback is tried this many times before the attack is recorded FAILED.
-ROLLBACK_ATTEMPTS = 5
+# A rollback is tried this many times in quick succession; if it still fails, it is
+# pending (a condition says so) and retried every ROLLBACK_MAX_DELAY seconds at most,
+# until it succeeds: a fault is never left in place because its rollback failed.
+ROLLBACK_QUICK_ATTEMPTS = 5
+ROLLBACK_MAX_DELAY = 30.0
 # AttackResult.message's maxLength.
 MESSAGE_LIMIT = 1024
 # Fields that only the lifecycle sets: rollback data may set any other field of a result.
@@ -127,21 +133,18 @@ def record_applied(
     return new, first
 
 
-def failed_in_apply(result: AttackResult) -> bool:
-    """A reversible attack whose apply failed: it may have acted on some targets before
-    the error (a write whose answer was lost, targets done before another was refused),
-    so a stop rolls it back like an applied one. It never reached APPLIED (no
-    applied_at) and was never rolled back; a FAILED rollback is not tried again here."""
+def failed_not_undone(result: AttackResult) -> bool:
+    """A reversible attack that FAILED and was never rolled back: its apply failed, and it
+    may have acted on some targets before the error (a write whose answer was lost,
+    targets done before another was refused), so a stop rolls it back like an applied
+    one (idempotent: it undoes nothing that was never applied)."""
     return (
-        result.state == AttackState.FAILED
-        and result.reversible
-        and result.applied_at is None
-        and result.rolled_back_at is None
+        result.state == AttackState.FAILED and result.reversible and result.rolled_back_at is None
     )
 
 
 def _stoppable(result: AttackResult) -> bool:
-    return result.state in OPEN_STATES or failed_in_apply(result)
+    return result.state in OPEN_STATES or failed_not_undone(result)
 
 
 def _stop_kind(result: AttackResult) -> StopKind:
@@ -153,7 +156,7 @@ def _stop_kind(result: AttackResult) -> StopKind:
 def stop_actions(status: ExperimentRunStatus) -> list[StopAction]:
     """What stopping the run (cancel, Stop All, a failure, deletion, shutdown) does to
     each attack that may still act: a PENDING one is skipped, an irreversible one closed,
-    a reversible one rolled back (an APPLYING, ROLLING_BACK or failed_in_apply one too: a
+    a reversible one rolled back (an APPLYING, ROLLING_BACK or failed_not_undone one too: a
     rollback is idempotent and undoes nothing that was never applied)."""
     return [StopAction(r.name, _stop_kind(r)) for r in status.attacks if _stoppable(r)]
 
@@ -226,29 +229,63 @@ def record_rollback(
     status: ExperimentRunStatus, name: str, now: datetime, note: str | None = None
 ) -> ExperimentRunStatus:
     """A ROLLING_BACK attack ROLLED_BACK at `now`; the note (say, from a node agent)
-    replaces the attack's message when there is one."""
+    replaces the attack's message when there is one. When no rollback is pending any
+    more, the RollbackPending condition says so."""
     i = _index(status, name, {AttackState.ROLLING_BACK})
     message = note[:MESSAGE_LIMIT] if note else status.attacks[i].message
-    return _update(status, i, state=AttackState.ROLLED_BACK, rolled_back_at=now, message=message)
+    new = _update(status, i, state=AttackState.ROLLED_BACK, rolled_back_at=now, message=message)
+    pending = find(new.conditions, ConditionType.ROLLBACK_PENDING)
+    still = [r.name for r in new.attacks if r.state == AttackState.ROLLING_BACK]
+    if pending is not None and pending.status == ConditionStatus.TRUE and not still:
+        new.conditions = set_condition(
+            new.conditions,
+            type=ConditionType.ROLLBACK_PENDING,
+            status=ConditionStatus.FALSE,
+            reason="RolledBack",
+            # What had failed stays in the report: the run fails for it (retried_rollbacks).
+            message=f"every rollback succeeded in the end; before that, {pending.message}",
+            now=now,
+            generation=new.observed_generation,
+        )
+    return new
 
 
-def record_rollback_failure(
-    status: ExperimentRunStatus, name: str, error: str
-) -> tuple[ExperimentRunStatus, str]:
-    """A ROLLING_BACK attack whose rollback gave up: FAILED with the error. Also returns
-    the run's failure message."""
+def rollback_pending(
+    status: ExperimentRunStatus, name: str, error: str, attempts: int, now: datetime
+) -> ExperimentRunStatus:
+    """A ROLLING_BACK attack whose rollback keeps failing: it stays ROLLING_BACK (its
+    fault may still be in place, and the rollback is retried until it succeeds), its
+    message and the RollbackPending condition say why."""
     i = _index(status, name, {AttackState.ROLLING_BACK})
-    message = error[:MESSAGE_LIMIT]
-    new = _update(status, i, state=AttackState.FAILED, message=message)
-    return new, f"rollback of {name} failed: {message}"
+    message = f"rollback failed {attempts} time(s), retrying: {error}"[:MESSAGE_LIMIT]
+    new = _update(status, i, message=message)
+    new.conditions = set_condition(
+        new.conditions,
+        type=ConditionType.ROLLBACK_PENDING,
+        status=ConditionStatus.TRUE,
+        reason="RollbackRetrying",
+        message=f"attack {name}: {message}",
+        now=now,
+        generation=new.observed_generation,
+    )
+    return new
 
 
-def rollback_delay(attempt: int) -> float | None:
+def rollback_delay(attempt: int) -> float:
     """How long to wait after failed rollback attempt `attempt` (counted from 0) before
-    the next, or None when it was the last: ROLLBACK_ATTEMPTS in all, 0.2 s doubling."""
+    the next: 0.2 s doubling, at most ROLLBACK_MAX_DELAY. There is no last attempt."""
     if attempt < 0:
         raise ValueError(f"attempt {attempt} < 0")
-    return 0.2 * 2**attempt if attempt + 1 < ROLLBACK_ATTEMPTS else None
+    return min(ROLLBACK_MAX_DELAY, 0.2 * float(2 ** min(attempt, 16)))
+
+
+def retried_rollbacks(status: ExperimentRunStatus) -> str | None:
+    """Why the run fails although every rollback succeeded in the end: the attacks whose
+    rollback had to be retried (the RollbackPending condition was set), or None."""
+    pending = find(status.conditions, ConditionType.ROLLBACK_PENDING)
+    if pending is None:
+        return None
+    return f"a rollback failed and was retried until it succeeded: {pending.message}"
 
 
 def resume(status: ExperimentRunStatus, now: datetime) -> tuple[ExperimentRunStatus, list[str]]:

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from shakeout.api.common import Condition, ConditionStatus
 from shakeout.api.experiment import AttackSummary, Experiment, ExperimentStatus
+from shakeout.api.labels import ConditionType
 from shakeout.engine.conditions import set_condition
 
 
@@ -33,7 +34,7 @@ def experiment_status(
     except ValidationError as err:
         status.conditions = set_condition(
             status.conditions,
-            type="Valid",
+            type=ConditionType.VALID,
             status=ConditionStatus.FALSE,
             reason="InvalidSpec",
             message=describe_validation_error(err)[:32768],
@@ -54,7 +55,7 @@ def experiment_status(
         message += "; these attacks cannot be rolled back: " + ", ".join(irreversible)
     status.conditions = set_condition(
         status.conditions,
-        type="Valid",
+        type=ConditionType.VALID,
         status=ConditionStatus.TRUE,
         reason="SpecValid",
         message=message,
@@ -72,7 +73,7 @@ def _stalled(
     """kstatus (Flux, kpt) reads Stalled: an invalid Experiment is Failed there, too."""
     return set_condition(
         conditions,
-        type="Stalled",
+        type=ConditionType.STALLED,
         status=ConditionStatus.TRUE if invalid else ConditionStatus.FALSE,
         reason="InvalidSpec" if invalid else "SpecValid",
         message="the spec is invalid: see the Valid condition" if invalid else "",

@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from shakeout.api.common import ConditionStatus
 from shakeout.api.experiment import ExperimentSpec
+from shakeout.api.labels import ConditionType
 from shakeout.api.run import (
     TERMINAL_PHASES,
     AttackState,
@@ -56,6 +57,7 @@ class Reason(StrEnum):
     RUN_DELETED = "RunDeleted"
     STATE_CHECK_FAILED = "StateCheckFailed"
     ATTACK_FAILED = "AttackFailed"
+    # A rollback failed and had to be retried (until it succeeded: see RollbackPending).
     ROLLBACK_FAILED = "RollbackFailed"
     AGENT_DISCONNECTED = "AgentDisconnected"
     AGENTS_NOT_CONNECTED = "AgentsNotConnected"
@@ -75,9 +77,9 @@ class Reason(StrEnum):
 
 # The condition that says a phase was reached, per phase.
 PHASE_CONDITIONS = {
-    Phase.PREPARED: "Prepared",
-    Phase.ATTACKS_STARTED: "AttacksStarted",
-    Phase.ATTACKS_STOPPED: "AttacksStopped",
+    Phase.PREPARED: ConditionType.PREPARED,
+    Phase.ATTACKS_STARTED: ConditionType.ATTACKS_STARTED,
+    Phase.ATTACKS_STOPPED: ConditionType.ATTACKS_STOPPED,
 }
 
 
@@ -272,9 +274,9 @@ def enter(
     # kstatus (Flux, kpt, cli-utils) reads Reconciling and Stalled: a live run is
     # InProgress, a COMPLETED or CANCELED one Current, a FAILED one Failed.
     conditions = [
-        ("Succeeded", summary),
-        ("Reconciling", _true_if(not is_terminal(target))),
-        ("Stalled", _true_if(target == Phase.FAILED)),
+        (ConditionType.SUCCEEDED, summary),
+        (ConditionType.RECONCILING, _true_if(not is_terminal(target))),
+        (ConditionType.STALLED, _true_if(target == Phase.FAILED)),
     ]
     if (reached := PHASE_CONDITIONS.get(Phase(target))) is not None:
         conditions.insert(0, (reached, ConditionStatus.TRUE))

@@ -4,6 +4,7 @@ each step's status is written before the cluster is touched, and its outcome aft
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from shakeout import metrics
 from shakeout.api.experiment import Attack
@@ -17,10 +18,18 @@ from shakeout.kube.client import Pod
 
 
 class AttackSteps:
-    def __init__(self, journal: RunJournal, attacks: RunAttacks, uid: str) -> None:
+    def __init__(
+        self,
+        journal: RunJournal,
+        attacks: RunAttacks,
+        uid: str,
+        on_pending: Callable[[str], None] = lambda _message: None,
+    ) -> None:
         self.journal = journal
         self.attacks = attacks
         self.uid = uid
+        # Told once per attack whose rollback is pending (the executor posts an Event).
+        self.on_pending = on_pending
         # Each node agent's lease holder when the attacks went out: another holder later
         # means the agent restarted, and its faults with it.
         self.agent_holders: dict[str, str] = {}
@@ -67,43 +76,60 @@ class AttackSteps:
         await journal.write(status)
         return None
 
-    async def stop(self, action: lifecycle.StopAction) -> str | None:
-        """Stop one attack as the engine says; the failure message if its rollback gave up."""
+    async def stop(self, action: lifecycle.StopAction) -> bool:
+        """Stop one attack as the engine says, its rollback tried a few times in quick
+        succession; False when the rollback is still pending (it stays RollingBack)."""
         journal = self.journal
         await journal.write(lifecycle.begin_stop(journal.status, action))
         if action.kind != lifecycle.StopKind.ROLL_BACK:
-            return None
-        attack = journal.attack(action.name)
-        result = next(r for r in journal.status.attacks if r.name == action.name)
-        attempt = 0
-        while True:
-            try:
-                note = await self.attacks.rollback(attack, result)
-            except Exception as err:  # noqa: BLE001  (retried, then reported)
-                delay = lifecycle.rollback_delay(attempt)
-                if delay is None:
-                    status, failure = lifecycle.record_rollback_failure(
-                        journal.status, action.name, str(err)
-                    )
-                    await journal.write(status)
-                    metrics.ROLLBACK_FAILURES.labels(attack.type).inc()
-                    return failure
-                await asyncio.sleep(delay)
-                attempt += 1
-                continue
-            now = clock.utcnow()
-            await journal.write(lifecycle.record_rollback(journal.status, action.name, now, note))
-            metrics.ATTACKS_ROLLED_BACK.labels(attack.type).inc()
-            return None
+            return True
+        for attempt in range(lifecycle.ROLLBACK_QUICK_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(lifecycle.rollback_delay(attempt - 1))
+            if await self.roll_back(action.name, attempt + 1):
+                return True
+        return False
 
-    async def stop_all(self) -> str | None:
-        """Stop every attack that may still act; the rollback failures, if any."""
-        errors = [
-            error
+    async def roll_back(self, name: str, attempts: int) -> bool:
+        """One rollback attempt of a RollingBack attack; its outcome journaled. The first
+        time it is still failing after the quick attempts, the rollback is pending: a
+        condition and an Event say so."""
+        journal = self.journal
+        attack = journal.attack(name)
+        result = next(r for r in journal.status.attacks if r.name == name)
+        try:
+            note = await self.attacks.rollback(attack, result)
+        except Exception as err:  # noqa: BLE001  (retried until it succeeds)
+            if attempts >= lifecycle.ROLLBACK_QUICK_ATTEMPTS:
+                now = clock.utcnow()
+                status = lifecycle.rollback_pending(journal.status, name, str(err), attempts, now)
+                await journal.write(status)
+                if attempts == lifecycle.ROLLBACK_QUICK_ATTEMPTS:
+                    metrics.ROLLBACK_FAILURES.labels(attack.type).inc()
+                    self.on_pending(f"rollback of attack {name} keeps failing, retrying: {err}")
+            return False
+        now = clock.utcnow()
+        await journal.write(lifecycle.record_rollback(journal.status, name, now, note))
+        metrics.ATTACKS_ROLLED_BACK.labels(attack.type).inc()
+        return True
+
+    async def stop_all(self) -> None:
+        """Stop every attack that may still act: each rolled back in quick succession
+        first, so that one stuck rollback never keeps the others' faults in place; then
+        the stuck ones again and again, with a growing delay, until every one succeeded
+        (a restart resumes this from the journal)."""
+        pending = [
+            action.name
             for action in lifecycle.stop_actions(self.journal.status)
-            if (error := await self.stop(action)) is not None
+            if not await self.stop(action)
         ]
-        return "; ".join(errors) or None
+        attempts = dict.fromkeys(pending, lifecycle.ROLLBACK_QUICK_ATTEMPTS)
+        while pending:
+            await asyncio.sleep(lifecycle.rollback_delay(min(attempts.values()) - 1))
+            for name in list(pending):
+                attempts[name] += 1
+                if await self.roll_back(name, attempts[name]):
+                    pending.remove(name)
 
     async def resume(self, stopping: bool) -> None:
         """After an operator restart: finish what the journal says was under way. A run

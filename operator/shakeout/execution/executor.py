@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from shakeout import metrics
-from shakeout.api.labels import CANCELED_BY, STARTED_BY
+from shakeout.api.labels import CANCELED_BY, STARTED_BY, ConditionType
 from shakeout.api.run import AttackState, ExperimentRunStatus, Phase, UserInfo
 from shakeout.attacks.registry import RunAttacks
 from shakeout.engine import attacks as lifecycle
@@ -82,7 +82,9 @@ class RunExecutor:
         status = ExperimentRunStatus.model_validate(dict(host.body.get("status") or {}))
         self.journal = RunJournal(self.namespace, self.name, status)
         self.attacks = RunAttacks(self.namespace, self.name, self.uid, signal.halt)
-        self.steps = AttackSteps(self.journal, self.attacks, self.uid)
+        self.steps = AttackSteps(
+            self.journal, self.attacks, self.uid, on_pending=self.rollback_is_pending
+        )
         self.rollback_failure: str | None = None
         self.background: set[asyncio.Task[None]] = set()
         self.next_check: dict[str, datetime] = {}
@@ -113,6 +115,9 @@ class RunExecutor:
     def event(self, transition: Transition) -> None:
         kind = "Warning" if transition.warning else "Normal"
         self.host.post_event(kind, transition.reason, transition.message)
+
+    def rollback_is_pending(self, message: str) -> None:
+        self.host.post_event("Warning", ConditionType.ROLLBACK_PENDING, message)
 
     async def update_experiment_last_run(self) -> None:
         ref = self.host.body["spec"]["experimentRef"]["name"]
@@ -282,8 +287,9 @@ class RunExecutor:
         check_failure = await self.run_checks(now)
         if self.status.phase == Phase.ATTACKS_STARTED and lifecycle.failure(self.status) is None:
             for action in lifecycle.due_actions(self.status, now):
-                if (error := await self.steps.stop(action)) is not None:
-                    self.rollback_failure = error
+                if not await self.steps.stop(action):
+                    # Retried until it succeeds, while every other attack is stopped too.
+                    self.rollback_failure = f"the rollback of attack {action.name} keeps failing"
         assert self.status.phase is not None
         phase = Phase(self.status.phase)
         snapshot = self.journal.snapshot
@@ -315,8 +321,10 @@ class RunExecutor:
         if transition.rollback:
             # The end goes into the journal with the first stop written (ends.begin_end).
             self.journal.status = ends.begin_end(self.status, transition)
-            if (error := await self.steps.stop_all()) is not None:
-                transition = Transition(Phase.FAILED, Reason.ROLLBACK_FAILED, error)
+            await self.steps.stop_all()  # returns once every rollback succeeded
+            retried = lifecycle.retried_rollbacks(self.status)
+            if transition.reason == Reason.ROLLBACK_FAILED and retried:
+                transition = Transition(Phase.FAILED, Reason.ROLLBACK_FAILED, retried)
         if transition.apply_attacks and (refusal := await self.attack_start_refusal()):
             # Nothing was applied: the run ends with the precondition's own reason.
             transition = Transition(Phase.FAILED, refusal.reason, refusal.message)

@@ -244,6 +244,26 @@ def test_rails_admin_changes_the_caps(
     assert deleted.returncode == 0, deleted.stderr
     created = admin.create_switch(cluster)
     assert "AlreadyExists" in created.stderr or "already exists" in created.stderr, created
+    # For real: a foreground deletion (the garbage collector takes its finalizer away,
+    # which the policy lets it do) and a new switch, recorded as the admin's creation.
+    deleted = admin.kubectl(
+        cluster, "delete", "chaosswitch", "default", "--cascade=foreground", "--timeout=30s"
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    eventually(
+        lambda: cluster.kubectl("get", "chaosswitch", "default", check=False).returncode != 0,
+        what="the switch gone",
+    )
+    body = {
+        "apiVersion": "shakeout.dev/v1alpha1",
+        "kind": "ChaosSwitch",
+        "metadata": {"name": "default"},
+        "spec": {"enabled": True, "caps": {"maxTargets": 3}},
+    }
+    created = admin.kubectl(cluster, "create", "-f", "-", stdin=json.dumps(body))
+    assert created.returncode == 0, created.stderr
+    entry = recorded(cluster, 1, admin.name if webhooks else UNKNOWN)
+    assert (entry["rails"], entry["enabled"]) == (["caps", "namespaceMode"], True), entry
 
 
 def test_the_policy_holds_when_rbac_grants_too_much(

@@ -37,6 +37,10 @@ def test_every_spec_change_is_stamped_with_the_generation_it_makes() -> None:
     assert stamp[CHANGED_AT].endswith("Z")
     created = mutate(obj({"enabled": True}, generation=0), None)["metadata"]["annotations"]
     assert created[CHANGED_GENERATION] == "1"
+    # a switch restored from a backup: its old stamp is replaced, not refused
+    restored = obj({"enabled": True}, **{CHANGED_BY: "bob", CHANGED_GENERATION: "9"})
+    stamp = mutate(restored, None)["metadata"]["annotations"]
+    assert (stamp[CHANGED_BY], stamp[CHANGED_GENERATION]) == ("carol", "1")
 
 
 def test_no_spec_change_no_stamp() -> None:

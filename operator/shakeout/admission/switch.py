@@ -1,9 +1,11 @@
 """ChaosSwitch webhook: who changed the switch, when, and which generation the change made
 (the switch's watch copies them into status.history).
 
-The stamp is three annotations that only this mutation may write: a user who writes any of
-them is refused here, and the ValidatingAdmissionPolicy `shakeout-switch-rails`
+The stamp is three annotations that only this mutation may write: an update that writes any
+of them is refused here, and the ValidatingAdmissionPolicy `shakeout-switch-rails`
 (deploy/rbac/switch-rails-policy.yaml) refuses it in the API server too, webhooks or not.
+A create (cluster admins only, the policy sees to it) gets a fresh stamp whatever it
+carried: a switch restored from a backup is recorded as created by whoever restored it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def record_switch_change(body: kopf.Body, userinfo: Any, patch: kopf.Patch, **kw
     old = kw.get("old")
     if body.get("metadata", {}).get("name") != SWITCH_NAME:
         return
-    if _stamp(body) != _stamp(old):
+    if old and _stamp(body) != _stamp(old):
         raise kopf.AdmissionError(
             f"the annotations {', '.join(STAMP)} record who changed the switch; only the "
             "operator's webhook writes them (from the request's user), nobody may set, "

@@ -306,3 +306,18 @@ def test_the_policy_holds_when_rbac_grants_too_much(
     finally:
         cluster.kubectl("delete", "clusterrolebinding", "e2e-too-much", check=False)
         cluster.kubectl("delete", "clusterrole", "e2e-too-much", check=False)
+
+
+def test_the_policy_type_checks_clean(crds: Cluster) -> None:
+    """The API server type-checks the policy's CEL against the ChaosSwitch schema: no
+    warnings (a warning would mean an expression that fails at admission time)."""
+
+    def checked() -> dict[str, Any] | None:
+        policy = crds.get("validatingadmissionpolicy", "shakeout-switch-rails")
+        status = policy.get("status", {})
+        if status.get("observedGeneration") != policy["metadata"]["generation"]:
+            return None
+        return dict(status)
+
+    status = eventually(checked, what="the policy's type checking")
+    assert status.get("typeChecking", {}).get("expressionWarnings", []) == [], status

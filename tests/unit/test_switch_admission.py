@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from shakeout.admission.switch import STAMP, record_switch_change
-from shakeout.api.labels import CHANGED_AT, CHANGED_BY
-from shakeout.api.switch import CHANGED_GENERATION
+from shakeout.api.labels import CHANGED_AT, CHANGED_BY, CHANGED_GENERATION
 
 REPO = Path(__file__).resolve().parents[2]
 CAROL = {"username": "carol", "groups": ["system:authenticated"]}

@@ -17,8 +17,8 @@ import kopf
 
 from shakeout.admission.common import now_iso, spec_of, username
 from shakeout.api.common import GROUP, VERSION
-from shakeout.api.labels import CHANGED_AT, CHANGED_BY
-from shakeout.api.switch import CHANGED_GENERATION, SWITCH_NAME
+from shakeout.api.labels import CHANGED_AT, CHANGED_BY, CHANGED_GENERATION
+from shakeout.api.switch import SWITCH_NAME
 
 STAMP = (CHANGED_BY, CHANGED_AT, CHANGED_GENERATION)
 

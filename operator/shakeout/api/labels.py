@@ -34,9 +34,14 @@ SCHEDULED_FOR: Final = f"{PREFIX}/scheduled-for"
 
 # -- ChaosSwitch --------------------------------------------------------------------------
 
-# Set by the mutating webhook when spec.enabled changes; copied into status.lastChange.
+# Stamped by the mutating webhook on every change of the spec: who, when, and the
+# generation the change makes. The ValidatingAdmissionPolicy shakeout-switch-rails lets
+# them change only together with the spec, naming the requester and that generation; the
+# operator trusts a stamp only when it names the switch's current generation
+# (status.history, status.lastChange).
 CHANGED_BY: Final = f"{PREFIX}/changed-by"
 CHANGED_AT: Final = f"{PREFIX}/changed-at"
+CHANGED_GENERATION: Final = f"{PREFIX}/changed-generation"
 
 # -- Namespaces (the blast-radius rails) -----------------------------------------------------
 

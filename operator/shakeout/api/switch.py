@@ -10,16 +10,10 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, Field, ValidationError
 
 from shakeout.api.common import Condition, Model, Resource, cel
-from shakeout.api.labels import CHANGED_AT, CHANGED_BY, PREFIX
+from shakeout.api.labels import CHANGED_AT, CHANGED_BY, CHANGED_GENERATION
 
 SWITCH_NAME = "default"
 
-# Set by the mutating webhook, beside labels.CHANGED_BY / CHANGED_AT, on every request that
-# changes the spec: the generation the change produced. The ValidatingAdmissionPolicy
-# `shakeout-switch-rails` lets these three annotations change only in a request that
-# changes the spec, with changed-by equal to the requesting user and this value equal to
-# the new generation; the switch's watch trusts them only for that generation.
-CHANGED_GENERATION = f"{PREFIX}/changed-generation"
 # Who a change is recorded as when no webhook stamped it (webhooks deleted or down).
 UNKNOWN_CHANGER = "unknown (no webhook)"
 HISTORY_LENGTH = 20

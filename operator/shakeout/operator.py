@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from shakeout.kube.leader import LeaderElector, StandbyHealth
-from shakeout.options import OPTIONS
+from shakeout.options import OPTIONS, parse_allowed_hosts
 
 # Importing a module registers its handlers with kopf's default registry.
 HANDLER_MODULES = (
@@ -51,6 +51,7 @@ def run_operator(
     cert_dir: str | None = None,
     webhook_service: str | None = None,
     protect_namespaces: list[str] | None = None,
+    allow_check_hosts: list[str] | None = None,
     metrics: str | None = None,
     log_format: str = "full",
     leader_elect: bool = False,
@@ -68,6 +69,7 @@ def run_operator(
     OPTIONS.webhook_service = webhook_service
     OPTIONS.metrics = metrics
     own = os.environ.get("POD_NAMESPACE")  # set from the downward API in deploy/
+    OPTIONS.allowed_check_hosts = parse_allowed_hosts(allow_check_hosts or [])
     OPTIONS.protected_namespaces = frozenset([*(protect_namespaces or []), *([own] if own else [])])
     # Without a webhook server the operator alone checks runs (at pick-up).
     register_handlers(webhook)

@@ -20,6 +20,38 @@ class Options:
     metrics: str | None = None
     # In a cluster: announce the webhook as this Service (NAMESPACE/NAME[:PORT]).
     webhook_service: str | None = None
+    # Hosts HttpGet state checks may reach besides the run's own Services (--allow-check-host):
+    # (host, port), port None for any port. Empty by default (and in deploy/).
+    allowed_check_hosts: frozenset[tuple[str, int | None]] = frozenset()
+
+
+def parse_allowed_hosts(values: list[str]) -> frozenset[tuple[str, int | None]]:
+    """HOST, HOST:PORT, [IPV6] or [IPV6]:PORT, host names lower-cased; ValueError if bad."""
+    out: set[tuple[str, int | None]] = set()
+    for value in values:
+        text = value.strip().lower()
+        port: int | None = None
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            if rest:
+                if not rest.startswith(":"):
+                    raise ValueError(f"--allow-check-host {value!r}: give HOST[:PORT]")
+                port = _port(value, rest[1:])
+        elif text.count(":") == 1:
+            host, _, digits = text.partition(":")
+            port = _port(value, digits)
+        else:
+            host = text
+        if not host or "/" in host or "@" in host or " " in host:
+            raise ValueError(f"--allow-check-host {value!r}: give HOST[:PORT]")
+        out.add((host, port))
+    return frozenset(out)
+
+
+def _port(value: str, digits: str) -> int:
+    if not digits.isdigit() or not 1 <= int(digits) <= 65535:
+        raise ValueError(f"--allow-check-host {value!r}: the port must be 1-65535")
+    return int(digits)
 
 
 OPTIONS = Options()

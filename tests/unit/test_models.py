@@ -143,3 +143,33 @@ def test_state_check_parameters_must_match_the_type(check: dict[str, object], er
     with pytest.raises(ValidationError, match=error):
         StateCheck.model_validate({"name": "c", **check})
     assert StateCheck.model_validate({"name": "c", "type": "PodsReady"}).pods_ready is None
+
+
+@pytest.mark.parametrize(
+    ("http_get", "error"),
+    [
+        ({"url": "http://169.254.169.254/latest/meta-data/"}, "link-local"),
+        ({"url": "https://token@web.team-a.svc/"}, "credentials in the URL"),
+        ({"url": "http://web.team-a.svc/", "service": {"name": "web", "port": 80}}, "exactly one"),
+        ({"service": {"name": "Web", "port": 80}}, "name"),
+        ({"service": {"name": "web", "port": 0}}, "port"),
+    ],
+)
+def test_http_get_state_checks_refuse_unsafe_targets(
+    http_get: dict[str, object], error: str
+) -> None:
+    with pytest.raises(ValidationError, match=error):
+        StateCheck.model_validate({"name": "c", "type": "HttpGet", "httpGet": http_get})
+
+
+def test_an_http_get_state_check_names_a_service() -> None:
+    check = StateCheck.model_validate(
+        {"name": "c", "type": "HttpGet", "httpGet": {"service": {"name": "web", "port": 8080}}}
+    )
+    assert check.http_get is not None
+    assert check.http_get.model_dump(by_alias=True, exclude_none=True)["service"] == {
+        "name": "web",
+        "port": 8080,
+        "path": "/",
+        "scheme": "http",
+    }

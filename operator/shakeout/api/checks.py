@@ -7,18 +7,24 @@ it, so that they cannot say different things.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 from pydantic import ConfigDict, Field, model_validator
 
 from shakeout.api.attacks import ParameterField, WorkloadRef, parameter_problem, parameter_rules
-from shakeout.api.common import DNS_LABEL, Model, cel
+from shakeout.api.common import DNS_LABEL, DNS_SUBDOMAIN, Model, cel
 
 
 class StateCheckType(StrEnum):
     WORKLOAD_READY = "WorkloadReady"
     PODS_READY = "PodsReady"
     HTTP_GET = "HttpGet"
+
+
+class HttpScheme(StrEnum):
+    HTTP = "http"
+    HTTPS = "https"
 
 
 class WorkloadReadyCheck(Model):
@@ -58,13 +64,118 @@ class PodsReadyCheck(Model):
     )
 
 
-class HttpGetCheck(Model):
-    """An HTTP GET answers with the expected status (and body)."""
+class SecretKeyRef(Model):
+    """A key of a Secret in the run's namespace."""
 
-    url: str = Field(
-        description="The http:// or https:// URL to GET.",
+    name: str = Field(
+        description="Name of the Secret, in the run's namespace.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+    key: str = Field(
+        description="The key in the Secret's data.",
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+    )
+
+
+class HeaderValueSource(Model):
+    """Where a header's value comes from: never inline text in the spec."""
+
+    secret_key_ref: SecretKeyRef = Field(
+        description="The value is this key of a Secret in the run's namespace, read by the "
+        "operator when the check runs."
+    )
+
+
+class HttpHeader(Model):
+    """A request header whose value (a credential) is read from a Secret."""
+
+    name: str = Field(
+        description="The header's name, e.g. Authorization.",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+    )
+    value_from: HeaderValueSource = Field(description="Where the header's value is read from.")
+
+
+class ServiceTarget(Model):
+    """A Service of the run's own namespace, by name: the operator resolves it to its
+    ClusterIP through the API."""
+
+    name: str = Field(
+        description="Name of the Service, in the run's namespace.",
+        max_length=63,
+        pattern=DNS_LABEL,
+    )
+    port: int = Field(ge=1, le=65535, description="A port the Service declares.")
+    path: str = Field(
+        default="/",
+        max_length=1024,
+        pattern=r"^/[^\s#]*$",
+        description="The path (and query) to GET, starting with /.",
+    )
+    scheme: HttpScheme = Field(default=HttpScheme.HTTP, description="http or https.")
+
+
+# URLs the API server refuses whatever the operator's allow-list says: credentials in the
+# URL, and link-local (cloud metadata) address literals.
+URL_USERINFO = r"^https?://[^/?#]*@"
+URL_LINK_LOCAL = r"^https?://(169[.]254[.]|\[([fF][eE][89abAB]|::[fF]{4}:169[.]254[.]))"
+
+
+def _cel_string(regex: str) -> str:
+    """A regex as the body of a single-quoted CEL string literal."""
+    return regex.replace("\\", "\\\\").replace("'", "\\'")
+
+
+URL_CREDENTIALS = (
+    "httpGet.url: credentials in the URL are refused; "
+    "give them as headers with valueFrom.secretKeyRef"
+)
+URL_METADATA = "httpGet.url: link-local addresses (cloud metadata) are refused"
+ONE_TARGET = "httpGet: give exactly one of service or url"
+
+
+class HttpGetCheck(Model):
+    """An HTTP GET answers with the expected status (and body).
+
+    The target is a Service of the run's own namespace (service), or a url whose host is a
+    Service of the run's namespace (NAME.NAMESPACE.svc[.cluster.local]) or a host that a
+    cluster admin allows (operator flag --allow-check-host). Everything else is refused.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.service) != has(self.url)", ONE_TARGET),
+                cel(
+                    "!has(self.url) || !self.url.matches('" + _cel_string(URL_USERINFO) + "')",
+                    URL_CREDENTIALS,
+                ),
+                cel(
+                    "!has(self.url) || !self.url.matches('" + _cel_string(URL_LINK_LOCAL) + "')",
+                    URL_METADATA,
+                ),
+            ]
+        }
+    )
+
+    service: ServiceTarget | None = Field(
+        default=None, description="A Service of the run's own namespace to GET."
+    )
+    url: str | None = Field(
+        default=None,
+        description="The http:// or https:// URL to GET: its host must be a Service of the "
+        "run's namespace (NAME.NAMESPACE.svc[.cluster.local]) or a host an admin allows "
+        "(--allow-check-host). No credentials in it: use headers.",
         max_length=2048,
         pattern=r"^https?://[^\s]+$",
+    )
+    headers: list[HttpHeader] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Request headers, each read from a Secret of the run's namespace.",
     )
     expected_status: int = Field(
         default=200, ge=100, le=599, description="The HTTP status that counts as success."
@@ -72,11 +183,22 @@ class HttpGetCheck(Model):
     body_contains: str | None = Field(
         default=None,
         max_length=1024,
-        description="If set, the response body must contain this text.",
+        description="If set, the first 64 KiB of the response body must contain this text.",
     )
     timeout_seconds: int = Field(
         default=2, ge=1, le=60, description="A request that takes longer counts as a failure."
     )
+
+    @model_validator(mode="after")
+    def _one_safe_target(self) -> HttpGetCheck:
+        if (self.service is None) == (self.url is None):
+            raise ValueError(ONE_TARGET)
+        if self.url is not None:
+            if re.match(URL_USERINFO, self.url):
+                raise ValueError(URL_CREDENTIALS)
+            if re.match(URL_LINK_LOCAL, self.url):
+                raise ValueError(URL_METADATA)
+        return self
 
 
 # The parameter field of each check type: a PodsReady check has defaults for all of its.

@@ -76,6 +76,7 @@ def _operator(args: argparse.Namespace) -> int:
         cert_dir=args.webhook_cert_dir,
         webhook_service=args.webhook_service,
         protect_namespaces=args.protect_namespace,
+        allow_check_hosts=args.allow_check_host,
         metrics=args.metrics,
         log_format=args.log_format,
         leader_elect=args.leader_elect,
@@ -178,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="never attack this namespace (repeatable; the operator's own is always protected)",
+    )
+    p.add_argument(
+        "--allow-check-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="HttpGet state checks may also GET this host (any port, or only PORT) besides the "
+        "Services of the run's own namespace (repeatable; none by default)",
     )
     p.add_argument(
         "--leader-elect",

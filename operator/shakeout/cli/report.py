@@ -2,10 +2,44 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
 Obj = dict[str, Any]
+
+# Terminal escapes (SEC-26): CSI (ESC [ ... final), OSC (ESC ] ... BEL or ST), other ESC
+# sequences, then every control character left (C0, DEL, C1) and the bidi overrides that
+# reorder what is shown. Runs, Experiments and findings are written by team members; the
+# report is read in someone else's terminal.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
+    r"|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?"  # OSC, with or without its terminator
+    r"|\x1b[PX^_][^\x1b]*(\x1b\\)?"  # DCS, SOS, PM, APC
+    r"|\x1b[ -/]*[0-~]?"  # any other escape
+    r"|\x9b[0-?]*[ -/]*[@-~]"  # 8-bit CSI
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: Any, *, multiline: bool = False) -> str:
+    """A user-written text made safe to print: escapes and control characters removed; line
+    breaks and tabs kept only when multiline, else each becomes a space."""
+    out = _CONTROLS.sub("", _ESCAPES.sub("", str(text)))
+    if not multiline:
+        out = out.replace("\n", " ").replace("\t", " ")
+    return out
+
+
+def _cleaned(value: Any) -> Any:
+    """A copy of an object with every string in it cleaned (single-line)."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {clean(k): _cleaned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(v) for v in value]
+    return value
 
 
 def _parse(ts: str | None) -> datetime | None:
@@ -31,6 +65,7 @@ def table(rows: list[list[str]]) -> str:
 
 def runs_table(runs: list[Obj]) -> str:
     rows = [["NAMESPACE", "NAME", "EXPERIMENT", "PHASE", "REASON", "TARGETS", "ACTION", "DURATION"]]
+    runs = [_cleaned(run) for run in runs]
     for run in sorted(runs, key=lambda r: r["metadata"].get("creationTimestamp") or ""):
         status = run.get("status") or {}
         rows.append(
@@ -49,7 +84,10 @@ def runs_table(runs: list[Obj]) -> str:
 
 
 def report(run: Obj) -> str:
-    """A readable report of one run, as `kubectl shakeout report RUN` prints it."""
+    """A readable report of one run, as `kubectl shakeout report RUN` prints it: every
+    text in it cleaned of terminal escapes and control characters (SEC-26)."""
+    findings = clean((run.get("spec") or {}).get("findings") or "", multiline=True)
+    run = _cleaned(run)
     meta, spec, status = run["metadata"], run["spec"], run.get("status") or {}
     lines = [
         f"Run:         {meta['namespace']}/{meta['name']}",
@@ -107,6 +145,6 @@ def report(run: Obj) -> str:
         "",
         f"Action required: {spec.get('actionRequired', 'not set')}",
         "Findings:        "
-        + (spec.get("findings") or f"(none yet: kubectl shakeout findings {meta['name']} TEXT)"),
+        + (findings or f"(none yet: kubectl shakeout findings {meta['name']} TEXT)"),
     ]
     return "\n".join(lines)

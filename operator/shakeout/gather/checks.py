@@ -1,12 +1,12 @@
-"""State checks, executed by the operator: workload readiness, pod readiness, HTTP GET."""
+"""State checks, executed by the operator: workload readiness, pod readiness, HTTP GET
+(what an HTTP GET may reach, and how it is bounded: gather/http_check.py)."""
 
 from __future__ import annotations
 
 import math
 
-import aiohttp
-
 from shakeout.api.checks import StateCheck, StateCheckType
+from shakeout.gather.http_check import http_get
 from shakeout.kube.client import api
 
 
@@ -17,7 +17,7 @@ async def run_check(check: StateCheck, namespace: str, selector: str) -> tuple[b
             return await _workload_ready(check, namespace)
         if check.type == StateCheckType.PODS_READY:
             return await _pods_ready(check, namespace, selector)
-        return await _http_get(check)
+        return await _http_get(check, namespace)
     except Exception as err:  # noqa: BLE001  (a probe that errs has failed, with the reason)
         return False, f"{type(err).__name__}: {err}"[:1024]
 
@@ -49,20 +49,7 @@ async def _pods_ready(check: StateCheck, namespace: str, selector: str) -> tuple
     return ok, f"{ready}/{len(live)} blast-radius pods ready (need {need})"
 
 
-async def _http_get(check: StateCheck) -> tuple[bool, str]:
+async def _http_get(check: StateCheck, namespace: str) -> tuple[bool, str]:
     params = check.http_get
     assert params is not None
-    timeout = aiohttp.ClientTimeout(total=params.timeout_seconds)
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(params.url, allow_redirects=False) as resp,
-        ):
-            body = await resp.text(errors="replace")
-    except TimeoutError:
-        return False, f"GET {params.url}: no answer within {params.timeout_seconds}s"
-    if resp.status != params.expected_status:
-        return False, f"GET {params.url}: status {resp.status}, expected {params.expected_status}"
-    if params.body_contains is not None and params.body_contains not in body:
-        return False, f"GET {params.url}: body lacks {params.body_contains!r}"
-    return True, f"GET {params.url}: {resp.status}"
+    return await http_get(params, namespace)

@@ -8,12 +8,14 @@ import time
 
 import pytest
 
-from shakeout.api.experiment import BlastRadius
+from shakeout.api.experiment import BlastRadius, ExperimentSpec
 from shakeout.attacks.fanout import CONCURRENCY, each
 from shakeout.engine.targets import select
 from shakeout.gather import targets as blast_radius
 from shakeout.gather.targets import RecentResolutions
+from shakeout.kube import client as kube_client
 from shakeout.kube.pods import Pod
+from tests.unit.fake_kube import FakeApi
 
 WEB = BlastRadius.model_validate({"selector": {"matchLabels": {"app": "web"}}})
 API = BlastRadius.model_validate({"selector": {"matchLabels": {"app": "api"}}})
@@ -26,20 +28,21 @@ def resolution() -> tuple[object, list[Pod]]:
 def test_a_kept_resolution_is_taken_once_by_the_same_run_and_blast_radius() -> None:
     recent = RecentResolutions()
     kept = resolution()
-    recent.keep("uid-1", WEB, False, kept)  # type: ignore[arg-type]
-    assert recent.take("uid-2", WEB, False) is None  # another run
-    assert recent.take("uid-1", API, False) is None  # the blast radius changed since
-    assert recent.take("uid-1", WEB, True) is None  # whole pods needed, names were listed
-    assert recent.take("uid-1", WEB, False) == kept
-    assert recent.take("uid-1", WEB, False) is None  # taken: the next look lists again
+    recent.keep("a", "uid-1", WEB, False, kept)  # type: ignore[arg-type]
+    assert recent.take("a", "uid-2", WEB, False) is None  # another run
+    assert recent.take("b", "uid-1", WEB, False) is None  # another namespace
+    assert recent.take("a", "uid-1", API, False) is None  # the blast radius changed since
+    assert recent.take("a", "uid-1", WEB, True) is None  # whole pods needed, names were listed
+    assert recent.take("a", "uid-1", WEB, False) == kept
+    assert recent.take("a", "uid-1", WEB, False) is None  # taken: the next look lists again
 
 
 def test_a_stale_resolution_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     recent = RecentResolutions()
-    recent.keep("uid-1", WEB, False, resolution())  # type: ignore[arg-type]
+    recent.keep("a", "uid-1", WEB, False, resolution())  # type: ignore[arg-type]
     later = time.monotonic() + blast_radius.FRESH_TARGETS
     monkeypatch.setattr(blast_radius.time, "monotonic", lambda: later)
-    assert recent.take("uid-1", WEB, False) is None
+    assert recent.take("a", "uid-1", WEB, False) is None
 
 
 def test_stale_resolutions_are_dropped_when_another_is_kept(
@@ -47,11 +50,62 @@ def test_stale_resolutions_are_dropped_when_another_is_kept(
 ) -> None:
     recent = RecentResolutions()
     for uid in ("old-1", "old-2"):
-        recent.keep(uid, WEB, False, resolution())  # type: ignore[arg-type]
+        recent.keep("a", uid, WEB, False, resolution())  # type: ignore[arg-type]
     later = time.monotonic() + blast_radius.FRESH_TARGETS
     monkeypatch.setattr(blast_radius.time, "monotonic", lambda: later)
-    recent.keep("new", WEB, False, resolution())  # type: ignore[arg-type]
-    assert [key[0] for key in recent._kept] == ["new"]  # noqa: SLF001
+    recent.keep("a", "new", WEB, False, resolution())  # type: ignore[arg-type]
+    assert [key[1] for key in recent._kept] == ["new"]  # noqa: SLF001
+
+
+def test_resolutions_kept_are_bounded_the_oldest_dropped_first() -> None:
+    """Anyone who reaches the admission endpoint makes it keep a resolution: at most
+    max_kept are held, for FRESH_TARGETS seconds each."""
+    recent = RecentResolutions(max_kept=3)
+    for n in range(10):
+        recent.keep("a", f"uid-{n}", WEB, False, resolution())  # type: ignore[arg-type]
+    assert len(recent) == 3
+    assert recent.take("a", "uid-6", WEB, False) is None
+    assert recent.take("a", "uid-9", WEB, False) is not None
+    assert len(RecentResolutions()) == 0
+    assert blast_radius.MAX_KEPT <= 100
+
+
+def test_nothing_is_kept_without_a_namespace_or_a_uid() -> None:
+    recent = RecentResolutions()
+    recent.keep("", "uid-1", WEB, False, resolution())  # type: ignore[arg-type]
+    recent.keep("a", "", WEB, False, resolution())  # type: ignore[arg-type]
+    assert len(recent) == 0
+
+
+async def test_a_forged_review_in_another_namespace_cannot_change_a_runs_targets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SEC-08: bob posts a review naming team-b and the UID of alice's run in team-a,
+    with her blast radius; his team-b pods are named like her critical ones. Alice's
+    pick-up resolves her own pods, in her namespace: the forged resolution is never
+    taken."""
+    fake = FakeApi()
+    monkeypatch.setattr(kube_client, "_api", None)
+    kube_client.use(fake)
+    monkeypatch.setattr(blast_radius, "RECENT", RecentResolutions())
+    for namespace in ("team-a", "team-b"):
+        fake.add_namespace(namespace)
+    for name in ("web-1", "web-2"):
+        fake.add_pod("team-a", name, {"app": "web"})
+    fake.add_pod("team-b", "postgres-0", {"app": "web"})
+    spec = ExperimentSpec.model_validate(
+        {
+            "blastRadius": {"selector": {"matchLabels": {"app": "web"}}},
+            "attacks": [{"name": "kill", "type": "PodDelete"}],
+        }
+    )
+
+    _, forged = await blast_radius.resolve_targets("team-b", spec, "alice-run-uid")
+    assert [p.name for p in forged] == ["postgres-0"]
+
+    selection, pods = await blast_radius.resolve_targets("team-a", spec, "alice-run-uid")
+    assert sorted(p.name for p in pods) == ["web-1", "web-2"]
+    assert sorted(selection.targets) == ["web-1", "web-2"]
 
 
 def test_each_sends_the_first_item_alone_then_the_rest_bounded() -> None:

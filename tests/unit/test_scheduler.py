@@ -3,15 +3,23 @@ Experiment on its own."""
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from shakeout.api.common import API_VERSION
-from shakeout.api.labels import EXPERIMENT_LABEL, SCHEDULED_FOR, SCHEDULED_TRIGGER, TRIGGER_LABEL
+from shakeout.api.labels import (
+    EXPERIMENT_LABEL,
+    SCHEDULED_FOR,
+    SCHEDULED_TRIGGER,
+    STARTED_BY,
+    TRIGGER_LABEL,
+)
+from shakeout.api.run import UserInfo
 from shakeout.execution import scheduler
+from shakeout.gather import facts
 from shakeout.kube import client as kube_client
 from shakeout.kube.errors import Conflict, NotFound, Unavailable
 from shakeout.kube.resources import EXPERIMENTS, RUNS
@@ -33,6 +41,8 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     monkeypatch.setattr(kube_client, "_api", None)
     kube_client.use(api)
     monkeypatch.setattr(scheduler, "SCHEDULED", {})
+    monkeypatch.setattr(facts, "IDENTITIES", facts.Identities())
+    monkeypatch.setattr(scheduler, "IDENTITIES", facts.IDENTITIES)
     api.add_namespace("team-a")
     api.add_namespace("team-b")
     return api
@@ -81,14 +91,9 @@ async def test_a_due_run_is_created(fake: FakeApi) -> None:
         TRIGGER_LABEL: SCHEDULED_TRIGGER,
     }
     assert run["metadata"]["annotations"] == {SCHEDULED_FOR: DUE.isoformat()}
-    assert run["metadata"]["ownerReferences"] == [
-        {
-            "apiVersion": API_VERSION,
-            "kind": "Experiment",
-            "name": "nightly",
-            "uid": experiment["metadata"]["uid"],
-        }
-    ]
+    # Named by a label, not owned (SEC-23): deleting the Experiment keeps the run's report.
+    assert "ownerReferences" not in run["metadata"]
+    assert experiment["metadata"]["uid"]
     assert last_schedule_time(fake, "team-a", "nightly") == "2026-03-01T12:00:00Z"
     assert scheduler.SCHEDULED[("team-a", "nightly")].last_schedule_time == DUE
 
@@ -200,6 +205,51 @@ async def test_finished_scheduled_runs_beyond_the_history_limit_are_pruned(
         "by-hand",
         "nightly-20260301-0900",
         "nightly-20260301-1000",
+        "nightly-20260301-1100",
+        "nightly-20260301-1200",
+    ]
+
+
+async def test_a_scheduled_run_records_the_operator_as_its_creator(
+    fake: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the mutating webhook would: a scheduled run is never one whose creator went
+    unrecorded, even when the webhook was down when it was created (SEC-21)."""
+    me = UserInfo(username="system:serviceaccount:shakeout-system:shakeout-operator")
+    monkeypatch.setattr(scheduler.IDENTITIES, "operator", me)
+    scheduled(fake, "team-a", "nightly")
+
+    await scheduler.tick(NOW)
+
+    run = fake.peek(RUNS, "team-a", run_name("nightly"))
+    assert run is not None
+    assert json.loads(run["metadata"]["annotations"][STARTED_BY]) == {
+        "username": me.username,
+        "groups": [],
+    }
+    assert "ownerReferences" not in run["metadata"]
+
+
+async def test_pruning_never_deletes_a_run_with_findings_or_action_required(
+    fake: FakeApi,
+) -> None:
+    scheduled(fake, "team-a", "nightly", history_limit=1)
+    labels = {EXPERIMENT_LABEL: "nightly", TRIGGER_LABEL: SCHEDULED_TRIGGER}
+    reports: list[Obj] = [{"findings": "the cache fell over"}, {"actionRequired": "No"}, {}, {}]
+    for hour, report in zip((8, 9, 10, 11), reports, strict=True):
+        name = f"nightly-20260301-{hour:02d}00"
+        run = fake.add_run("team-a", name, "nightly", status={"phase": "COMPLETED"})
+        run["metadata"]["labels"] = labels
+        run["metadata"]["creationTimestamp"] = f"2026-03-01T{hour:02d}:00:00Z"
+        run["spec"].update(report)
+
+    await scheduler.tick(NOW)
+
+    # 10:00 is pruned: beyond the limit of 1 among the runs without a report (11:00 and
+    # the new 12:00 one is not finished). The reports stay, whatever their age.
+    assert fake.names(RUNS, "team-a") == [
+        "nightly-20260301-0800",
+        "nightly-20260301-0900",
         "nightly-20260301-1100",
         "nightly-20260301-1200",
     ]

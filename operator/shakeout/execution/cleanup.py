@@ -17,24 +17,44 @@ from shakeout.execution.retire import retire_run
 from shakeout.kube.client import api
 from shakeout.kube.resources import PODS
 
+# Distinct marks looked at by one sweep (any team may label its pods): the rest wait for
+# the next sweep, so that a flood of marks never makes one sweep read without bound.
+MAX_MARKS_PER_SWEEP = 50
+
 
 async def sweep() -> int:
-    """Unlabel the marks of runs that are not live; returns how many runs were swept."""
+    """Unlabel the marks of runs that are not live; returns how many runs were swept.
+
+    Each mark names its run by UID, in the pod's namespace: the run is looked up among
+    the unfinished runs of that namespace only (never every run of the cluster), for at
+    most MAX_MARKS_PER_SWEEP distinct marks.
+    """
     marks: dict[tuple[str, str], int] = defaultdict(int)
     for pod in await api().list_objects(PODS, labels=ISOLATED):
         meta = pod["metadata"]
-        marks[(meta["namespace"], (meta.get("labels") or {}).get(ISOLATED, ""))] += 1
-    if not marks:
-        return 0
-    live = {
-        run["metadata"]["uid"]
-        for run in await api().list_runs()
-        if not is_terminal((run.get("status") or {}).get("phase"))
-    }
-    stale = [(ns, uid) for ns, uid in marks if uid not in live]
+        mark = (meta["namespace"], (meta.get("labels") or {}).get(ISOLATED, ""))
+        if mark in marks or len(marks) < MAX_MARKS_PER_SWEEP:
+            marks[mark] += 1
+    live: dict[str, set[str]] = {}
+    stale = []
+    for namespace, uid in marks:
+        if namespace not in live:
+            live[namespace] = await live_runs(namespace)
+        if uid not in live[namespace]:
+            stale.append((namespace, uid))
     for namespace, uid in stale:
         await ClusterAttacks(namespace, run_uid=uid).unmark()
     return len(stale)
+
+
+async def live_runs(namespace: str) -> set[str]:
+    """The UIDs of the namespace's runs that are not over (a finished run is labelled so;
+    one that ended before it was labelled is not live either)."""
+    return {
+        run["metadata"]["uid"]
+        for run in await api().list_runs(namespace, f"!{FINISHED_LABEL}")
+        if not is_terminal((run.get("status") or {}).get("phase"))
+    }
 
 
 async def retire_finished() -> int:

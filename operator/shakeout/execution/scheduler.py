@@ -4,10 +4,15 @@ No kopf timer per Experiment: kopf puts a finalizer on objects with timers, and 
 Experiment must never hang in Terminating because the operator is away. One
 Experiment's failure (its namespace gone, the API server refusing a write) is logged and
 retried on the next tick; it never keeps the others' due runs from being created.
+
+A scheduled run names its Experiment by a label, never by an ownerReference: deleting or
+GitOps-pruning an Experiment keeps the reports of its runs. Pruning beyond the history
+limit never deletes a run that has findings or actionRequired.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,9 +20,16 @@ from typing import Any
 
 from shakeout.api.common import API_VERSION
 from shakeout.api.experiment import Schedule
-from shakeout.api.labels import EXPERIMENT_LABEL, SCHEDULED_FOR, SCHEDULED_TRIGGER, TRIGGER_LABEL
+from shakeout.api.labels import (
+    EXPERIMENT_LABEL,
+    SCHEDULED_FOR,
+    SCHEDULED_TRIGGER,
+    STARTED_BY,
+    TRIGGER_LABEL,
+)
 from shakeout.engine.runs import is_terminal
 from shakeout.engine.schedule import decide_schedule, run_name, runs_to_prune
+from shakeout.gather.facts import IDENTITIES
 from shakeout.kube.client import api, timestamp
 from shakeout.kube.errors import Conflict
 
@@ -97,7 +109,17 @@ async def tick_one(item: Scheduled, now: datetime) -> None:
 
 
 async def create_scheduled_run(item: Scheduled, due: datetime) -> None:
-    """Create the run; the operator checks its preconditions and records a refusal."""
+    """Create the run; the operator checks its preconditions and records a refusal.
+
+    No ownerReference: the run outlives its Experiment (its report is the team's). The
+    operator records itself as the creator, as the mutating webhook would (which then
+    writes the same): so the run is never taken for one whose creator went unrecorded.
+    """
+    annotations = {SCHEDULED_FOR: due.isoformat()}
+    if (me := IDENTITIES.operator) is not None:
+        annotations[STARTED_BY] = json.dumps(
+            {"username": me.username, "groups": list(me.groups)}, separators=(",", ":")
+        )
     body = {
         "apiVersion": API_VERSION,
         "kind": "ExperimentRun",
@@ -105,15 +127,7 @@ async def create_scheduled_run(item: Scheduled, due: datetime) -> None:
             "name": run_name(item.name, due),
             "namespace": item.namespace,
             "labels": {EXPERIMENT_LABEL: item.name, TRIGGER_LABEL: SCHEDULED_TRIGGER},
-            "annotations": {SCHEDULED_FOR: due.isoformat()},
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": "Experiment",
-                    "name": item.name,
-                    "uid": item.uid,
-                }
-            ],
+            "annotations": annotations,
         },
         "spec": {"experimentRef": {"name": item.name}},
     }
@@ -123,15 +137,22 @@ async def create_scheduled_run(item: Scheduled, due: datetime) -> None:
         return  # created already, before a restart or a failover
 
 
+def has_report(run: dict[str, Any]) -> bool:
+    """Whether the team wrote findings or actionRequired on the run: never pruned."""
+    spec = run.get("spec") or {}
+    return bool(spec.get("findings")) or spec.get("actionRequired") is not None
+
+
 async def prune(item: Scheduled) -> None:
-    """Delete the oldest finished scheduled runs beyond the history limit."""
+    """Delete the oldest finished scheduled runs beyond the history limit; a run with a
+    report (findings, actionRequired) is kept and does not count against the limit."""
     runs = await api().list_runs(
         item.namespace, f"{EXPERIMENT_LABEL}={item.name},{TRIGGER_LABEL}={SCHEDULED_TRIGGER}"
     )
     finished = [
         (r["metadata"].get("creationTimestamp") or "", r["metadata"]["name"])
         for r in runs
-        if is_terminal((r.get("status") or {}).get("phase"))
+        if is_terminal((r.get("status") or {}).get("phase")) and not has_report(r)
     ]
     for name in runs_to_prune(finished, item.schedule.history_limit):
         await api().delete_run(item.namespace, name)

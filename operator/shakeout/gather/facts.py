@@ -7,6 +7,9 @@ attacks start; engine/preconditions.py decides on what it returns.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 
@@ -21,11 +24,80 @@ from shakeout.gather.authz import may_run_in
 from shakeout.gather.switch import lock_holder, switch_spec
 from shakeout.gather.targets import SelectorError, resolve_targets
 from shakeout.kube.client import Obj, Pod, api
+from shakeout.kube.errors import KubeError
+
+log = logging.getLogger("shakeout.identity")
+
+# Who the operator is to the API server, when it cannot be asked (or to override it).
+OPERATOR_USERNAME_ENV = "SHAKEOUT_OPERATOR_USERNAME"
+# In a cluster: the operator's ServiceAccount (its namespace from POD_NAMESPACE).
+SERVICE_ACCOUNT_ENV = "SHAKEOUT_SERVICE_ACCOUNT"
+DEFAULT_SERVICE_ACCOUNT = "shakeout-operator"
+SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+
+
+@dataclass
+class Identities:
+    """What the operator knows of identities, set when it starts.
+
+    operator: the operator's own user (the creator of its scheduled runs); None when it
+    is not known, and then no run is taken for one of the operator's.
+    recorded: whether the mutating webhook records who started each run (the operator
+    serves its webhooks): a run without a readable record is then refused at pick-up.
+    With --no-webhook, RBAC alone decided who could create a run.
+    """
+
+    operator: UserInfo | None = None
+    recorded: bool = False
+
+
+IDENTITIES = Identities()
+
+
+def configured_operator() -> UserInfo | None:
+    """The operator's user as configured: SHAKEOUT_OPERATOR_USERNAME, else in a cluster its
+    ServiceAccount (POD_NAMESPACE, SHAKEOUT_SERVICE_ACCOUNT or shakeout-operator)."""
+    if name := os.environ.get(OPERATOR_USERNAME_ENV):
+        return UserInfo(username=name, groups=["system:authenticated"])
+    if namespace := os.environ.get("POD_NAMESPACE"):
+        account = os.environ.get(SERVICE_ACCOUNT_ENV) or DEFAULT_SERVICE_ACCOUNT
+        return UserInfo(
+            username=f"system:serviceaccount:{namespace}:{account}",
+            groups=[
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{namespace}",
+                "system:authenticated",
+            ],
+        )
+    return None
+
+
+async def operator_identity() -> UserInfo | None:
+    """The operator's own user: as configured, else as the API server sees it (a
+    SelfSubjectReview; out of a cluster, the kubeconfig's user); None if neither."""
+    if (configured := configured_operator()) is not None:
+        return configured
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    try:
+        answer = await api().request("POST", SELF_SUBJECT_REVIEWS, review)
+        info = (answer.get("status") or {}).get("userInfo") or {}
+        if info.get("username"):
+            return UserInfo(username=info["username"], groups=list(info.get("groups") or []))
+    except (KubeError, ValidationError) as err:
+        log.warning(f"who the operator is could not be asked: {err}")
+    return None
+
+
+def is_operator(username: str) -> bool:
+    """Whether a request's user is the operator itself."""
+    me = IDENTITIES.operator
+    return me is not None and bool(username) and username == me.username
 
 
 async def _member(creator: UserInfo | None, namespace: str) -> bool:
     """Whether the creator may still run experiments here (with no identity recorded, RBAC
-    alone authorized the create)."""
+    alone authorized the create; when identities are recorded the pick-up refuses a run
+    without one, see IDENTITIES)."""
     return creator is None or await may_run_in(creator, namespace)
 
 

@@ -57,36 +57,61 @@ async def resolve_target_pods(
     return selection, [p for p in live if p.name in chosen]
 
 
-class RecentResolutions:
-    """Resolutions kept for FRESH_TARGETS seconds, by run UID and blast radius (a changed
-    blast radius or need of detail is a miss), for a later step of the same run."""
+# At most this many resolutions are kept at once (each may hold thousands of pods): the
+# admission endpoint can be called by anyone who reaches it, so what it keeps is bounded.
+MAX_KEPT = 64
 
-    def __init__(self) -> None:
-        self._kept: dict[tuple[str, str, bool], tuple[float, Selection, list[Pod]]] = {}
+Key = tuple[str, str, str, bool]
+
+
+class RecentResolutions:
+    """Resolutions kept for FRESH_TARGETS seconds, at most MAX_KEPT, by namespace, run UID
+    and blast radius (a changed blast radius or need of detail is a miss), for a later step
+    of the same run.
+
+    The namespace is part of the key because what the admission webhook keeps comes from
+    the review as posted: a forged review can only seed a resolution of the pods of the
+    namespace it names, which no run of another namespace ever takes. A run in the
+    namespace it names, with the UID it names, resolves the same pods with the same seed.
+    """
+
+    def __init__(self, max_kept: int = MAX_KEPT) -> None:
+        self.max_kept = max_kept
+        self._kept: dict[Key, tuple[float, Selection, list[Pod]]] = {}
 
     @staticmethod
-    def _key(uid: str, blast_radius: BlastRadius, detail: bool) -> tuple[str, str, bool]:
-        return uid, blast_radius.model_dump_json(), detail
+    def _key(namespace: str, uid: str, blast_radius: BlastRadius, detail: bool) -> Key:
+        return namespace, uid, blast_radius.model_dump_json(), detail
 
     def keep(
         self,
+        namespace: str,
         uid: str,
         blast_radius: BlastRadius,
         detail: bool,
         resolved: tuple[Selection, list[Pod]],
     ) -> None:
+        if not namespace or not uid:
+            return  # nothing could ever take it
         now = time.monotonic()
         for key in [k for k, (at, _, _) in self._kept.items() if now - at >= FRESH_TARGETS]:
             del self._kept[key]
-        self._kept[self._key(uid, blast_radius, detail)] = (now, *resolved)
+        key = self._key(namespace, uid, blast_radius, detail)
+        self._kept.pop(key, None)
+        while len(self._kept) >= self.max_kept:
+            del self._kept[next(iter(self._kept))]  # the oldest first
+        self._kept[key] = (now, *resolved)
 
     def take(
-        self, uid: str, blast_radius: BlastRadius, detail: bool
+        self, namespace: str, uid: str, blast_radius: BlastRadius, detail: bool
     ) -> tuple[Selection, list[Pod]] | None:
-        kept = self._kept.pop(self._key(uid, blast_radius, detail), None)
+        kept = self._kept.pop(self._key(namespace, uid, blast_radius, detail), None)
         if kept is None or time.monotonic() - kept[0] >= FRESH_TARGETS:
             return None
         return kept[1], kept[2]
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 # Resolutions of this process, for the next step of the same run moments later: what the
@@ -99,12 +124,13 @@ RECENT = RecentResolutions()
 async def resolve_targets(
     namespace: str, spec: ExperimentSpec, uid: str
 ) -> tuple[Selection, list[Pod]]:
-    """The run's targets now: the resolution of an earlier step of the same run if it is
-    fresh (FRESH_TARGETS) and for the same blast radius, else listed anew; kept for the
-    next step. Whether whole pods are listed follows from the attacks (needs_detail)."""
+    """The run's targets now: the resolution of an earlier step of the same run (same
+    namespace and UID) if it is fresh (FRESH_TARGETS) and for the same blast radius, else
+    listed anew; kept for the next step. Whether whole pods are listed follows from the
+    attacks (needs_detail)."""
     detail = needs_detail(spec)
-    resolved = RECENT.take(uid, spec.blast_radius, detail)
+    resolved = RECENT.take(namespace, uid, spec.blast_radius, detail)
     if resolved is None:
         resolved = await resolve_target_pods(namespace, spec.blast_radius, uid, detail)
-    RECENT.keep(uid, spec.blast_radius, detail, resolved)
+    RECENT.keep(namespace, uid, spec.blast_radius, detail, resolved)
     return resolved

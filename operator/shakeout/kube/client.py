@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +43,10 @@ CONCURRENT_REQUESTS = 32
 # hang a run's daemon, a webhook or an agent (the agent sets a shorter one).
 REQUEST_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
+
+# Lists are read in pages of this many objects (limit and continue): no single answer of
+# the API server holds every run or pod of a big cluster at once.
+PAGE_SIZE = 500
 
 JSON = "application/json"
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
@@ -153,11 +158,34 @@ class Api:
         fields: str = "",
         cached: bool = False,
     ) -> list[Obj]:
-        """The objects matching the selectors (cached: from the watch cache, see list_pods)."""
-        listing = await self.request(
-            "GET", resource.path(namespace), query=_list_query(labels, fields, cached)
-        )
-        return list(listing.get("items") or [])
+        """The objects matching the selectors (cached: from the watch cache, see list_pods),
+        read in pages of PAGE_SIZE."""
+        items: list[Obj] = []
+        async for page in self._pages(
+            resource.path(namespace), _list_query(labels, fields, cached)
+        ):
+            items.extend(page.get("items") or [])
+        return items
+
+    async def _pages(
+        self, path: str, query: dict[str, str], accept: str = JSON
+    ) -> AsyncIterator[Obj]:
+        """Each page of a list: `limit`, then `continue` with the token of the page before.
+
+        A cached list (resourceVersion 0: one namespace's pods for picking targets) is
+        answered whole by the API server's watch cache, which does not page: it is asked
+        for once, as it is served.
+        """
+        if query.get("resourceVersion") != "0":
+            query = {**query, "limit": str(PAGE_SIZE)}
+        while True:
+            page = await self.request("GET", path, query=query, accept=accept)
+            yield page
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+            query = {k: v for k, v in query.items() if k != "resourceVersion"}
+            query["continue"] = str(token)
 
     async def create(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
         return await self.request("POST", resource.path(namespace), body)
@@ -240,8 +268,15 @@ class Api:
         """
         query = _list_query(selector, fields, cached)
         query["includeObject"] = "None"
-        table = await self.request("GET", PODS.path(namespace), query=query, accept=TABLE)
-        return pods_from_table(table)
+        pods: list[Pod] = []
+        columns = None
+        async for table in self._pages(PODS.path(namespace), query, accept=TABLE):
+            if table.get("columnDefinitions"):
+                columns = table["columnDefinitions"]
+            elif columns is not None:  # a continued page may leave the columns out
+                table = {**table, "columnDefinitions": columns}  # noqa: PLW2901
+            pods.extend(pods_from_table(table))
+        return pods
 
     async def namespace_labels(self, name: str) -> dict[str, str]:
         """A namespace's labels ({} when it does not exist)."""

@@ -32,9 +32,17 @@ ATTACK = {"name": "bh", "type": "NetworkBlackhole", "durationSeconds": 60}
 class SlowKeeper(FakeKeeper):
     """Each apply takes a while, as a real one does (nsenter, nft)."""
 
-    async def apply(self, fid: str, kind: str, params: client.Obj, pod: client.Obj) -> client.Obj:
+    async def apply(
+        self,
+        fid: str,
+        kind: str,
+        params: client.Obj,
+        pod: client.Obj,
+        *,
+        not_after: float | None = None,
+    ) -> client.Obj:
         await asyncio.sleep(0.02)
-        return await super().apply(fid, kind, params, pod)
+        return await super().apply(fid, kind, params, pod, not_after=not_after)
 
 
 @pytest.fixture

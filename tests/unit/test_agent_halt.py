@@ -39,12 +39,21 @@ class FakeKeeper:
         self.rolled_back: list[str] = []
         self.hooks: dict[int, Callable[[], None]] = {}
         self.fail_rollbacks = 0
+        self.not_after: dict[str, float | None] = {}
+        self.pods: dict[str, Obj] = {}
+        self.running = True
+        self.pid = 4242
+        self.unrecovered_errors: dict[str, str] = {}
 
     def at(self, n: int, action: Callable[[], None]) -> None:
         self.hooks[n] = action
 
-    async def apply(self, fid: str, kind: str, params: Obj, pod: Obj) -> Obj:
+    async def apply(
+        self, fid: str, kind: str, params: Obj, pod: Obj, *, not_after: float | None = None
+    ) -> Obj:
         self.applied.append(fid)
+        self.not_after[fid] = not_after
+        self.pods[fid] = pod
         if kind != "ProcessKill":
             self.held.add(fid)
         if (hook := self.hooks.get(len(self.applied))) is not None:
@@ -77,6 +86,7 @@ class World:
         self.fake = FakeApi()
         self.fake.add_namespace(NS)
         self.fake.add_namespace("shakeout-system")
+        self.fake.add_switch()
         self.attack = attack
         status = {
             "phase": Phase.ATTACKS_STARTED,
@@ -315,8 +325,8 @@ async def test_a_renewal_never_waits_for_an_apply_in_progress() -> None:
     release = asyncio.Event()
     original = world.keeper.apply
 
-    async def slow_apply(fid: str, kind: str, params: Obj, pod: Obj) -> Obj:
-        result = await original(fid, kind, params, pod)
+    async def slow_apply(fid: str, kind: str, params: Obj, pod: Obj, **kw: Any) -> Obj:
+        result = await original(fid, kind, params, pod, **kw)
         if len(world.keeper.applied) == 3:
             await release.wait()  # the keeper is busy with this target
         return result

@@ -14,6 +14,13 @@ during the apply, no longer allows it; what it applied is then rolled back.
 Losing the API server: renewals fail, the heartbeats stop, and the keeper rolls every
 fault back when the lease runs out, whatever this process is doing (even when frozen).
 Faults lost that way are reported Failed on reconnection and never applied again.
+
+Bounds of its own, whatever the operator does: each fault goes to the keeper with the
+NodeAttack's notAfter (or its duration from when this agent first saw it), and the keeper
+rolls it back then; the ChaosSwitch `default` is watched, and its Stop All (or deletion)
+rolls back every fault of the node and stops every apply; pods of protected namespaces
+are never touched. The agent exits (non-zero) when its keeper dies or a heartbeat fails,
+so that the kubelet restarts it and a new keeper recovers the journal.
 """
 
 from __future__ import annotations
@@ -31,21 +38,41 @@ from pathlib import Path
 
 from kubernetes import watch
 
-from shakeout.agent.lease import AgentLease
+from shakeout.agent.lease import AgentLease, FatalError
 from shakeout.agent.node.capabilities import probe
 from shakeout.agent.node.keeper_client import Keeper
-from shakeout.agent.nodeattacks import fault_id, refusal, rolled_back
+from shakeout.agent.node.locate import kept_annotations
+from shakeout.agent.nodeattacks import (
+    fault_id,
+    namespace_refusal,
+    not_after,
+    refusal,
+    rolled_back,
+    switch_enabled,
+)
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.experiment import Attack
 from shakeout.api.labels import NODE_LABEL
 from shakeout.api.nodeattack import NodeAttackPhase, TargetState
+from shakeout.api.switch import SWITCH_NAME
 from shakeout.kube.client import Api, Obj
 from shakeout.kube.leases import micro_time
-from shakeout.kube.resources import NODE_ATTACKS, PODS, RUNS
+from shakeout.kube.resources import NAMESPACES, NODE_ATTACKS, PODS, RUNS, SWITCHES
 
 log = logging.getLogger("shakeout.agent")
 
 LEASE_RAN_OUT = "the lease ran out"
+SWITCH_OFF = "the ChaosSwitch is disabled (Stop All) or gone"
+NOT_AFTER_PASSED = "its notAfter passed"
+# Exit code when the keeper died or stopped answering: the kubelet restarts the agent.
+KEEPER_LOST_EXIT = 3
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
 
 
 @dataclass
@@ -65,6 +92,11 @@ class AgentOptions:
     # While an apply goes on, the run is read again at most this often (seconds): a stop
     # that reached neither the watch nor a resync yet halts it all the same.
     recheck: float = 0.5
+    # Per-node stress caps (the keeper refuses beyond them, per target).
+    max_stress_workers: int = _env_int("SHAKEOUT_AGENT_MAX_STRESS_WORKERS", 16)
+    max_stress_mib: int = _env_int("SHAKEOUT_AGENT_MAX_STRESS_MIB", 4096)
+    # How often the keeper retries a rollback that failed.
+    retry_seconds: float = 10.0
 
 
 class NodeAgent:
@@ -95,12 +127,31 @@ class NodeAgent:
         # The last report per NodeAttack (phase, targets): fresher than an event's copy.
         self.reports: dict[str, tuple[str, list[Obj]]] = {}
         self.resyncing: asyncio.Task[None] | None = None
+        # The ChaosSwitch: False once it is disabled or deleted (nothing applied then).
+        self.switch_on = True
+        self.switching: asyncio.Task[None] | None = None
+        # NodeAttack uid -> when this agent first saw it (the bound of one without notAfter).
+        self.first_seen: dict[str, float] = {}
+        self.unrecovered_logged: dict[str, str] = {}
 
     # -- the lease ---------------------------------------------------------------
 
+    async def keeper_alive(self) -> None:
+        """Before each renewal: a Lease is never renewed with nobody holding the faults."""
+        if not self.keeper.running:
+            raise FatalError(f"the keeper (pid {self.keeper.pid}) is gone")
+
     async def renewed(self, again: bool) -> None:
         """After a renewal: tell the keeper; report what it rolled back on its own."""
-        held = set(await self.keeper.heartbeat())
+        try:
+            held = set(await self.keeper.heartbeat())
+        except Exception as err:
+            raise FatalError(f"heartbeat to the keeper failed: {err}") from err
+        errors = self.keeper.unrecovered_errors
+        if errors != self.unrecovered_logged:
+            for fid, text in sorted(errors.items()):
+                log.error(f"the keeper cannot roll back {fid} (retried on a timer): {text}")
+            self.unrecovered_logged = dict(errors)
         # Faults the keeper no longer holds were rolled back by its deadline: they are
         # reported Failed by the next reconcile (never applied again).
         for uid, ids in list(self.held.items()):
@@ -116,6 +167,67 @@ class NodeAgent:
         log.error("lease expired: rolling back every fault of this node")
         self.held.clear()  # what the keeper cannot undo stays in its journal
         await self.keeper.rollback_all()
+
+    # -- the ChaosSwitch -----------------------------------------------------------
+
+    def switch_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch the ChaosSwitch `default` (in a thread, like the NodeAttacks)."""
+        while not self.stopping.is_set():
+            try:
+                stream = watch.Watch().stream(
+                    self.api.custom.list_cluster_custom_object,
+                    GROUP,
+                    VERSION,
+                    SWITCHES.plural,
+                    field_selector=f"metadata.name={SWITCH_NAME}",
+                    timeout_seconds=60,
+                    _request_timeout=70,
+                )
+                for event in stream:
+                    gone = event["type"] == "DELETED"
+                    enabled = not gone and switch_enabled(event["object"])
+                    loop.call_soon_threadsafe(self.switch_seen, enabled)
+            except Exception as err:  # noqa: BLE001  (reconnect; resync covers the gap)
+                log.warning(f"watch of the ChaosSwitch failed: {err}")
+                time.sleep(1)
+
+    async def read_switch(self) -> None:
+        """Read the ChaosSwitch (at start and each resync: a watch may miss an event)."""
+        try:
+            switch = await self.api.get(SWITCHES, None, SWITCH_NAME)
+        except Exception as err:  # noqa: BLE001  (keep what we knew; the watch goes on)
+            log.warning(f"reading the ChaosSwitch failed: {err}")
+            return
+        self.switch_seen(switch_enabled(switch))
+
+    def switch_seen(self, enabled: bool) -> None:
+        was, self.switch_on = self.switch_on, enabled
+        if was and not enabled:
+            log.warning("the ChaosSwitch is disabled or gone: rolling back every fault")
+            self.switching = asyncio.create_task(self.stop_all())
+        elif enabled and not was:
+            log.info("the ChaosSwitch is enabled again")
+
+    async def stop_all(self) -> None:
+        """Stop All: every fault of the node rolled back, then every NodeAttack reported."""
+        try:
+            await self.keeper.rollback_all()
+        except Exception as err:  # noqa: BLE001  (the keeper retries what it could not)
+            log.error(f"Stop All: the keeper could not roll back everything: {err}")
+        await self.resync_logged()
+
+    def bound(self, obj: Obj) -> float:
+        """When the NodeAttack's faults end, whatever the operator does (epoch seconds)."""
+        uid = obj["metadata"]["uid"]
+        return not_after(obj, self.first_seen.setdefault(uid, time.time()))
+
+    def own_refusal(self, obj: Obj) -> str | None:
+        """Why the agent itself refuses to keep the NodeAttack (None: it may)."""
+        if not self.switch_on:
+            return SWITCH_OFF
+        if obj.get("spec") and time.time() >= self.bound(obj):
+            return NOT_AFTER_PASSED
+        return None
 
     # -- NodeAttacks ---------------------------------------------------------------
 
@@ -162,6 +274,7 @@ class NodeAgent:
 
     async def resync(self) -> None:
         """List this node's NodeAttacks: reconcile each, roll back faults of vanished ones."""
+        await self.read_switch()
         mine = f"{NODE_LABEL}={self.options.node}"
         items = await self.api.list_objects(NODE_ATTACKS, labels=mine)
         present = {o["metadata"]["uid"] for o in items}
@@ -205,6 +318,7 @@ class NodeAgent:
                     if uid not in self.held:  # all undone: nothing of it to remember
                         self.halted.discard(uid)
                         self.locks.pop(uid, None)
+                        self.first_seen.pop(uid, None)
                 else:
                     await self._reconcile(obj)
             except Exception as err:
@@ -215,8 +329,10 @@ class NodeAgent:
         spec = obj.get("spec") or {}
         status = obj.get("status") or {}
         phase, targets = self.reports.get(uid, (status.get("phase"), status.get("targets")))
-        run = await self.api.get(RUNS, obj["metadata"]["namespace"], str(spec.get("runName")))
-        refused = refusal(obj, run, self.options.node)
+        refused = self.own_refusal(obj)
+        if refused is None:
+            namespace, name = obj["metadata"]["namespace"], str(spec.get("runName"))
+            refused = refusal(obj, await self.api.get(RUNS, namespace, name), self.options.node)
         asked = uid in self.halted
         if asked or refused is not None:
             await self.rollback_held(uid)
@@ -230,7 +346,7 @@ class NodeAgent:
                 await self.report(
                     obj,
                     NodeAttackPhase.ROLLED_BACK,
-                    "rolled back by the node agent",
+                    "rolled back by the node agent" + ("" if asked else f": {refused}"),
                     rolled_back(targets or spec.get("targets") or []),
                 )
             return
@@ -254,6 +370,9 @@ class NodeAgent:
 
     async def recheck(self, obj: Obj) -> str | None:
         """The run read again during an apply: why it no longer allows it, if so."""
+        own = self.own_refusal(obj)
+        if own is not None:
+            return own
         namespace, name = obj["metadata"]["namespace"], str(obj["spec"].get("runName"))
         try:
             run = await self.api.get(RUNS, namespace, name)
@@ -267,10 +386,26 @@ class NodeAgent:
         spec = obj["spec"]
         namespace = obj["metadata"]["namespace"]
         attack = Attack.model_validate(spec["attack"])
+        wanted = list(spec.get("targets") or [])
+        # The agent's own rail, before anything is touched: never a protected namespace.
+        protected = namespace_refusal(
+            await self.api.get(NAMESPACES, None, namespace), namespace, self.options.namespace
+        )
+        if protected is not None:
+            log.warning(f"NodeAttack {obj['metadata']['name']} refused: {protected}")
+            await self.report(
+                obj,
+                NodeAttackPhase.FAILED,
+                f"refused by the node agent: {protected}",
+                [
+                    {"name": t["name"], "state": TargetState.FAILED, "message": protected}
+                    for t in wanted
+                ],
+            )
+            return
         on_node = f"spec.nodeName={self.options.node}"
         pods = await self.api.list_objects(PODS, namespace, fields=on_node)
         by_name = {p["metadata"]["name"]: p for p in pods}
-        wanted = list(spec.get("targets") or [])
         # The journal: every target Applying before the first one is touched.
         await self.report(
             obj,
@@ -289,6 +424,8 @@ class NodeAgent:
         for target in wanted:
             if uid in self.halted:
                 halted = "a rollback was asked for"
+            elif (own := self.own_refusal(obj)) is not None:
+                halted = own
             elif self.lease.expired():
                 halted = LEASE_RAN_OUT
             elif time.monotonic() - read_at >= self.options.recheck:
@@ -324,10 +461,13 @@ class NodeAgent:
             "namespace": obj["metadata"]["namespace"],
             "name": target["name"],
             "uid": target["uid"],
-            "annotations": dict(pod["metadata"].get("annotations") or {}),
+            # Only what a locator reads: never the team's other annotations (SEC-16).
+            "annotations": kept_annotations(pod["metadata"].get("annotations") or {}),
         }
         try:
-            await self.keeper.apply(fid, str(attack.type), params, pod_ref)
+            await self.keeper.apply(
+                fid, str(attack.type), params, pod_ref, not_after=self.bound(obj)
+            )
         except Exception as err:  # noqa: BLE001  (reported per target)
             return {"name": target["name"], "state": TargetState.FAILED, "message": str(err)[:500]}
         if attack.reversible:
@@ -358,19 +498,32 @@ class NodeAgent:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        await self.keeper_alive()
         await self.lease.renew()
         await self.renewed(again=False)
         log.info(f"agent {self.identity} holds lease {self.lease.name}")
-        thread = threading.Thread(target=self.watch_thread, args=(loop,), daemon=True)
-        thread.start()
+        await self.read_switch()
+        for target in (self.watch_thread, self.switch_thread):
+            threading.Thread(target=target, args=(loop,), daemon=True).start()
         await self.resync()
         await asyncio.gather(
             self.lease.keep(
-                self.options.renew_interval, self.stopping, self.renewed, self.lease_lost
+                self.options.renew_interval,
+                self.stopping,
+                self.renewed,
+                self.lease_lost,
+                before=self.keeper_alive,
             ),
             self.event_loop(),
             self.resync_loop(),
+            self.watch_keeper(),
         )
+
+    async def watch_keeper(self) -> None:
+        """The keeper's exit is fatal: nobody would hold (or roll back) the faults."""
+        code = await self.keeper.exited()
+        if not self.stopping.is_set():
+            raise FatalError(f"the keeper (pid {self.keeper.pid}) exited with code {code}")
 
 
 async def run_agent(options: AgentOptions) -> None:
@@ -384,17 +537,32 @@ async def run_agent(options: AgentOptions) -> None:
         proc_root=options.proc_root,
         netns_dir=options.netns_dir,
         cgroup_namespace=options.cgroup_namespace,
+        max_stress_workers=options.max_stress_workers,
+        max_stress_mib=options.max_stress_mib,
+        retry_seconds=options.retry_seconds,
     )
+    if keeper.unrecovered:
+        log.error(f"the keeper could not roll back (retried on a timer): {keeper.unrecovered}")
     agent = NodeAgent(options, api, keeper, capabilities)
     log.info(f"node agent for {options.node} (pid {os.getpid()}, keeper {keeper.pid})")
     # A stop (the kubelet's SIGTERM) rolls back every fault before the process ends.
     main = asyncio.current_task()
     assert main is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    fatal: FatalError | None = None
     try:
         await agent.run()
     except asyncio.CancelledError:
         log.info("stopping: rolling back every fault of this node")
+    except FatalError as err:
+        log.critical(f"exiting, so that a new agent and keeper take over: {err}")
+        fatal = err
     finally:
         agent.stopping.set()
-        await keeper.stop()
+        if fatal is None:
+            await keeper.stop()
+        else:
+            with contextlib.suppress(Exception):
+                await keeper.stop(timeout=10.0)
+    if fatal is not None:
+        raise SystemExit(KEEPER_LOST_EXIT)

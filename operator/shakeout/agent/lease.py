@@ -30,6 +30,10 @@ from shakeout.kube.resources import LEASES
 log = logging.getLogger("shakeout.agent")
 
 
+class FatalError(Exception):
+    """The agent cannot go on (its keeper is gone): `keep` lets it through, the agent exits."""
+
+
 class AgentLease:
     """The Lease of one node's agent, held by `identity`."""
 
@@ -84,20 +88,26 @@ class AgentLease:
         stopping: asyncio.Event,
         on_renewal: Callable[[bool], Awaitable[None]],
         on_loss: Callable[[], Awaitable[None]],
+        before: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Renew every `interval` seconds until `stopping` is set.
 
         After each renewal: `on_renewal(again)`, `again` being true after the Lease ran
         out; an error there counts as a failed renewal. Once renewals failed for longer
-        than the Lease's duration: `on_loss()`, once per loss.
+        than the Lease's duration: `on_loss()`, once per loss. `before()` runs before each
+        renewal. A FatalError raised by any of them ends `keep` with it: no renewal after.
         """
         out = False
         while not stopping.is_set():
             started = time.monotonic()
             try:
+                if before is not None:
+                    await before()
                 await self.renew()
                 await on_renewal(out)
                 out = False
+            except FatalError:
+                raise
             except Exception as err:  # noqa: BLE001  (the API server may be away: keep trying)
                 log.warning(f"lease renewal failed: {err}")
                 if self.expired() and not out:

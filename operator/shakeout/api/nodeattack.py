@@ -22,6 +22,16 @@ from shakeout.api.experiment import Attack
 # grows past a few tens of KiB (per-target status included).
 MAX_NODE_TARGETS = 200
 
+# The agent's own deadline for a NodeAttack (spec.notAfter): the operator sets it to the
+# creation time + durationSeconds + the apply's timeout (the attack's clock starts once
+# every agent reported, at most that much later) + this grace.
+NOT_AFTER_GRACE_SECONDS = 10
+
+# Namespaces whose pods the agent never touches, whatever a NodeAttack says (the same
+# rule as the operator's blast radius: engine/policies.py; the agent's own namespace and
+# those labelled shakeout.dev/protected=true are protected too).
+PROTECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+
 NODE_LABEL = "shakeout.dev/node"
 RUN_UID_LABEL = "shakeout.dev/run-uid"
 
@@ -62,6 +72,13 @@ class NodeAttackSpec(Model):
     )
     rollback: bool = Field(
         default=False, description="true: roll the attack back (set by the operator)."
+    )
+    not_after: datetime | None = Field(
+        default=None,
+        description=(
+            "The agent rolls the attack back at this time on its own, whatever the operator "
+            "does (its duration after it was applied, plus a grace)."
+        ),
     )
 
 

@@ -13,12 +13,13 @@ import contextlib
 import hashlib
 import time
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shakeout.api.common import API_VERSION
 from shakeout.api.experiment import Attack
 from shakeout.api.labels import ATTACK_LABEL, NODE_LABEL, RUN_UID_LABEL
-from shakeout.api.nodeattack import MAX_NODE_TARGETS, NodeAttackPhase
+from shakeout.api.nodeattack import MAX_NODE_TARGETS, NOT_AFTER_GRACE_SECONDS, NodeAttackPhase
 from shakeout.attacks.context import AttackError, run_owner
 from shakeout.gather import agents
 from shakeout.kube.client import Obj, Pod, api
@@ -68,6 +69,11 @@ class NodeDispatcher:
 
     async def apply(self, attack: Attack, pods: list[Pod]) -> int:
         """Create the NodeAttacks, wait for the agents' reports; the targets applied."""
+        # The agents' own bound: the attack's clock starts once every report is in (at
+        # most APPLY_TIMEOUT from now), it then lasts durationSeconds, plus a grace.
+        not_after = datetime.now(UTC) + timedelta(
+            seconds=attack.duration_seconds + APPLY_TIMEOUT + NOT_AFTER_GRACE_SECONDS
+        )
         for node, groups in chunks(pods).items():
             for index, group in enumerate(groups):
                 if self.halt.is_set():
@@ -90,6 +96,7 @@ class NodeDispatcher:
                         "node": node,
                         "attack": attack.model_dump(by_alias=True, exclude_none=True, mode="json"),
                         "targets": [{"name": p.name, "uid": p.uid} for p in group],
+                        "notAfter": not_after.isoformat().replace("+00:00", "Z"),
                     },
                 }
                 with contextlib.suppress(Conflict):  # created before an operator restart

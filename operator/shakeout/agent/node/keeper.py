@@ -2,14 +2,18 @@
 
     python -m shakeout.agent.node.keeper --journal PATH --deadline SECONDS
         [--locator runtime|netns-annotation] [--proc-root DIR] [--netns-dir DIR]
-        [--cgroup-root DIR] [--parent-pid PID]
+        [--cgroup-root DIR] [--parent-pid PID] [--max-stress-workers N]
+        [--max-stress-mib M] [--retry-seconds S]
 
 It answers the agent's commands in the line protocol of keeper_protocol (the agent's
 side is keeper_client.Keeper).
 
-Safety: the journal is written before a fault is applied; no command for --deadline
+Safety: the journal is written before a fault is applied; each fault's notAfter (an
+absolute time, journaled with it) rolls it back on its own; no command for --deadline
 seconds rolls everything back (the keeper keeps running, empty); SIGTERM, SIGINT, stdin
-EOF and the death of the parent (PR_SET_PDEATHSIG) roll everything back and exit.
+EOF and the death of the parent (PR_SET_PDEATHSIG) roll everything back and exit. What
+could not be rolled back is retried every --retry-seconds, whatever the agent does.
+Stress is capped per node: --max-stress-workers processes, --max-stress-mib MiB.
 """
 
 from __future__ import annotations
@@ -38,10 +42,17 @@ from shakeout.agent.node.keeper_protocol import (
     encode,
     reply_to,
 )
-from shakeout.agent.node.locate import LOCATORS, LocateError, Locator, PodRef, make_locator
+from shakeout.agent.node.locate import (
+    LOCATORS,
+    LocateError,
+    Locator,
+    PodRef,
+    kept_annotations,
+    make_locator,
+)
 from shakeout.agent.node.stress import set_parent_death_signal
 from shakeout.agent.node.system import FaultError, HostPaths
-from shakeout.api.attacks import REVERSIBLE
+from shakeout.api.attacks import REVERSIBLE, AttackType
 
 log = logging.getLogger("shakeout.keeper")
 
@@ -50,17 +61,57 @@ _WATCH_SECONDS = 0.05
 # After a deadline rollback that failed, the next attempt comes this much later.
 _RETRY_SECONDS = 1.0
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# Per-node stress caps, unless the agent says otherwise.
+DEFAULT_MAX_STRESS_WORKERS = 16
+DEFAULT_MAX_STRESS_MIB = 4096
+DEFAULT_RETRY_SECONDS = 10.0
+_STRESS = frozenset({AttackType.CPU_STRESS, AttackType.MEMORY_STRESS})
+
+
+def stress_load(entry: Mapping[str, Any]) -> tuple[int, int]:
+    """(processes, MiB) of stress a journal entry holds."""
+    parameters = entry.get("parameters") or {}
+    if entry.get("type") == AttackType.CPU_STRESS:
+        return int(parameters.get("workers") or 1), 0
+    if entry.get("type") == AttackType.MEMORY_STRESS:
+        return 1, int(parameters.get("megabytes") or 0)
+    return 0, 0
+
+
+def checked_not_after(value: object) -> float | None:
+    """A fault's notAfter: seconds since the epoch, or None; FaultError if malformed."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise FaultError(f"notAfter must be seconds since the epoch, not {value!r}")
+    return float(value)
 
 
 class FaultHolder:
     """The faults the keeper holds, mirrored in the journal, and the commands on them."""
 
-    def __init__(self, journal: Journal, deadline: float, locator: Locator, host: HostPaths):
+    def __init__(
+        self,
+        journal: Journal,
+        deadline: float,
+        locator: Locator,
+        host: HostPaths,
+        *,
+        max_stress_workers: int = DEFAULT_MAX_STRESS_WORKERS,
+        max_stress_mib: int = DEFAULT_MAX_STRESS_MIB,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    ):
         self.journal = journal
         self.deadline = deadline
         self.locator = locator
         self.host = host
+        self.max_stress_workers = max_stress_workers
+        self.max_stress_mib = max_stress_mib
+        self.retry_seconds = retry_seconds
         self.entries: Entries = {}
+        # Faults whose rollback failed (at recovery, at notAfter, ...): retried every
+        # retry_seconds whatever the agent does, and reported in every heartbeat.
+        self.unrecovered: dict[str, str] = {}
         # One fault operation at a time: apply, rollback and the deadline never interleave.
         self.lock = asyncio.Lock()
         self.last_command = time.monotonic()
@@ -84,6 +135,7 @@ class FaultHolder:
         kind = faults.node_attack(entry.get("type"))
         await faults.rollback(kind, entry.get("record") or {}, host=self.host)
         del self.entries[fault_id]
+        self.unrecovered.pop(fault_id, None)
         self._save()
         return True
 
@@ -97,7 +149,66 @@ class FaultHolder:
             except Exception as error:
                 log.error("cannot roll back %s (%s): %s", fault_id, why, error, exc_info=True)
                 errors[fault_id] = str(error)
+        self.unrecovered.update(errors)
         return errors
+
+    async def rollback_due(self, now: float) -> None:
+        """Roll back each fault whose notAfter has come (lock held); a failure joins the
+        unrecovered ones, retried on their timer."""
+        for fault_id, entry in list(self.entries.items()):
+            not_after = entry.get("not_after")
+            if fault_id in self.unrecovered or not isinstance(not_after, int | float):
+                continue
+            if now >= not_after:
+                try:
+                    await self.rollback_one(fault_id)
+                    late = now - not_after
+                    log.warning("rolled back %s: its notAfter came (%.2f s ago)", fault_id, late)
+                except Exception as error:  # noqa: BLE001  (retried with the unrecovered)
+                    log.error("cannot roll back %s at its notAfter: %s", fault_id, error)
+                    self.unrecovered[fault_id] = str(error)
+
+    def due(self, now: float) -> bool:
+        """Whether a fault's notAfter has come (not counting the unrecovered ones)."""
+        return any(
+            isinstance(entry.get("not_after"), int | float)
+            and now >= entry["not_after"]
+            and fault_id not in self.unrecovered
+            for fault_id, entry in self.entries.items()
+        )
+
+    async def retry_unrecovered(self) -> None:
+        """Try again each fault whose rollback failed before (lock held)."""
+        for fault_id in sorted(self.unrecovered):
+            if fault_id not in self.entries:
+                self.unrecovered.pop(fault_id, None)
+                continue
+            try:
+                await self.rollback_one(fault_id)
+                log.warning("rolled back %s at last (it was unrecovered)", fault_id)
+            except Exception as error:  # noqa: BLE001  (retried on the next round)
+                log.error("still cannot roll back %s: %s", fault_id, error)
+                self.unrecovered[fault_id] = str(error)
+
+    def check_caps(self, kind: AttackType, parameters: Mapping[str, Any]) -> None:
+        """FaultError when this stress would take the node past its caps."""
+        if kind not in _STRESS:
+            return
+        workers, mib = stress_load({"type": kind, "parameters": parameters})
+        held = [stress_load(entry) for entry in self.entries.values()]
+        held_workers = sum(w for w, _ in held)
+        held_mib = sum(m for _, m in held)
+        if held_workers + workers > self.max_stress_workers:
+            raise FaultError(
+                f"refused: {workers} more stress process(es) would make "
+                f"{held_workers + workers} on this node, over its cap of "
+                f"{self.max_stress_workers} (agent --max-stress-workers)"
+            )
+        if held_mib + mib > self.max_stress_mib:
+            raise FaultError(
+                f"refused: {mib} MiB more MemoryStress would make {held_mib + mib} MiB on "
+                f"this node, over its cap of {self.max_stress_mib} MiB (agent --max-stress-mib)"
+            )
 
     async def apply(self, command: Mapping[str, Any]) -> dict[str, Any]:
         fault_id = faults.checked_fault_id(command.get("id"))
@@ -107,20 +218,26 @@ class FaultHolder:
             raise FaultError("parameters must be an object")
         faults.parameters_of(kind, parameters)  # refused before anything is journaled
         pod = PodRef.from_json(command.get("pod"))
+        not_after = checked_not_after(command.get("notAfter"))
         held = self.entries.get(fault_id)
         if held is not None:
             if held.get("type") == kind and held.get("state") == "applied":
                 return dict(held["record"])  # a repeated apply: the fault is in place
             raise FaultError(f"fault {fault_id} is held already ({held.get('type')})")
+        if not_after is not None and time.time() >= not_after:
+            raise FaultError("refused: its notAfter has passed")
+        self.check_caps(kind, parameters)
         located = await asyncio.to_thread(self.locator.locate, pod)
         self.entries[fault_id] = {
             "type": str(kind),
             "parameters": parameters,
-            "pod": pod.to_json(),
+            # Only the annotation a locator reads, bounded: never the team's others (SEC-16).
+            "pod": {**pod.to_json(), "annotations": kept_annotations(pod.annotations)},
             "target": located.to_json(),
             "state": "applying",
             "record": faults.provisional_record(fault_id, kind, located, host=self.host),
             "since": time.time(),
+            "not_after": not_after,
         }
         try:
             self._save()
@@ -221,7 +338,15 @@ async def _read_commands(
             _send(out, {"ok": False, "error": f"a command must be a JSON object: {error}"})
             continue
         if command.get("op") == Op.HEARTBEAT:
-            _send(out, {**reply_to(command), "ok": True, "held": sorted(holder.entries)})
+            _send(
+                out,
+                {
+                    **reply_to(command),
+                    "ok": True,
+                    "held": sorted(holder.entries),
+                    "unrecovered": dict(sorted(holder.unrecovered.items())),
+                },
+            )
         else:
             queue.put_nowait(command)
 
@@ -234,6 +359,24 @@ async def _work(
         async with holder.lock:
             reply = await holder.handle(command)
         _send(out, reply)
+
+
+async def _watch_not_after(holder: FaultHolder) -> None:
+    """Roll back each fault at its notAfter, and retry the unrecovered ones every
+    retry_seconds: on a timer of their own, whatever the agent says or does not say."""
+    next_retry = time.monotonic() + holder.retry_seconds
+    while True:
+        await asyncio.sleep(_WATCH_SECONDS)
+        due = holder.due(time.time())
+        retry = bool(holder.unrecovered) and time.monotonic() >= next_retry
+        if not (due or retry):
+            continue
+        async with holder.lock:
+            if due:
+                await holder.rollback_due(time.time())
+            if retry:
+                next_retry = time.monotonic() + holder.retry_seconds
+                await holder.retry_unrecovered()
 
 
 async def _watch_deadline(holder: FaultHolder) -> None:
@@ -277,7 +420,13 @@ async def serve(args: argparse.Namespace) -> int:
         proc_root=args.proc_root, netns_dir=args.netns_dir, cgroup_root=args.cgroup_root
     )
     holder = FaultHolder(
-        Journal(Path(args.journal)), args.deadline, make_locator(args.locator, host), host
+        Journal(Path(args.journal)),
+        args.deadline,
+        make_locator(args.locator, host),
+        host,
+        max_stress_workers=args.max_stress_workers,
+        max_stress_mib=args.max_stress_mib,
+        retry_seconds=args.retry_seconds,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -299,6 +448,7 @@ async def serve(args: argparse.Namespace) -> int:
     helpers = [
         asyncio.create_task(_work(holder, queue, out)),
         asyncio.create_task(_watch_deadline(holder)),
+        asyncio.create_task(_watch_not_after(holder)),
     ]
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait([reader, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -333,6 +483,24 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--netns-dir", default="/run/netns")
     parser.add_argument("--cgroup-root", default="/sys/fs/cgroup")
     parser.add_argument("--parent-pid", type=int, help="the agent; exit if it is gone")
+    parser.add_argument(
+        "--max-stress-workers",
+        type=int,
+        default=DEFAULT_MAX_STRESS_WORKERS,
+        help="stress processes on this node at once, at most",
+    )
+    parser.add_argument(
+        "--max-stress-mib",
+        type=int,
+        default=DEFAULT_MAX_STRESS_MIB,
+        help="MiB of MemoryStress on this node at once, at most",
+    )
+    parser.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=DEFAULT_RETRY_SECONDS,
+        help="how often a rollback that failed is tried again",
+    )
     return parser
 
 

@@ -42,6 +42,8 @@ class Keeper:
         self.journal = journal
         self.recovered: list[str] = list(ready.get("recovered", []))
         self.unrecovered: list[str] = list(ready.get("unrecovered", []))
+        # From the last heartbeat: what the keeper could not roll back, and why.
+        self.unrecovered_errors: dict[str, str] = {}
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._seq = 0
         self._replies = asyncio.create_task(self._read_replies())
@@ -58,6 +60,9 @@ class Keeper:
         cgroup_root: str = "/sys/fs/cgroup",
         cgroup_namespace: str | None = None,
         start_timeout: float = 60.0,
+        max_stress_workers: int | None = None,
+        max_stress_mib: int | None = None,
+        retry_seconds: float | None = None,
     ) -> Keeper:
         """Start the keeper; returns once it rolled back what its journal held.
 
@@ -94,6 +99,12 @@ class Keeper:
             "--cgroup-root", cgroup_root,
             "--parent-pid", str(os.getpid()),
         ]  # fmt: skip
+        if max_stress_workers is not None:
+            argv += ["--max-stress-workers", str(int(max_stress_workers))]
+        if max_stress_mib is not None:
+            argv += ["--max-stress-mib", str(int(max_stress_mib))]
+        if retry_seconds is not None:
+            argv += ["--retry-seconds", repr(float(retry_seconds))]
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT
         )
@@ -128,21 +139,25 @@ class Keeper:
         parameters: Mapping[str, Any] | None,
         pod: PodRef | Mapping[str, Any],
         *,
+        not_after: float | None = None,
         timeout: float = 300.0,
     ) -> dict[str, Any]:
         """Apply the fault; its rollback record. FaultError with the keeper's message.
 
         pod: a PodRef, or its JSON form {"namespace", "name", "uid", "annotations"}.
+        not_after: seconds since the epoch; the keeper rolls the fault back then on its own.
         """
         if not isinstance(pod, PodRef):
             pod = PodRef.from_json(pod)
-        command = {
+        command: dict[str, Any] = {
             "op": Op.APPLY,
             "id": fault_id,
             "type": str(attack_type),
             "parameters": dict(parameters or {}),
             "pod": pod.to_json(),
         }
+        if not_after is not None:
+            command["notAfter"] = float(not_after)
         reply = await self._request(command, timeout)
         return dict(reply["record"])
 
@@ -153,7 +168,14 @@ class Keeper:
     async def heartbeat(self, *, timeout: float = 5.0) -> list[str]:
         """Tell the keeper the agent lives; the ids it holds (fewer after a lapse)."""
         reply = await self._request({"op": Op.HEARTBEAT}, timeout)
+        unrecovered = reply.get("unrecovered") or {}
+        if isinstance(unrecovered, dict):
+            self.unrecovered_errors = {str(k): str(v) for k, v in unrecovered.items()}
         return [str(fault_id) for fault_id in reply.get("held", [])]
+
+    async def exited(self) -> int:
+        """Wait for the keeper process to end; its exit code."""
+        return await self._process.wait()
 
     async def held(self, *, timeout: float = 30.0) -> list[str]:
         """The ids of the faults the keeper holds (op "list")."""

@@ -64,6 +64,19 @@ class PodRef:
         return cls(str(texts[0]), str(texts[1]), str(texts[2]), dict(annotations))
 
 
+# The one annotation a locator reads, and the longest value kept of it: a pod's other
+# annotations (up to 256 KiB, written by its team) never reach the keeper's journal.
+MAX_ANNOTATION_CHARS = 256
+
+
+def kept_annotations(annotations: Mapping[str, str]) -> dict[str, str]:
+    """Of a pod's annotations, only what a locator needs (ANNOTATION_NETNS, bounded)."""
+    value = annotations.get(ANNOTATION_NETNS)
+    if isinstance(value, str) and len(value) <= MAX_ANNOTATION_CHARS:
+        return {ANNOTATION_NETNS: value}
+    return {}
+
+
 @dataclass(frozen=True)
 class Located:
     """Where a pod lives on this node."""

@@ -96,6 +96,20 @@ async def _remove_leaves(leaves: Sequence[object], host: HostPaths) -> list[str]
     return errors
 
 
+# The stress processes' oom_score_adj: the first the OOM killer chooses.
+STRESS_OOM_SCORE_ADJ = 1000
+
+
+def set_oom_score_adj(pid: int, value: int, host: HostPaths) -> None:
+    """Write /proc/<pid>/oom_score_adj; FaultError if the kernel refuses (before `go`)."""
+    path = host.proc(checked_pid(pid), "oom_score_adj")
+    try:
+        with open(path, "w", encoding="ascii") as file:
+            file.write(f"{checked_int(value, -1000, 1000, 'oom_score_adj')}\n")
+    except OSError as error:
+        raise FaultError(f"cannot set {path} to {value}: {error.strerror}") from error
+
+
 async def _kill_exactly(pid: int, started: int) -> bool:
     """SIGKILL the process (pid, started) if it still runs; whether it is gone now."""
     signal_if(pid, signal.SIGKILL, functools.partial(is_running, pid, started))
@@ -183,6 +197,8 @@ async def apply_stress(
             joined, errors = join_cgroups(process.pid, directories, leaf)
             record["cgroups"] += joined
             record["cgroup_errors"] += errors
+            # The kernel's OOM killer takes the stress first, never the agent's -997.
+            set_oom_score_adj(process.pid, STRESS_OOM_SCORE_ADJ, host)
             assert process.stdin is not None
             process.stdin.write(b"go\n")
             await process.stdin.drain()

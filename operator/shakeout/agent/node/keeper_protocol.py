@@ -10,12 +10,14 @@ the journal:
 Then one reply per command. A command may carry "seq"; its reply echoes "seq" (and
 "id"), which is how the client matches replies to the commands it has in flight.
 
-    {"op":"apply","id":ID,"type":T,"parameters":{...},"pod":{namespace,name,uid,annotations}}
+    {"op":"apply","id":ID,"type":T,"parameters":{...},"pod":{namespace,name,uid,annotations},
+     "notAfter":EPOCH_SECONDS (optional: the keeper rolls the fault back then, on its own)}
         -> {"id":ID,"ok":true,"record":{...}} | {"id":ID,"ok":false,"error":"..."}
     {"op":"rollback","id":ID}  -> {"id":ID,"ok":true,"held":bool} (held: it was held)
     {"op":"rollback_all"}      -> {"ok":true,"errors":{}} | {"ok":false,"error":...,"errors":{...}}
     {"op":"list"}              -> {"ok":true,"ids":[...]}
-    {"op":"heartbeat"}         -> {"ok":true,"held":[...]}, answered at once, even mid-apply
+    {"op":"heartbeat"}         -> {"ok":true,"held":[...],"unrecovered":{id: error}}, answered
+                                  at once, even mid-apply
 
 Commands other than heartbeat run one at a time, in the order they came. A line that is
 no JSON object gets {"ok":false,"error":...} without "seq". Every line, either way, is

@@ -9,10 +9,13 @@ on only the agent and its keeper act. The session's operator is started again af
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,3 +201,40 @@ def test_a_protected_namespace_is_refused_by_the_agent_itself(
         assert "shakeout_" not in nft_tables(target)
     finally:
         ready.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def keeper_of(agent_pid: int) -> int:
+    """The keeper: the agent's child running shakeout.agent.node.keeper."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == agent_pid and b"keeper" in cmdline:
+            return int(entry)
+    raise AssertionError(f"no keeper under the agent {agent_pid}")
+
+
+def test_the_agent_exits_when_its_keeper_dies_and_the_next_one_recovers(
+    live_agent: NodeAgent, target: Netns, ready: Cluster
+) -> None:
+    target_pod(ready, "bound-keeper", target)
+    applied_run(ready, "bound-keeper", target, {**BLACKHOLE, "durationSeconds": 600})
+    assert live_agent.process is not None
+    keeper = keeper_of(live_agent.process.pid)
+    killed = time.monotonic()
+    os.kill(keeper, signal.SIGKILL)
+    code = live_agent.process.wait(timeout=15)
+    took = time.monotonic() - killed
+    print(f"\nkeeper SIGKILLed: the agent exited with code {code} {took:.2f} s later")
+    assert code == 3
+    assert "shakeout_" in nft_tables(target)  # a SIGKILLed keeper leaves its tables
+    live_agent.start()  # as the kubelet restarts the container
+    eventually(
+        lambda: "shakeout_" not in nft_tables(target),
+        timeout=10,
+        what="the new keeper rolled back the journal",
+    )

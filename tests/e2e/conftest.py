@@ -290,7 +290,13 @@ class Operator:
 
 @pytest.fixture(scope="session")
 def operator(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    op = Operator(crds, tmp_path_factory.mktemp("operator") / "operator.log")
+    # The tests serve HTTP for HttpGet checks from this process, on loopback: the sandbox's
+    # admin allows that host, as a cluster admin allows a host with --allow-check-host.
+    op = Operator(
+        crds,
+        tmp_path_factory.mktemp("operator") / "operator.log",
+        extra=("--allow-check-host=127.0.0.1",),
+    )
     op.start()
     try:
         yield op

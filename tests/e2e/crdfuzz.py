@@ -521,4 +521,5 @@ def aim_at_target(spec: dict[str, Any]) -> None:
         if "workloadReady" in check:
             check["workloadReady"]["workload"] = target
         if "httpGet" in check:
+            check["httpGet"].pop("service", None)  # exactly one of service and url
             check["httpGet"]["url"] = "http://127.0.0.1:9/"  # refused at once, never outside

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from shakeout.api.experiment import Schedule
+from shakeout.api.experiment import Schedule, schedule_error
 from shakeout.engine.schedule import decide_schedule, latest_due, run_name, runs_to_prune
 
 CREATED = datetime(2026, 3, 1, 0, 0, 30, tzinfo=UTC)
@@ -40,7 +40,13 @@ def test_nothing_before_the_first_due_time_after_creation() -> None:
 
 @pytest.mark.parametrize(
     ("cron", "tz", "words"),
-    [("61 * * * *", "UTC", "invalid cron"), ("* * * * *", "Mars/Olympus", "unknown time zone")],
+    [
+        ("61 * * * *", "UTC", "invalid cron"),
+        ("* * * * *", "Mars/Olympus", "unknown time zone"),
+        # Valid syntax that never falls due: every look at it would fail.
+        ("0 0 31 2 *", "UTC", "never falls due"),
+        ("0 0 30 2 *", "Europe/Berlin", "never falls due"),
+    ],
 )
 def test_bad_schedules_are_refused(cron: str, tz: str, words: str) -> None:
     with pytest.raises(ValidationError, match=words):
@@ -53,3 +59,7 @@ def test_run_names_are_deterministic_and_pruning_keeps_the_newest() -> None:
     finished = [("2026-03-03", "c"), ("2026-03-01", "a"), ("2026-03-02", "b")]
     assert runs_to_prune(finished, 2) == ["a"]
     assert runs_to_prune(finished, 5) == []
+
+
+def test_a_schedule_that_falls_due_only_in_leap_years_is_accepted() -> None:
+    assert schedule_error("0 0 29 2 *", "UTC") is None

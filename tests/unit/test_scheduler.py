@@ -16,6 +16,7 @@ from shakeout.api.labels import (
     SCHEDULED_TRIGGER,
     STARTED_BY,
     TRIGGER_LABEL,
+    experiment_label_value,
 )
 from shakeout.api.run import UserInfo
 from shakeout.execution import scheduler
@@ -253,3 +254,19 @@ async def test_pruning_never_deletes_a_run_with_findings_or_action_required(
         "nightly-20260301-1100",
         "nightly-20260301-1200",
     ]
+
+
+async def test_an_experiment_name_too_long_for_a_label_still_gets_its_runs(fake: FakeApi) -> None:
+    """Experiment names may have 253 characters, label values 63: the run is labelled
+    with a value that fits, and its history is found by the same value."""
+    long = "a" * 70 + ".example"
+    scheduled(fake, "team-a", long, history_limit=1)
+
+    await scheduler.tick(NOW)
+
+    run = fake.peek(RUNS, "team-a", run_name(long))
+    assert run is not None
+    value = run["metadata"]["labels"][EXPERIMENT_LABEL]
+    assert value == experiment_label_value(long)
+    assert len(value) <= 63
+    assert value != experiment_label_value("a" * 70 + ".other")

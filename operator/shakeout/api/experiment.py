@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, ClassVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import ConfigDict, Field, model_validator
 
 from shakeout.api.attacks import (
@@ -187,7 +187,16 @@ def schedule_error(cron: str, time_zone: str) -> str | None:
         ZoneInfo(time_zone)
     except (ZoneInfoNotFoundError, ValueError):
         return f"unknown time zone {time_zone!r}"
+    # Valid syntax that never falls due (`0 0 31 2 *`: February 31st) would make every
+    # look at the schedule fail: refused here instead.
+    try:
+        croniter(cron, _CRON_BASE).get_next(datetime)
+    except CroniterBadDateError:
+        return f"cron expression {cron!r} never falls due"
     return None
+
+
+_CRON_BASE = datetime(2000, 1, 1)
 
 
 class Schedule(Model):

@@ -7,6 +7,7 @@ trusted on their own: each comment says who writes the key and what reads it.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 
 PREFIX: Final = "shakeout.dev"
@@ -26,7 +27,8 @@ FINISHED_LABEL: Final = f"{PREFIX}/finished"
 # Set by the mutating webhook from the admission request's user info (JSON UserInfo).
 STARTED_BY: Final = f"{PREFIX}/started-by"
 CANCELED_BY: Final = f"{PREFIX}/canceled-by"
-# Runs created by the scheduler: the Experiment's name, the trigger and the due time.
+# Runs created by the scheduler: the Experiment (experiment_label_value), the trigger and
+# the due time.
 EXPERIMENT_LABEL: Final = f"{PREFIX}/experiment"
 TRIGGER_LABEL: Final = f"{PREFIX}/trigger"
 SCHEDULED_TRIGGER: Final = "schedule"
@@ -79,6 +81,16 @@ AGENT_LEASE_PREFIX: Final = "shakeout-agent-"
 OPERATOR_LEASE: Final = "shakeout-operator"
 # Test nodes only (kwok, the node tier): the pod's network namespace by name.
 NETNS_ANNOTATION: Final = f"{PREFIX}/netns"
+
+
+def experiment_label_value(name: str) -> str:
+    """An Experiment's name as a label value: itself when it fits a label value (63
+    characters), else its head and a digest of the whole, so that two long names never
+    share a value."""
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{name[:52].rstrip('.-')}-{digest}"
 
 
 def agent_lease_name(node: str) -> str:

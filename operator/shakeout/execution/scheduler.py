@@ -26,6 +26,7 @@ from shakeout.api.labels import (
     SCHEDULED_TRIGGER,
     STARTED_BY,
     TRIGGER_LABEL,
+    experiment_label_value,
 )
 from shakeout.engine.runs import is_terminal
 from shakeout.engine.schedule import decide_schedule, run_name, runs_to_prune
@@ -126,7 +127,10 @@ async def create_scheduled_run(item: Scheduled, due: datetime) -> None:
         "metadata": {
             "name": run_name(item.name, due),
             "namespace": item.namespace,
-            "labels": {EXPERIMENT_LABEL: item.name, TRIGGER_LABEL: SCHEDULED_TRIGGER},
+            "labels": {
+                EXPERIMENT_LABEL: experiment_label_value(item.name),
+                TRIGGER_LABEL: SCHEDULED_TRIGGER,
+            },
             "annotations": annotations,
         },
         "spec": {"experimentRef": {"name": item.name}},
@@ -147,7 +151,9 @@ async def prune(item: Scheduled) -> None:
     """Delete the oldest finished scheduled runs beyond the history limit; a run with a
     report (findings, actionRequired) is kept and does not count against the limit."""
     runs = await api().list_runs(
-        item.namespace, f"{EXPERIMENT_LABEL}={item.name},{TRIGGER_LABEL}={SCHEDULED_TRIGGER}"
+        item.namespace,
+        f"{EXPERIMENT_LABEL}={experiment_label_value(item.name)},"
+        f"{TRIGGER_LABEL}={SCHEDULED_TRIGGER}",
     )
     finished = [
         (r["metadata"].get("creationTimestamp") or "", r["metadata"]["name"])

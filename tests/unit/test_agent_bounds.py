@@ -101,9 +101,9 @@ async def test_stop_all_rolls_back_every_fault_and_nothing_is_applied_meanwhile(
     assert world.status()["phase"] == NodeAttackPhase.APPLIED
     applied = len(world.keeper.applied)
     world.fake.edit(SWITCHES, None, SWITCH_NAME, {"spec": {"enabled": False}})
-    await world.agent.read_switch()  # what the watch (or a resync) sees
-    assert world.agent.switching is not None
-    await world.agent.switching
+    await world.agent.guard.read_switch()  # what the watch (or a resync) sees
+    assert world.agent.guard.switching is not None
+    await world.agent.guard.switching
     assert world.keeper.held == set()
     assert len(world.keeper.rolled_back) == applied
     status = world.status()
@@ -112,8 +112,8 @@ async def test_stop_all_rolls_back_every_fault_and_nothing_is_applied_meanwhile(
     # While disabled, a new NodeAttack is refused before anything is touched.
     fresh = World(BLACKHOLE)
     fresh.fake.edit(SWITCHES, None, SWITCH_NAME, {"spec": {"enabled": False}})
-    await fresh.agent.read_switch()
-    await fresh.agent.switching  # type: ignore[misc]
+    await fresh.agent.guard.read_switch()
+    await fresh.agent.guard.switching  # type: ignore[misc]
     await fresh.start()
     assert fresh.keeper.applied == []
     assert fresh.status()["phase"] == NodeAttackPhase.FAILED
@@ -123,8 +123,8 @@ async def test_a_deleted_switch_is_a_stop_all() -> None:
     world = World(BLACKHOLE)
     await world.start()
     await world.fake.delete(SWITCHES, None, SWITCH_NAME)
-    await world.agent.read_switch()
-    await world.agent.switching  # type: ignore[misc]
+    await world.agent.guard.read_switch()
+    await world.agent.guard.switching  # type: ignore[misc]
     assert world.keeper.held == set()
     assert world.status()["phase"] == NodeAttackPhase.ROLLED_BACK
 

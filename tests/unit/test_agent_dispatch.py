@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from shakeout.agent.daemon import AgentOptions, NodeAgent
+from shakeout.agent.daemon import NodeAgent
+from shakeout.agent.options import AgentOptions
 from shakeout.api.experiment import Attack
 from shakeout.api.nodeattack import NodeAttackPhase
 from shakeout.api.run import AttackState, Phase

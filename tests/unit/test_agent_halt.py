@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from shakeout.agent.daemon import AgentOptions, NodeAgent
+from shakeout.agent.daemon import NodeAgent
+from shakeout.agent.options import AgentOptions
 from shakeout.api.labels import NODE_LABEL
 from shakeout.api.nodeattack import NodeAttackPhase, TargetState
 from shakeout.api.run import AttackState, Phase

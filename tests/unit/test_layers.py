@@ -7,7 +7,7 @@ import sys
 
 PROBE = """
 import sys
-import shakeout.agent.daemon
+import shakeout.agent.main
 import shakeout.cli.main
 loaded = sorted(m for m in sys.modules if m == "kopf" or m.startswith(("kopf.", "shakeout.")))
 print("\\n".join(loaded))

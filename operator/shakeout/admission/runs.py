@@ -65,7 +65,7 @@ def creator_problem(annotations: Mapping[str, Any], userinfo: Any) -> str | None
     return None
 
 
-@kopf.on.validate(GROUP, VERSION, "experimentruns", operation="CREATE", id="run-preconditions")
+@kopf.on.validate(GROUP, VERSION, "experimentruns", operations=["CREATE"], id="run-preconditions")
 async def validate_run(body: kopf.Body, userinfo: Any, warnings: list[str], **_: Any) -> None:
     meta = body.get("metadata", {})
     scheduled = (meta.get("labels") or {}).get(TRIGGER_LABEL) == SCHEDULED_TRIGGER
@@ -96,7 +96,7 @@ async def validate_run(body: kopf.Body, userinfo: Any, warnings: list[str], **_:
     GROUP,
     VERSION,
     "experimentruns",
-    operation="CREATE",
+    operations=["CREATE"],
     id="run-started-by",
     ignore_failures=True,
 )
@@ -108,7 +108,7 @@ def record_started_by(userinfo: Any, patch: kopf.Patch, **_: Any) -> None:
     GROUP,
     VERSION,
     "experimentruns",
-    operation="UPDATE",
+    operations=["UPDATE"],
     id="run-canceled-by",
     ignore_failures=True,
 )

@@ -28,29 +28,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-import threading
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
-from kubernetes import watch
-
+from shakeout.agent.guard import NodeGuard
 from shakeout.agent.lease import AgentLease, FatalError
-from shakeout.agent.node.capabilities import probe
 from shakeout.agent.node.keeper_client import Keeper
 from shakeout.agent.node.locate import kept_annotations
 from shakeout.agent.nodeattacks import (
     fault_id,
     namespace_refusal,
-    not_after,
     refusal,
     rolled_back,
-    switch_enabled,
 )
-from shakeout.api.common import GROUP, VERSION
+from shakeout.agent.options import AgentOptions
+from shakeout.agent.watches import Watch
 from shakeout.api.experiment import Attack
 from shakeout.api.labels import NODE_LABEL
 from shakeout.api.nodeattack import NodeAttackPhase, TargetState
@@ -62,41 +54,6 @@ from shakeout.kube.resources import NAMESPACES, NODE_ATTACKS, PODS, RUNS, SWITCH
 log = logging.getLogger("shakeout.agent")
 
 LEASE_RAN_OUT = "the lease ran out"
-SWITCH_OFF = "the ChaosSwitch is disabled (Stop All) or gone"
-NOT_AFTER_PASSED = "its notAfter passed"
-# Exit code when the keeper died or stopped answering: the kubelet restarts the agent.
-KEEPER_LOST_EXIT = 3
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
-@dataclass
-class AgentOptions:
-    node: str
-    namespace: str = "shakeout-system"
-    lease_duration: float = 6.0
-    renew_interval: float = 2.0
-    locator: str = "runtime"
-    journal: Path = Path("/var/lib/shakeout/journal.json")
-    proc_root: str = "/proc"
-    netns_dir: str = "/run/netns"
-    # cgroup v2 in a container: the host's cgroup namespace (e.g. /proc/1/ns/cgroup with
-    # hostPID), so that stress processes can join the target pod's cgroup.
-    cgroup_namespace: str | None = None
-    resync: float = 10.0
-    # While an apply goes on, the run is read again at most this often (seconds): a stop
-    # that reached neither the watch nor a resync yet halts it all the same.
-    recheck: float = 0.5
-    # Per-node stress caps (the keeper refuses beyond them, per target).
-    max_stress_workers: int = _env_int("SHAKEOUT_AGENT_MAX_STRESS_WORKERS", 16)
-    max_stress_mib: int = _env_int("SHAKEOUT_AGENT_MAX_STRESS_MIB", 4096)
-    # How often the keeper retries a rollback that failed.
-    retry_seconds: float = 10.0
 
 
 class NodeAgent:
@@ -127,11 +84,8 @@ class NodeAgent:
         # The last report per NodeAttack (phase, targets): fresher than an event's copy.
         self.reports: dict[str, tuple[str, list[Obj]]] = {}
         self.resyncing: asyncio.Task[None] | None = None
-        # The ChaosSwitch: False once it is disabled or deleted (nothing applied then).
-        self.switch_on = True
-        self.switching: asyncio.Task[None] | None = None
-        # NodeAttack uid -> when this agent first saw it (the bound of one without notAfter).
-        self.first_seen: dict[str, float] = {}
+        # What the agent enforces on its own: the ChaosSwitch and each notAfter.
+        self.guard = NodeGuard(api, self.stop_all)
         self.unrecovered_logged: dict[str, str] = {}
 
     # -- the lease ---------------------------------------------------------------
@@ -168,45 +122,7 @@ class NodeAgent:
         self.held.clear()  # what the keeper cannot undo stays in its journal
         await self.keeper.rollback_all()
 
-    # -- the ChaosSwitch -----------------------------------------------------------
-
-    def switch_thread(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Watch the ChaosSwitch `default` (in a thread, like the NodeAttacks)."""
-        while not self.stopping.is_set():
-            try:
-                stream = watch.Watch().stream(
-                    self.api.custom.list_cluster_custom_object,
-                    GROUP,
-                    VERSION,
-                    SWITCHES.plural,
-                    field_selector=f"metadata.name={SWITCH_NAME}",
-                    timeout_seconds=60,
-                    _request_timeout=70,
-                )
-                for event in stream:
-                    gone = event["type"] == "DELETED"
-                    enabled = not gone and switch_enabled(event["object"])
-                    loop.call_soon_threadsafe(self.switch_seen, enabled)
-            except Exception as err:  # noqa: BLE001  (reconnect; resync covers the gap)
-                log.warning(f"watch of the ChaosSwitch failed: {err}")
-                time.sleep(1)
-
-    async def read_switch(self) -> None:
-        """Read the ChaosSwitch (at start and each resync: a watch may miss an event)."""
-        try:
-            switch = await self.api.get(SWITCHES, None, SWITCH_NAME)
-        except Exception as err:  # noqa: BLE001  (keep what we knew; the watch goes on)
-            log.warning(f"reading the ChaosSwitch failed: {err}")
-            return
-        self.switch_seen(switch_enabled(switch))
-
-    def switch_seen(self, enabled: bool) -> None:
-        was, self.switch_on = self.switch_on, enabled
-        if was and not enabled:
-            log.warning("the ChaosSwitch is disabled or gone: rolling back every fault")
-            self.switching = asyncio.create_task(self.stop_all())
-        elif enabled and not was:
-            log.info("the ChaosSwitch is enabled again")
+    # -- Stop All on the node ---------------------------------------------------------
 
     async def stop_all(self) -> None:
         """Stop All: every fault of the node rolled back, then every NodeAttack reported."""
@@ -216,42 +132,7 @@ class NodeAgent:
             log.error(f"Stop All: the keeper could not roll back everything: {err}")
         await self.resync_logged()
 
-    def bound(self, obj: Obj) -> float:
-        """When the NodeAttack's faults end, whatever the operator does (epoch seconds)."""
-        uid = obj["metadata"]["uid"]
-        return not_after(obj, self.first_seen.setdefault(uid, time.time()))
-
-    def own_refusal(self, obj: Obj) -> str | None:
-        """Why the agent itself refuses to keep the NodeAttack (None: it may)."""
-        if not self.switch_on:
-            return SWITCH_OFF
-        if obj.get("spec") and time.time() >= self.bound(obj):
-            return NOT_AFTER_PASSED
-        return None
-
     # -- NodeAttacks ---------------------------------------------------------------
-
-    def watch_thread(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The watch runs in a thread (the client is synchronous) and feeds the queue."""
-        selector = f"{NODE_LABEL}={self.options.node}"
-        while not self.stopping.is_set():
-            try:
-                stream = watch.Watch().stream(
-                    self.api.custom.list_cluster_custom_object,
-                    GROUP,
-                    VERSION,
-                    NODE_ATTACKS.plural,
-                    label_selector=selector,
-                    timeout_seconds=60,
-                    _request_timeout=70,
-                )
-                for event in stream:
-                    loop.call_soon_threadsafe(
-                        self.events.put_nowait, (event["type"], event["object"])
-                    )
-            except Exception as err:  # noqa: BLE001  (reconnect; resync covers the gap)
-                log.warning(f"watch of NodeAttacks failed: {err}")
-                time.sleep(1)
 
     async def event_loop(self) -> None:
         while not self.stopping.is_set():
@@ -274,7 +155,7 @@ class NodeAgent:
 
     async def resync(self) -> None:
         """List this node's NodeAttacks: reconcile each, roll back faults of vanished ones."""
-        await self.read_switch()
+        await self.guard.read_switch()
         mine = f"{NODE_LABEL}={self.options.node}"
         items = await self.api.list_objects(NODE_ATTACKS, labels=mine)
         present = {o["metadata"]["uid"] for o in items}
@@ -318,7 +199,7 @@ class NodeAgent:
                     if uid not in self.held:  # all undone: nothing of it to remember
                         self.halted.discard(uid)
                         self.locks.pop(uid, None)
-                        self.first_seen.pop(uid, None)
+                        self.guard.forget(uid)
                 else:
                     await self._reconcile(obj)
             except Exception as err:
@@ -329,7 +210,7 @@ class NodeAgent:
         spec = obj.get("spec") or {}
         status = obj.get("status") or {}
         phase, targets = self.reports.get(uid, (status.get("phase"), status.get("targets")))
-        refused = self.own_refusal(obj)
+        refused = self.guard.refusal(obj)
         if refused is None:
             namespace, name = obj["metadata"]["namespace"], str(spec.get("runName"))
             refused = refusal(obj, await self.api.get(RUNS, namespace, name), self.options.node)
@@ -370,7 +251,7 @@ class NodeAgent:
 
     async def recheck(self, obj: Obj) -> str | None:
         """The run read again during an apply: why it no longer allows it, if so."""
-        own = self.own_refusal(obj)
+        own = self.guard.refusal(obj)
         if own is not None:
             return own
         namespace, name = obj["metadata"]["namespace"], str(obj["spec"].get("runName"))
@@ -424,7 +305,7 @@ class NodeAgent:
         for target in wanted:
             if uid in self.halted:
                 halted = "a rollback was asked for"
-            elif (own := self.own_refusal(obj)) is not None:
+            elif (own := self.guard.refusal(obj)) is not None:
                 halted = own
             elif self.lease.expired():
                 halted = LEASE_RAN_OUT
@@ -466,7 +347,7 @@ class NodeAgent:
         }
         try:
             await self.keeper.apply(
-                fid, str(attack.type), params, pod_ref, not_after=self.bound(obj)
+                fid, str(attack.type), params, pod_ref, not_after=self.guard.bound(obj)
             )
         except Exception as err:  # noqa: BLE001  (reported per target)
             return {"name": target["name"], "state": TargetState.FAILED, "message": str(err)[:500]}
@@ -502,9 +383,12 @@ class NodeAgent:
         await self.lease.renew()
         await self.renewed(again=False)
         log.info(f"agent {self.identity} holds lease {self.lease.name}")
-        await self.read_switch()
-        for target in (self.watch_thread, self.switch_thread):
-            threading.Thread(target=target, args=(loop,), daemon=True).start()
+        await self.guard.read_switch()
+        node_attacks = Watch(self.api, NODE_ATTACKS, labels=f"{NODE_LABEL}={self.options.node}")
+        node_attacks.start(loop, lambda e: self.events.put_nowait((e["type"], e["object"])))
+        switch = Watch(self.api, SWITCHES, fields=f"metadata.name={SWITCH_NAME}")
+        switch.start(loop, self.guard.switch_event)
+        self.watches = (node_attacks, switch)
         await self.resync()
         await asyncio.gather(
             self.lease.keep(
@@ -524,45 +408,3 @@ class NodeAgent:
         code = await self.keeper.exited()
         if not self.stopping.is_set():
             raise FatalError(f"the keeper (pid {self.keeper.pid}) exited with code {code}")
-
-
-async def run_agent(options: AgentOptions) -> None:
-    api = Api(request_timeout=max(1.0, options.renew_interval))
-    capabilities = {str(k): v for k, v in (await probe()).items()}
-    options.journal.parent.mkdir(parents=True, exist_ok=True)
-    keeper = await Keeper.start(
-        journal=options.journal,
-        deadline=options.lease_duration,
-        locator=options.locator,
-        proc_root=options.proc_root,
-        netns_dir=options.netns_dir,
-        cgroup_namespace=options.cgroup_namespace,
-        max_stress_workers=options.max_stress_workers,
-        max_stress_mib=options.max_stress_mib,
-        retry_seconds=options.retry_seconds,
-    )
-    if keeper.unrecovered:
-        log.error(f"the keeper could not roll back (retried on a timer): {keeper.unrecovered}")
-    agent = NodeAgent(options, api, keeper, capabilities)
-    log.info(f"node agent for {options.node} (pid {os.getpid()}, keeper {keeper.pid})")
-    # A stop (the kubelet's SIGTERM) rolls back every fault before the process ends.
-    main = asyncio.current_task()
-    assert main is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-    fatal: FatalError | None = None
-    try:
-        await agent.run()
-    except asyncio.CancelledError:
-        log.info("stopping: rolling back every fault of this node")
-    except FatalError as err:
-        log.critical(f"exiting, so that a new agent and keeper take over: {err}")
-        fatal = err
-    finally:
-        agent.stopping.set()
-        if fatal is None:
-            await keeper.stop()
-        else:
-            with contextlib.suppress(Exception):
-                await keeper.stop(timeout=10.0)
-    if fatal is not None:
-        raise SystemExit(KEEPER_LOST_EXIT)

@@ -90,7 +90,8 @@ def _agent(args: argparse.Namespace) -> int:
     import contextlib
     import logging
 
-    from shakeout.agent.daemon import AgentOptions, run_agent
+    from shakeout.agent.main import run_agent
+    from shakeout.agent.options import AgentOptions
 
     if not args.node:
         print("shakeout agent: give --node or set NODE_NAME", file=sys.stderr)

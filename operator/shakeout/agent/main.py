@@ -1,0 +1,63 @@
+"""`shakeout agent`: the node agent's process, its keeper started first and stopped last."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from shakeout.agent.daemon import NodeAgent
+from shakeout.agent.lease import FatalError
+from shakeout.agent.node.capabilities import probe
+from shakeout.agent.node.keeper_client import Keeper
+from shakeout.agent.options import AgentOptions
+from shakeout.kube.client import Api
+
+log = logging.getLogger("shakeout.agent")
+
+# Exit code when the keeper died or stopped answering: the kubelet restarts the agent.
+KEEPER_LOST_EXIT = 3
+
+
+async def run_agent(options: AgentOptions) -> None:
+    api = Api(request_timeout=max(1.0, options.renew_interval))
+    capabilities = {str(k): v for k, v in (await probe()).items()}
+    options.journal.parent.mkdir(parents=True, exist_ok=True)
+    keeper = await Keeper.start(
+        journal=options.journal,
+        deadline=options.lease_duration,
+        locator=options.locator,
+        proc_root=options.proc_root,
+        netns_dir=options.netns_dir,
+        cgroup_namespace=options.cgroup_namespace,
+        max_stress_workers=options.max_stress_workers,
+        max_stress_mib=options.max_stress_mib,
+        retry_seconds=options.retry_seconds,
+    )
+    if keeper.unrecovered:
+        log.error(f"the keeper could not roll back (retried on a timer): {keeper.unrecovered}")
+    agent = NodeAgent(options, api, keeper, capabilities)
+    log.info(f"node agent for {options.node} (pid {os.getpid()}, keeper {keeper.pid})")
+    # A stop (the kubelet's SIGTERM) rolls back every fault before the process ends.
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    fatal: FatalError | None = None
+    try:
+        await agent.run()
+    except asyncio.CancelledError:
+        log.info("stopping: rolling back every fault of this node")
+    except FatalError as err:
+        log.critical(f"exiting, so that a new agent and keeper take over: {err}")
+        fatal = err
+    finally:
+        agent.stopping.set()
+        if fatal is None:
+            await keeper.stop()
+        else:
+            with contextlib.suppress(Exception):
+                await keeper.stop(timeout=10.0)
+    if fatal is not None:
+        raise SystemExit(KEEPER_LOST_EXIT)

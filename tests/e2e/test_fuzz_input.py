@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from shakeout.api.labels import CHANGED_AT, CHANGED_BY, CHANGED_GENERATION
 from tests.e2e import crdfuzz
 from tests.e2e.conftest import Cluster, Operator
 from tests.e2e.crdfuzz import GROUP, KINDS, VERSION, Case
@@ -497,6 +498,9 @@ def describe(obj: dict[str, Any]) -> str:
     )
 
 
+STAMP = (CHANGED_BY, CHANGED_AT, CHANGED_GENERATION)
+
+
 def restore_switch(fuzzer: Fuzzer, saved: dict[str, Any] | None) -> bool:
     """Put the ChaosSwitch default back as it was before the test; True if it is."""
     current = fuzzer.get_switch()
@@ -517,7 +521,10 @@ def restore_switch(fuzzer: Fuzzer, saved: dict[str, Any] | None) -> bool:
         "metadata": {
             "name": "default",
             "labels": meta.get("labels") or {},
-            "annotations": meta.get("annotations") or {},
+            # The change stamp is the webhook's to write (it stamps this create anew).
+            "annotations": {
+                k: v for k, v in (meta.get("annotations") or {}).items() if k not in STAMP
+            },
         },
         "spec": saved["spec"],
     }

@@ -101,9 +101,11 @@ def test_twenty_concurrent_creates_execute_exactly_one(ready: Cluster) -> None:
                         "name": "scale",
                         "type": "ScaleWorkload",
                         "durationSeconds": 3,
+                        # 2 -> 1: a pod stays Running, so that every losing run
+                        # reaches the lock (with 0 a late pick-up finds no targets).
                         "scaleWorkload": {
                             "workload": {"kind": "Deployment", "name": "rel-race"},
-                            "replicas": 0,
+                            "replicas": 1,
                         },
                     }
                 ],

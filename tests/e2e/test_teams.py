@@ -75,11 +75,15 @@ def test_non_members_stay_out_without_the_operators_webhooks(ready: Cluster) -> 
 
 
 def test_the_operator_rechecks_the_recorded_creator(ready: Cluster) -> None:
-    """Defence in depth: without the mutating webhook, a creator recorded by hand who may
-    not run experiments here gets a run that attacks nothing."""
+    """Defence in depth: with both webhooks gone (the validating one refuses a creator
+    written by hand), a creator recorded by hand who may not run experiments here gets a
+    run that attacks nothing."""
     deployment(ready, "team2", replicas=2)
     scale_experiment(ready, "team2", "team2", to=0, duration=30)
-    with ready.without("mutatingwebhookconfiguration"):
+    with (
+        ready.without("validatingwebhookconfiguration"),
+        ready.without("mutatingwebhookconfiguration"),
+    ):
         forged = json.dumps({"username": "carol", "groups": ["system:authenticated"]})
         ready.create(
             {

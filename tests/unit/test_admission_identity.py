@@ -14,7 +14,6 @@ import pytest
 from shakeout.admission import runs as admission
 from shakeout.api.labels import SCHEDULED_TRIGGER, STARTED_BY, TRIGGER_LABEL
 from shakeout.api.run import UserInfo
-from shakeout.execution import executor as executor_module
 from shakeout.execution.executor import RunExecutor
 from shakeout.execution.live_runs import StopSignal
 from shakeout.gather import agents as gather_agents
@@ -24,6 +23,7 @@ from shakeout.gather import targets as gather_targets
 from shakeout.gather.switch import SwitchView
 from shakeout.gather.targets import RecentResolutions
 from shakeout.kube import client as kube_client
+from shakeout.kube.resources import SWITCHES
 from tests.unit.fake_kube import FakeApi, FakeHost
 
 Obj = dict[str, Any]
@@ -48,13 +48,17 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     monkeypatch.setattr(gather_agents, "AGENTS", {})
     identities = facts.Identities(operator=OPERATOR, recorded=True)
     monkeypatch.setattr(facts, "IDENTITIES", identities)
-    monkeypatch.setattr(executor_module, "IDENTITIES", identities)
     api.add_namespace(NS)
     api.add_switch(enabled=False)
     api.add_experiment(NS, "exp", SPEC)
     api.add_pod(NS, "web-1", {"app": "web"})
     api.members.add(("alice", NS))
     return api
+
+
+def lock_free(fake: FakeApi) -> bool:
+    switch = fake.switch()
+    return switch is not None and not (switch.get("status") or {}).get("activeRun")
 
 
 def run_body(labels: dict[str, str] | None = None, started_by: Obj | str | None = None) -> Obj:
@@ -130,6 +134,8 @@ def pick_up(fake: FakeApi, annotations: dict[str, str]) -> tuple[RunExecutor, Fa
 async def test_a_stored_run_whose_creator_is_not_recorded_is_refused_unauthorized(
     fake: FakeApi, annotations: dict[str, str]
 ) -> None:
+    # Everything else holds: the identity is the one precondition that fails.
+    fake.edit(SWITCHES, None, "default", {"spec": {"enabled": True}})
     executor, host = pick_up(fake, annotations)
 
     assert await executor.pick_up() is False
@@ -140,6 +146,7 @@ async def test_a_stored_run_whose_creator_is_not_recorded_is_refused_unauthorize
     assert "who started the run is not recorded" in status["message"]
     assert [e.reason for e in host.events] == ["Unauthorized"]
     assert not fake.find("POST", r"subjectaccessreviews")
+    assert lock_free(fake)  # refused before the lock
 
 
 async def test_without_webhooks_rbac_alone_decided(

@@ -211,6 +211,13 @@ CASES = [
         Reason.UNAUTHORIZED,
         ("alice, who created the run, may not run experiments in namespace team-a",),
     ),
+    Case(
+        "creator-not-recorded",
+        {"creator": None, "creator_required": True},
+        creator_still_member,
+        Reason.UNAUTHORIZED,
+        ("who started the run is not recorded", "shakeout.dev/started-by"),
+    ),
 ]
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from shakeout.api.attacks import AttackType
 from shakeout.api.experiment import ExperimentSpec
+from shakeout.api.labels import STARTED_BY
 from shakeout.api.run import MAX_AGENT_NODES, UserInfo
 from shakeout.api.switch import ChaosSwitchSpec
 from shakeout.engine.policies import NamespaceFacts, cap_refusal, namespace_refusal
@@ -76,6 +77,9 @@ class RunFacts:
     agent_capabilities: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
     # Who created the run; None when unknown (RBAC alone authorized the create).
     creator: UserInfo | None = None
+    # Whether every run's creator is recorded (the operator serves the webhook that records
+    # it): an unknown creator then means the record was bypassed, and is refused.
+    creator_required: bool = False
     # Whether the creator may still create runs in the namespace.
     creator_is_member: bool = True
     # NAMESPACE/NAME of another live run that holds the cluster-wide lock.
@@ -228,7 +232,15 @@ def agents_can_attack(facts: RunFacts) -> Refusal | None:
 
 
 def creator_still_member(facts: RunFacts) -> Refusal | None:
-    """Whoever created the run may still create runs in its namespace (when known)."""
+    """Whoever created the run may still create runs in its namespace; a creator that
+    should have been recorded and was not is refused as well."""
+    if facts.creator is None and facts.creator_required:
+        return Refusal(
+            Reason.UNAUTHORIZED,
+            f"who started the run is not recorded: the annotation {STARTED_BY} is missing "
+            "or unreadable (was the mutating webhook run-started-by down or deleted?); "
+            "create the run again",
+        )
     if facts.creator is None or facts.creator_is_member:
         return None
     return Refusal(

@@ -34,7 +34,7 @@ from shakeout.execution.journal import RunJournal
 from shakeout.execution.live_runs import StopSignal
 from shakeout.gather import agents
 from shakeout.gather.checks import run_check
-from shakeout.gather.facts import IDENTITIES, gather_run_facts
+from shakeout.gather.facts import gather_run_facts
 from shakeout.gather.switch import switch_enabled
 from shakeout.gather.targets import FRESH_TARGETS
 from shakeout.kube.client import api
@@ -143,16 +143,6 @@ class RunExecutor:
     async def pick_up(self) -> bool:
         """Check the preconditions and take the lock; False if the run was refused."""
         creator = self.recorded(STARTED_BY)
-        if creator is None and IDENTITIES.recorded:
-            # The mutating webhook records every creator (the scheduler stamps its own):
-            # none readable means it was bypassed, and the membership check would be too.
-            await self.refuse(
-                Reason.UNAUTHORIZED,
-                f"who started the run is not recorded: the annotation {STARTED_BY} is "
-                "missing or unreadable (was the mutating webhook run-started-by down or "
-                "deleted?); create the run again",
-            )
-            return False
         ref = self.host.body["spec"]["experimentRef"]["name"]
         facts, _pods, switch, generation = await gather_run_facts(
             self.namespace,

@@ -166,6 +166,7 @@ async def gather_run_facts(
         target_nodes=nodes,
         agent_capabilities=agents.capabilities(list(nodes)),
         creator=creator,
+        creator_required=IDENTITIES.recorded,
         creator_is_member=member,
         lock_holder=holder,
     )

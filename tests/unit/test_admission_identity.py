@@ -23,7 +23,7 @@ from shakeout.gather import targets as gather_targets
 from shakeout.gather.switch import SwitchView
 from shakeout.gather.targets import RecentResolutions
 from shakeout.kube import client as kube_client
-from shakeout.kube.resources import SWITCHES
+from shakeout.kube.resources import SELF_SUBJECT_REVIEWS, SWITCHES
 from tests.unit.fake_kube import FakeApi, FakeHost
 
 Obj = dict[str, Any]
@@ -200,4 +200,4 @@ async def test_out_of_a_cluster_the_api_server_says_who_the_operator_is(
     me = await facts.operator_identity()
 
     assert me == UserInfo(username="admin", groups=["system:masters"])
-    assert [c.path for c in api.calls] == [facts.SELF_SUBJECT_REVIEWS]
+    assert [c.path for c in api.calls] == [SELF_SUBJECT_REVIEWS.path()]

@@ -25,6 +25,7 @@ from shakeout.gather.switch import lock_holder, switch_spec
 from shakeout.gather.targets import SelectorError, resolve_targets
 from shakeout.kube.client import Obj, Pod, api
 from shakeout.kube.errors import KubeError
+from shakeout.kube.resources import SELF_SUBJECT_REVIEWS
 
 log = logging.getLogger("shakeout.identity")
 
@@ -33,7 +34,6 @@ OPERATOR_USERNAME_ENV = "SHAKEOUT_OPERATOR_USERNAME"
 # In a cluster: the operator's ServiceAccount (its namespace from POD_NAMESPACE).
 SERVICE_ACCOUNT_ENV = "SHAKEOUT_SERVICE_ACCOUNT"
 DEFAULT_SERVICE_ACCOUNT = "shakeout-operator"
-SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 
 
 @dataclass
@@ -77,9 +77,9 @@ async def operator_identity() -> UserInfo | None:
     SelfSubjectReview; out of a cluster, the kubeconfig's user); None if neither."""
     if (configured := configured_operator()) is not None:
         return configured
-    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    review = {"apiVersion": SELF_SUBJECT_REVIEWS.api_version, "kind": "SelfSubjectReview"}
     try:
-        answer = await api().request("POST", SELF_SUBJECT_REVIEWS, review)
+        answer = await api().create(SELF_SUBJECT_REVIEWS, None, review)
         info = (answer.get("status") or {}).get("userInfo") or {}
         if info.get("username"):
             return UserInfo(username=info["username"], groups=list(info.get("groups") or []))

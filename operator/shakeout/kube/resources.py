@@ -69,6 +69,9 @@ LEASES = Resource("coordination.k8s.io", "v1", "leases")
 SUBJECT_ACCESS_REVIEWS = Resource(
     "authorization.k8s.io", "v1", "subjectaccessreviews", namespaced=False
 )
+SELF_SUBJECT_REVIEWS = Resource(
+    "authentication.k8s.io", "v1", "selfsubjectreviews", namespaced=False
+)
 
 EXPERIMENTS = Resource(GROUP, VERSION, "experiments")
 RUNS = Resource(GROUP, VERSION, "experimentruns")

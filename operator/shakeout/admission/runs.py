@@ -22,9 +22,19 @@ from shakeout import metrics
 from shakeout.admission.common import spec_of, user_json, username
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.labels import CANCELED_BY, SCHEDULED_TRIGGER, STARTED_BY, TRIGGER_LABEL
-from shakeout.engine.preconditions import ADMISSION, evaluate, irreversible_attacks
-from shakeout.execution.executor import recorded_user
-from shakeout.gather.facts import IDENTITIES, gather_run_facts, is_operator, operator_identity
+from shakeout.engine.preconditions import (
+    ADMISSION,
+    CREATOR_NOT_RECORDED,
+    evaluate,
+    irreversible_attacks,
+)
+from shakeout.gather.facts import (
+    IDENTITIES,
+    gather_run_facts,
+    is_operator,
+    operator_identity,
+    recorded_user,
+)
 from shakeout.options import OPTIONS
 
 log = logging.getLogger("shakeout.admission")
@@ -52,11 +62,7 @@ def creator_problem(annotations: Mapping[str, Any], userinfo: Any) -> str | None
     recorded = recorded_user(annotations, STARTED_BY)
     requester = username(userinfo)
     if recorded is None:
-        return (
-            f"who started the run is not recorded: the annotation {STARTED_BY} is missing or "
-            "unreadable (the mutating webhook run-started-by did not answer); create the "
-            "run again"
-        )
+        return CREATOR_NOT_RECORDED
     if recorded.username != requester:
         return (
             f"the annotation {STARTED_BY} names {recorded.username}, but {requester} creates "

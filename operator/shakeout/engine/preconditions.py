@@ -231,16 +231,20 @@ def agents_can_attack(facts: RunFacts) -> Refusal | None:
     )
 
 
+# A run whose creator the mutating webhook should have recorded, and did not (it was down
+# or deleted, or the record was written by hand): refused at admission and at pick-up.
+CREATOR_NOT_RECORDED = (
+    f"who started the run is not recorded: the annotation {STARTED_BY} is missing or "
+    "unreadable (was the mutating webhook run-started-by down or deleted?); create the run "
+    "again"
+)
+
+
 def creator_still_member(facts: RunFacts) -> Refusal | None:
     """Whoever created the run may still create runs in its namespace; a creator that
     should have been recorded and was not is refused as well."""
     if facts.creator is None and facts.creator_required:
-        return Refusal(
-            Reason.UNAUTHORIZED,
-            f"who started the run is not recorded: the annotation {STARTED_BY} is missing "
-            "or unreadable (was the mutating webhook run-started-by down or deleted?); "
-            "create the run again",
-        )
+        return Refusal(Reason.UNAUTHORIZED, CREATOR_NOT_RECORDED)
     if facts.creator is None or facts.creator_is_member:
         return None
     return Refusal(

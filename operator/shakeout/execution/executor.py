@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Coroutine, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
-
-from pydantic import ValidationError
 
 from shakeout import metrics
 from shakeout.api.labels import CANCELED_BY, STARTED_BY, ConditionType
@@ -34,7 +31,7 @@ from shakeout.execution.journal import RunJournal
 from shakeout.execution.live_runs import StopSignal
 from shakeout.gather import agents
 from shakeout.gather.checks import run_check
-from shakeout.gather.facts import gather_run_facts
+from shakeout.gather.facts import gather_run_facts, recorded_user
 from shakeout.gather.switch import switch_enabled
 from shakeout.gather.targets import FRESH_TARGETS
 from shakeout.kube.client import api
@@ -55,17 +52,6 @@ class RunHost(Protocol):
     def shutting_down(self) -> bool: ...
 
     def post_event(self, type: str, reason: str, message: str) -> None: ...  # noqa: A002
-
-
-def recorded_user(annotations: Mapping[str, Any], key: str) -> UserInfo | None:
-    """Who started or canceled a run, as the mutating webhook recorded it."""
-    value = annotations.get(key)
-    if not value:
-        return None
-    try:
-        return UserInfo.model_validate(json.loads(value))
-    except (ValueError, ValidationError):
-        return None
 
 
 class RunExecutor:

@@ -7,9 +7,12 @@ attacks start; engine/preconditions.py decides on what it returns.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -99,6 +102,17 @@ async def _member(creator: UserInfo | None, namespace: str) -> bool:
     alone authorized the create; when identities are recorded the pick-up refuses a run
     without one, see IDENTITIES)."""
     return creator is None or await may_run_in(creator, namespace)
+
+
+def recorded_user(annotations: Mapping[str, Any], key: str) -> UserInfo | None:
+    """Who started or canceled a run, as the mutating webhook recorded it."""
+    value = annotations.get(key)
+    if not value:
+        return None
+    try:
+        return UserInfo.model_validate(json.loads(value))
+    except (ValueError, ValidationError):
+        return None
 
 
 def parse_experiment(obj: Obj | None) -> tuple[ExperimentSpec | None, int | None, str | None]:

@@ -44,22 +44,6 @@ class ClusterAttacks:
         # target.
         self.run = RunContext(namespace, run_name, run_uid, halt or asyncio.Event())
 
-    @property
-    def namespace(self) -> str:
-        return self.run.namespace
-
-    @property
-    def run_name(self) -> str:
-        return self.run.run_name
-
-    @property
-    def run_uid(self) -> str:
-        return self.run.run_uid
-
-    @property
-    def halt(self) -> asyncio.Event:
-        return self.run.halt
-
     def executor(self, attack_type: str) -> ClusterExecutor:
         """This run's executor of an API-level type; AttackError for any other type."""
         executor = EXECUTORS.get(AttackType(attack_type))

@@ -29,10 +29,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from shakeout.api.checks import HttpGetCheck
 from shakeout.kube.client import api
 from shakeout.kube.errors import Forbidden, NotFound
-from shakeout.kube.resources import NODES, SERVICES, Resource
+from shakeout.kube.resources import NODES, SECRETS, SERVICES
 from shakeout.options import OPTIONS
 
-SECRETS = Resource("", "v1", "secrets")
 MAX_BODY = 64 * 1024
 CONNECT_TIMEOUT = 5.0
 # How long the cluster's own addresses (API server, nodes) are kept between checks.

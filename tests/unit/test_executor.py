@@ -45,6 +45,7 @@ from shakeout.kube.resources import (
     SERVICES,
     SWITCHES,
 )
+from shakeout.options import OPTIONS
 from tests.unit.fake_kube import Call, FakeApi, FakeHost
 
 Obj = dict[str, Any]
@@ -113,6 +114,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> FakeApi:
         lambda attempt: real_delay(attempt) / 100,
     )
     api.add_namespace(NS)
+    api.add_namespace(OPTIONS.namespace)  # the rollback records'
     api.add_switch()
     api.add_deployment(NS, "web", 3)
     for name in PODS_AT_START:

@@ -34,6 +34,12 @@ TRIGGER_LABEL: Final = f"{PREFIX}/trigger"
 SCHEDULED_TRIGGER: Final = "schedule"
 SCHEDULED_FOR: Final = f"{PREFIX}/scheduled-for"
 
+# The operator's copy of a live run's attack journal, outside the run object (a ConfigMap
+# in the operator's namespace, which no team may write): labelled so, named after the
+# run's UID (execution/records.py).
+ROLLBACK_RECORD_LABEL: Final = f"{PREFIX}/rollback-record"
+ROLLBACK_RECORD_PREFIX: Final = "shakeout-run-"
+
 # -- ChaosSwitch --------------------------------------------------------------------------
 
 # Stamped by the mutating webhook on every change of the spec: who, when, and the

@@ -29,6 +29,7 @@ from shakeout.execution import clock, lock
 from shakeout.execution.attack_steps import AttackSteps
 from shakeout.execution.journal import RunJournal
 from shakeout.execution.live_runs import StopSignal
+from shakeout.execution.records import RollbackRecord
 from shakeout.gather import agents
 from shakeout.gather.checks import run_check
 from shakeout.gather.facts import gather_run_facts, recorded_user
@@ -38,6 +39,10 @@ from shakeout.kube.client import api
 
 # The longest the run sleeps between looks; its stop signal's wakeup cuts it short.
 MAX_IDLE = 1.0
+VANISHED = (
+    "the run object vanished during the run (deleted without the operator's finalizer); "
+    "its attacks were rolled back from the operator's rollback record"
+)
 
 
 class RunHost(Protocol):
@@ -66,7 +71,9 @@ class RunExecutor:
         self.name: str = meta["name"]
         self.uid: str = meta["uid"]
         status = ExperimentRunStatus.model_validate(dict(host.body.get("status") or {}))
-        self.journal = RunJournal(self.namespace, self.name, status)
+        ref = str(host.body["spec"]["experimentRef"]["name"])
+        record = RollbackRecord(self.namespace, self.name, self.uid, ref)
+        self.journal = RunJournal(self.namespace, self.name, status, record)
         self.attacks = RunAttacks(self.namespace, self.name, self.uid, signal.halt)
         self.steps = AttackSteps(
             self.journal, self.attacks, self.uid, on_pending=self.rollback_is_pending
@@ -106,6 +113,8 @@ class RunExecutor:
         self.host.post_event("Warning", ConditionType.ROLLBACK_PENDING, message)
 
     async def update_experiment_last_run(self) -> None:
+        if self.journal.detached:
+            return  # the run is gone: the Experiment's lastRun keeps naming a run that exists
         ref = self.host.body["spec"]["experimentRef"]["name"]
         last = {
             "name": self.name,
@@ -331,6 +340,21 @@ class RunExecutor:
         if is_terminal(status.phase):
             await self.finish(transition)
 
+    async def finish_vanished(self, resumed: bool) -> None:
+        """The run object vanished (deleted without the operator's finalizer) after some of
+        its attacks were journaled: roll them back from the rollback record, which is the
+        journal from now on, and end. `resumed`: after an operator restart, so that what
+        the record says was under way is finished first (as for any resumed run)."""
+        self.journal.detach()
+        if resumed and not is_terminal(self.status.phase):
+            await self.steps.resume(stopping=True)
+        if not is_terminal(self.status.phase):
+            end = Transition(Phase.CANCELED, Reason.RUN_DELETED, VANISHED, rollback=True)
+            await self.transition(end)
+            return
+        await self.journal.forget()
+        await lock.release(self.uid)
+
     def record_end(self, transition: Transition) -> None:
         metrics.RUNS.labels(transition.phase, transition.reason).inc()
         if self.status.started_at and self.status.finished_at:
@@ -340,8 +364,9 @@ class RunExecutor:
             metrics.stopped(self.uid, transition.reason)
 
     async def finish(self, transition: Transition) -> None:
-        """After the end is recorded: give the lock back and tidy up."""
+        """After the end is recorded: drop the rollback record, give the lock back, tidy up."""
         self.record_end(transition)
+        await self.journal.forget()
         await lock.release(self.uid)
         self.in_background(self.attacks.clean_up(self.status.attacks))
         await self.update_experiment_last_run()

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from shakeout.api.switch import ChaosSwitchSpec
 from shakeout.engine.runs import is_terminal
+from shakeout.gather.records import record_exists
 from shakeout.kube.client import Obj, api
 
 
@@ -53,10 +54,11 @@ def lock_ref(switch: Obj | None) -> dict[str, Any] | None:
 
 
 async def holder_alive(ref: dict[str, Any]) -> bool:
-    """Whether the run a lock names still exists (the same object) and is not finished."""
+    """Whether the run a lock names still exists (the same object) and is not finished, or
+    vanished with attacks that its rollback record still holds (being rolled back)."""
     run = await api().get_run(str(ref.get("namespace", "")), str(ref["name"]))
     if run is None or (ref.get("uid") and run["metadata"]["uid"] != ref["uid"]):
-        return False
+        return bool(ref.get("uid")) and await record_exists(str(ref["uid"]))
     return not is_terminal((run.get("status") or {}).get("phase"))
 
 

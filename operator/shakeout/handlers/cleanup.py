@@ -1,4 +1,6 @@
-"""The sweep of isolation marks left by ended runs and of finished runs still watched."""
+"""The sweep: runs that vanished with attacks journaled (rolled back from their records),
+live runs hidden from the watch, isolation marks left by ended runs, and finished runs
+still watched. At start-up, then every SWEEP_EVERY seconds."""
 
 from __future__ import annotations
 
@@ -7,12 +9,17 @@ from typing import Any
 import kopf
 
 from shakeout.execution.cleanup import retire_finished, sweep
+from shakeout.execution.vanished import roll_back_vanished, unhide_live
 from shakeout.handlers.periodic import every
 
 SWEEP_EVERY = 300.0
 
 
 async def sweep_and_report(logger: Any) -> None:
+    if vanished := await roll_back_vanished():
+        logger.warning(f"rolled back {vanished} run(s) whose object vanished mid-run")
+    if hidden := await unhide_live():
+        logger.warning(f"took {hidden} live run(s) labelled finished back into the watch")
     if swept := await sweep():
         logger.info(f"removed the isolation marks of {swept} ended run(s)")
     if retired := await retire_finished():

@@ -3,6 +3,7 @@ or a deletion reaches the run's executor at once."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import kopf
@@ -32,6 +33,14 @@ class DaemonHost:
     def __init__(self, body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
         self._body = body  # a live view: kopf updates it as watch events arrive
         self.stopped = stopped
+        self.done = asyncio.Event()
+
+    def rebind(self, body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
+        """kopf forgot the run while its daemon ran (it left the watch: labelled finished
+        by someone else) and has since seen it again with a new daemon: this executor goes
+        on with the new daemon's live body and stop signal, so that a cancel, a deletion
+        or the operator's exit reaches it again."""
+        self._body, self.stopped = body, stopped
 
     @property
     def body(self) -> kopf.Body:
@@ -49,6 +58,10 @@ class DaemonHost:
 
     def post_event(self, type: str, reason: str, message: str) -> None:  # noqa: A002
         kopf.event(self._body, type=type, reason=reason, message=message)
+
+
+# The hosts of the executors running in this process, by run UID.
+HOSTS: dict[str, DaemonHost] = {}
 
 
 def _live(status: Any, **_: Any) -> bool:
@@ -73,8 +86,14 @@ async def lifecycle(
     body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
 ) -> None:
     uid = body["metadata"]["uid"]
+    if (running := HOSTS.get(uid)) is not None:
+        logger.warning("the run left the operator's watch while it ran; its executor goes on")
+        running.rebind(body, stopped)
+        await running.done.wait()
+        return
     signal = LIVE_RUNS.add(uid)
-    executor = RunExecutor(DaemonHost(body, stopped), signal, OPTIONS.protected_namespaces)
+    host = HOSTS[uid] = DaemonHost(body, stopped)
+    executor = RunExecutor(host, signal, OPTIONS.protected_namespaces)
     metrics.ACTIVE_RUNS.inc()
     try:
         if executor.status.phase is not None and executor.status.experiment is not None:
@@ -83,12 +102,20 @@ async def lifecycle(
         if is_terminal(executor.status.phase):
             await retire_run(executor.namespace, executor.name)
     except RunGone:
-        # The run was deleted before kopf's finalizer was on it: nothing left to drive
-        # (and nothing attacked: a run is attacked only after its journal is written).
-        logger.info("the run is gone; its daemon ends")
-        if executor.status.phase is not None:
-            await lock.release(uid)
+        if executor.journal.recorded:
+            # Deleted without the operator's finalizer, with attacks journaled: the
+            # rollback record holds them.
+            logger.warning("the run vanished mid-run; rolling back its attacks from its record")
+            await executor.finish_vanished(resumed=False)
+        else:
+            # Deleted before kopf's finalizer was on it: nothing left to drive (and
+            # nothing attacked: a run is attacked only after its journal is written).
+            logger.info("the run is gone; its daemon ends")
+            if executor.status.phase is not None:
+                await lock.release(uid)
     finally:
+        host.done.set()
+        HOSTS.pop(uid, None)
         metrics.ACTIVE_RUNS.dec()
         metrics.STOP_REQUESTED.pop(uid, None)
         LIVE_RUNS.remove(uid)

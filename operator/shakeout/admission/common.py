@@ -23,6 +23,9 @@ def user_json(userinfo: Any) -> str:
     return json.dumps(
         {"username": info.get("username", "unknown"), "groups": list(info.get("groups") or [])},
         separators=(",", ":"),
+        # As written, never escaped: the policy shakeout-run-changes compares the record
+        # with the requesting user spelled out in CEL (deploy/rbac/run-changes-policy.yaml).
+        ensure_ascii=False,
     )
 
 

@@ -174,6 +174,8 @@ def set_switch(custom: client.CustomObjectsApi, enabled: bool) -> None:
 
 
 def start_operator(box: Sandbox, log: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+    # The operator's namespace (its runs' rollback records), as deploy/ creates it.
+    box.kubectl("create", "namespace", "shakeout-system", check=False)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -169,6 +169,8 @@ def crds(cluster: Cluster) -> Cluster:
     """The CRDs from crds/, applied with kubectl and Established."""
     cluster.kubectl("apply", "-k", str(REPO / "deploy" / "crds"))
     cluster.kubectl("apply", "-k", str(REPO / "deploy" / "rbac"))
+    # The operator's namespace (its rollback records; deploy/base creates it in a cluster).
+    cluster.kubectl("create", "namespace", "shakeout-system", check=False)
     cluster.kubectl(
         "wait",
         "--for=condition=Established",

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from shakeout.api.labels import ROLLBACK_RECORD_LABEL, ROLLBACK_RECORD_PREFIX
 from shakeout.api.run import ExperimentRunStatus
 from shakeout.kube.client import Obj, api
-from shakeout.kube.resources import CONFIG_MAPS
+from shakeout.kube.resources import CONFIG_MAPS, NAMESPACES
 from shakeout.options import OPTIONS
 
 log = logging.getLogger("shakeout.records")
@@ -63,3 +63,8 @@ async def read_records() -> list[RunRecord]:
 async def record_exists(uid: str) -> bool:
     """Whether the run with this UID still has attacks to roll back (its record)."""
     return await api().get(CONFIG_MAPS, OPTIONS.namespace, record_name(uid)) is not None
+
+
+async def records_home_exists() -> bool:
+    """Whether the operator's namespace, where the records are kept, exists."""
+    return await api().get(NAMESPACES, None, OPTIONS.namespace) is not None

@@ -10,7 +10,9 @@ import kopf
 
 from shakeout.execution.cleanup import retire_finished, sweep
 from shakeout.execution.vanished import roll_back_vanished, unhide_live
+from shakeout.gather.records import records_home_exists
 from shakeout.handlers.periodic import every
+from shakeout.options import OPTIONS
 
 SWEEP_EVERY = 300.0
 
@@ -28,4 +30,10 @@ async def sweep_and_report(logger: Any) -> None:
 
 @kopf.on.startup()
 async def start_sweeper(logger: kopf.Logger, **_: Any) -> None:
+    if not await records_home_exists():
+        # No attack may go out without its rollback record: refuse to start instead.
+        raise kopf.PermanentError(
+            f"the operator's namespace {OPTIONS.namespace} does not exist (the runs' rollback "
+            "records are kept there): create it, or run the operator with POD_NAMESPACE set"
+        )
     every(SWEEP_EVERY, lambda: sweep_and_report(logger), logger, "sweeping marks and runs")

@@ -14,6 +14,8 @@ kubectl apply -k "$ROOT/deploy/crds"
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 kubectl apply -k "$ROOT/deploy/rbac"
 kubectl apply -k "$ROOT/deploy/sandbox"
+# The operator's namespace: its runs' rollback records (deploy/base creates it in a cluster).
+kubectl create namespace shakeout-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 echo "starting the operator (log: $LOG)"

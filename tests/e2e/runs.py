@@ -191,3 +191,25 @@ def ready(crds: Cluster, live_operator: Operator) -> Iterator[Cluster]:
     set_switch(crds, True)
     cancel_all(crds)
     wait_no_active_runs(crds)
+
+
+def patch_run_as(
+    cluster: Cluster, user: str, name: str, body: dict[str, Any], namespace: str = TEAM
+) -> str | None:
+    """A merge patch of a run as `user`, straight to the API server, as `kubectl shakeout
+    stop` sends it (kubectl patch reads the object first, which an outsider may not): the
+    API server's refusal message, or None when it was accepted."""
+    from kubernetes import client as kube
+    from kubernetes import config as kube_config
+
+    assert cluster.sandbox is not None, "needs the sandbox's per-user kubeconfigs"
+    api_client = kube_config.new_client_from_config(str(cluster.sandbox.kubeconfig(user)))
+    try:
+        kube.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+            "shakeout.dev", "v1alpha1", namespace, "experimentruns", name, body
+        )
+    except kube.ApiException as err:
+        return str(json.loads(err.body)["message"])
+    finally:
+        api_client.close()
+    return None

@@ -13,11 +13,17 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
-from kubernetes import client as kube
-from kubernetes import config as kube_config
 
 from tests.e2e.conftest import Cluster, Operator, eventually
-from tests.e2e.runs import TEAM, create_run, deployment, replicas, scale_experiment, wait_phase
+from tests.e2e.runs import (
+    TEAM,
+    create_run,
+    deployment,
+    patch_run_as,
+    replicas,
+    scale_experiment,
+    wait_phase,
+)
 
 RECORDS = ("configmaps", "-n", "shakeout-system", "-l", "shakeout.dev/rollback-record")
 OWNER = {
@@ -60,24 +66,8 @@ def refused(cluster: Cluster, user: str, *args: str) -> str:
     return result.stderr
 
 
-def patch_as(cluster: Cluster, user: str, name: str, body: dict[str, Any]) -> str | None:
-    """A merge patch of the run as `user`, straight to the API server (kubectl patch reads
-    the object first, which an outsider may not): its refusal message, or None."""
-    assert cluster.sandbox is not None, "needs the sandbox's per-user kubeconfigs"
-    api_client = kube_config.new_client_from_config(str(cluster.sandbox.kubeconfig(user)))
-    try:
-        kube.CustomObjectsApi(api_client).patch_namespaced_custom_object(
-            "shakeout.dev", "v1alpha1", TEAM, "experimentruns", name, body
-        )
-    except kube.ApiException as err:
-        return str(json.loads(err.body)["message"])
-    finally:
-        api_client.close()
-    return None
-
-
 def refused_patch(cluster: Cluster, user: str, name: str, body: dict[str, Any]) -> str:
-    message = patch_as(cluster, user, name, body)
+    message = patch_run_as(cluster, user, name, body)
     assert message is not None, f"{user} was allowed to patch {name} with {body}"
     return message
 
@@ -129,7 +119,7 @@ def test_nobody_but_the_operator_hides_strands_or_prunes_a_run(
                 {"username": "carol", "groups": ["system:authenticated"]}, separators=(",", ":")
             )
             forged_cancel["metadata"] = {"annotations": {"shakeout.dev/canceled-by": mine}}
-        assert patch_as(ready, "carol", name, forged_cancel) is None
+        assert patch_run_as(ready, "carol", name, forged_cancel) is None
         status = wait_phase(ready, name, {"CANCELED", "FAILED", "COMPLETED"}, timeout=15)
         assert (status["phase"], status["canceledBy"]["username"]) == ("CANCELED", "carol")
         assert replicas(ready, app) == 3
@@ -176,7 +166,7 @@ def test_an_outsider_cancels_a_run_by_name_but_cannot_read_it(ready: Cluster) ->
         assert "forbidden" in refused(ready, "carol", *args).lower()
     holder = ready.get("chaosswitch", "default")["status"]["activeRun"]
     assert (holder["namespace"], holder["name"]) == (TEAM, name)
-    assert patch_as(ready, "carol", name, {"spec": {"cancel": True}}) is None
+    assert patch_run_as(ready, "carol", name, {"spec": {"cancel": True}}) is None
     status = wait_phase(ready, name, {"CANCELED", "FAILED", "COMPLETED"}, timeout=15)
     assert status["phase"] == "CANCELED"
     assert ready.kubectl("get", "experimentrun", name, "-n", TEAM, user="alice").returncode == 0
@@ -245,7 +235,7 @@ def test_a_live_run_labelled_finished_is_taken_back_into_the_watch(
         timeout=30,
         what="the label taken off",
     )
-    assert patch_as(ready, "bob", name, {"spec": {"cancel": True}}) is None
+    assert patch_run_as(ready, "bob", name, {"spec": {"cancel": True}}) is None
     status = wait_phase(ready, name, {"CANCELED", "FAILED", "COMPLETED"}, timeout=20)
     assert status["phase"] == "CANCELED"
     assert replicas(ready, "meta-hide") == 3

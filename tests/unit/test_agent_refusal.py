@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from shakeout.agent.main import locator_refusal
 from shakeout.agent.nodeattacks import fault_id, refusal, rolled_back
 from shakeout.api.nodeattack import TargetState
 from shakeout.api.run import AttackState, Phase
@@ -130,3 +131,19 @@ def test_after_a_rollback_applied_targets_are_rolled_back_and_the_rest_stay() ->
         {"name": "d", "state": TargetState.GONE, "message": "pod gone"},
         {"name": "e", "state": TargetState.FAILED, "message": "no netns"},
     ]
+
+
+# -- SEC-25: the netns-annotation locator on test nodes only ----------------------------------
+
+
+def test_the_netns_annotation_locator_runs_on_kwok_nodes_only() -> None:
+    kwok = {"metadata": {"annotations": {"kwok.x-k8s.io/node": "fake"}}}
+    real = {"metadata": {"annotations": {"node.alpha.kubernetes.io/ttl": "0"}}}
+    assert locator_refusal("netns-annotation", "n1", kwok) is None
+    assert locator_refusal("runtime", "n1", real) is None
+    why = locator_refusal("netns-annotation", "n1", real)
+    assert why is not None
+    assert "node n1 is not one" in why
+    assert locator_refusal("netns-annotation", "n1", None) is not None
+    relabelled = {"metadata": {"annotations": {"kwok.x-k8s.io/node": "true"}}}
+    assert locator_refusal("netns-annotation", "n1", relabelled) is not None

@@ -69,6 +69,7 @@ def run_operator(
     OPTIONS.webhook_service = webhook_service
     OPTIONS.metrics = metrics
     own = os.environ.get("POD_NAMESPACE")  # set from the downward API in deploy/
+    OPTIONS.namespace = own or "shakeout-system"
     OPTIONS.allowed_check_hosts = parse_allowed_hosts(allow_check_hosts or [])
     OPTIONS.protected_namespaces = frozenset([*(protect_namespaces or []), *([own] if own else [])])
     # Without a webhook server the operator alone checks runs (at pick-up).

@@ -14,6 +14,9 @@ class Options:
     # The host name the API server uses to reach the webhook (URL mode).
     webhook_host: str = "127.0.0.1"
     cert_dir: Path | None = None
+    # The operator's own namespace (POD_NAMESPACE): the node agents' Leases are read there
+    # and nowhere else.
+    namespace: str = "shakeout-system"
     # Namespaces never attacked besides the system ones: the operator's own.
     protected_namespaces: frozenset[str] = frozenset()
     # ADDR:PORT of the Prometheus endpoint; None serves none.

@@ -14,8 +14,8 @@ class Options:
     # The host name the API server uses to reach the webhook (URL mode).
     webhook_host: str = "127.0.0.1"
     cert_dir: Path | None = None
-    # The operator's own namespace (POD_NAMESPACE): its leader Lease and the runs'
-    # rollback records (execution/records.py) live there.
+    # The operator's own namespace (POD_NAMESPACE): its leader Lease, the node agents'
+    # Leases (read there and nowhere else) and the runs' rollback records live there.
     namespace: str = "shakeout-system"
     # Namespaces never attacked besides the system ones: the operator's own.
     protected_namespaces: frozenset[str] = frozenset()

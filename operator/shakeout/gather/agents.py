@@ -5,17 +5,39 @@ renews it every ~2 s. An agent counts as connected while the time since its last
 as this operator observed it, is within the lease's duration: like the node lifecycle
 controller, we time renewals on our own clock, so that a skewed node clock cannot keep a
 dead agent alive. A change of holder means the agent restarted and lost its faults.
+
+Only the Leases of the operator's own namespace count, and only under their own name: a
+Lease is the agent of node N only if it is `shakeout-agent-N` there (`lease_node`). The
+API server keeps every other writer off those names (RBAC: the namespace; the policy
+shakeout-agent-identity: each agent to its own node's Lease), so a Lease forged elsewhere
+or under another name is ignored (SEC-18). `LeaseWatch` lists and watches that namespace
+only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shakeout.api.labels import CAPABILITIES_ANNOTATION, NODE_ANNOTATION
+from shakeout.api.labels import (
+    AGENT_LABEL,
+    AGENT_LABEL_VALUE,
+    CAPABILITIES_ANNOTATION,
+    NODE_ANNOTATION,
+    agent_lease_name,
+)
+from shakeout.kube.client import Api, Obj
+from shakeout.kube.resources import LEASES
+from shakeout.kube.watch import namespaced_events
+
+log = logging.getLogger("shakeout.agents")
+
+AGENT_SELECTOR = f"{AGENT_LABEL}={AGENT_LABEL_VALUE}"
 
 
 @dataclass
@@ -43,15 +65,27 @@ def _age(renew_time: str) -> float:
     return max(0.0, (datetime.now(UTC) - moment).total_seconds())
 
 
-def observe(body: dict[str, Any], deleted: bool = False) -> None:
-    """Record one Lease as a watch event showed it."""
-    meta = body.get("metadata", {})
+def lease_node(body: dict[str, Any], namespace: str) -> str | None:
+    """The node whose agent this Lease is, or None if it is none: a Lease of another
+    namespace, without the node annotation, or not named `shakeout-agent-<that node>`."""
+    meta = body.get("metadata") or {}
     node = (meta.get("annotations") or {}).get(NODE_ANNOTATION)
-    if not node:
-        return
+    if not isinstance(node, str) or not node or meta.get("namespace") != namespace:
+        return None
+    if meta.get("name") != agent_lease_name(node):
+        return None
+    return node
+
+
+def observe(body: dict[str, Any], namespace: str, deleted: bool = False) -> bool:
+    """Record one Lease as a watch event showed it; False if it is no agent's (ignored)."""
+    node = lease_node(body, namespace)
+    if node is None:
+        return False
+    meta = body.get("metadata") or {}
     if deleted:
         AGENTS.pop(node, None)
-        return
+        return True
     spec = body.get("spec") or {}
     renew_time = spec.get("renewTime") or ""
     holder = spec.get("holderIdentity") or ""
@@ -77,6 +111,55 @@ def observe(body: dict[str, Any], deleted: bool = False) -> None:
         renewed_at=renewed_at,
         capabilities=capabilities if isinstance(capabilities, dict) else {},
     )
+    return True
+
+
+def observe_all(items: list[Obj], namespace: str) -> None:
+    """A full list of the namespace's agent Leases: record each, forget the nodes gone."""
+    seen = {node for item in items if (node := lease_node(item, namespace))}
+    for node in set(AGENTS) - seen:
+        AGENTS.pop(node, None)
+    for item in items:
+        observe(item, namespace)
+
+
+class LeaseWatch:
+    """The agents' Leases of one namespace (the operator's), kept in AGENTS: a list, then
+    a watch from its version until the stream ends; `follow` again after that."""
+
+    def __init__(self, api: Api, namespace: str, on_change: Callable[[], None]) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.on_change = on_change
+        self.warned: set[str] = set()
+
+    async def follow(self) -> None:
+        listed = await self.api.request(
+            "GET", LEASES.path(self.namespace), query={"labelSelector": AGENT_SELECTOR}
+        )
+        observe_all(list(listed.get("items") or []), self.namespace)
+        self.on_change()
+        version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
+        async for event in namespaced_events(
+            self.api, LEASES, self.namespace, labels=AGENT_SELECTOR, version=version
+        ):
+            body = event.get("object")
+            if not isinstance(body, dict):
+                continue
+            if observe(body, self.namespace, deleted=event.get("type") == "DELETED"):
+                self.on_change()
+            else:
+                self.ignored(body)
+
+    def ignored(self, body: Obj) -> None:
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name"))
+        if name not in self.warned:
+            self.warned.add(name)
+            log.warning(
+                f"Lease {self.namespace}/{name} ignored: an agent's Lease is named "
+                f"{agent_lease_name('<node>')} after its {NODE_ANNOTATION} annotation"
+            )
 
 
 def missing(nodes: list[str], holders: dict[str, str] | None = None) -> tuple[str, ...]:

@@ -1,6 +1,9 @@
-"""Who may do what (team members run their team's experiments; any authenticated user may
-cancel any run and flip the ChaosSwitch; only the holders of shakeout-rails-admin change
-its rails, create or delete it), as a matrix of identities and actions, run three times:
+"""Who may do what (team members run their team's experiments and read their runs; any
+authenticated user may cancel any run by name and flip the ChaosSwitch; only the holders of
+shakeout-rails-admin change its rails, create or delete it; nobody but the operator writes
+its keys on runs; each node agent writes only its own node's Lease and reports; the
+operator reads a team's Secrets only once the team grants it), as a matrix of identities
+and actions, run three times:
 with the operator's webhooks in place, with its ValidatingWebhookConfiguration deleted, and
 with its Mutating- and ValidatingWebhookConfiguration both deleted.
 Zero unauthorized actions and zero false refusals, every time."""
@@ -14,6 +17,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.conftest import Cluster
+from tests.e2e.identities import (
+    NAMESPACE,
+    TokenUser,
+    apply_shipped_rbac,
+    kubeconfig,
+    pod_on,
+    token,
+)
 from tests.e2e.runs import create_run, deployment, patch_run_as, scale_experiment, wait_phase
 
 # (user, action, namespace, allowed)
@@ -40,7 +51,26 @@ MATRIX = [
     ("rails-admin", "mode", "", True),
     ("rails-admin", "switch-create", "", True),
     ("rails-admin", "switch-delete", "", True),
+    # A run's metadata and report (tests/e2e/test_run_metadata.py plays the attacks in full).
+    ("carol", "hide", "team-a", False),
+    ("alice", "hide", "team-a", False),
+    ("alice", "strip-finalizer", "team-a", False),
+    ("carol", "read", "team-a", False),
+    ("bob", "read", "team-a", False),
+    ("alice", "read", "team-a", True),
+    ("alice", "operate", "team-a", False),
+    # The node agent of kwok-node-0, with its pod-bound token (test_agent_identity.py).
+    ("agent-node0", "own-lease", "", True),
+    ("agent-node0", "other-lease", "", False),
+    ("agent-node0", "leader-lease", "", False),
+    # The operator's own ServiceAccount (test_operator_privileges.py).
+    ("operator", "operate", "team-a", True),
+    ("operator", "other-webhook", "", False),
+    ("operator", "team-secret", "team-a", False),
+    ("operator", "granted-secret", "team-b", True),
 ]
+# The team that grants the operator its Secrets (for HttpGet check headers).
+GRANTING_TEAM = "team-b"
 RAILS_ADMIN_NS = "shakeout-matrix"
 
 
@@ -61,6 +91,67 @@ def rails_admin(crds: Cluster) -> Iterator[str]:
     yield token
     crds.kubectl("delete", "clusterrolebinding", "matrix-rails-admin", check=False)
     crds.kubectl("delete", "namespace", RAILS_ADMIN_NS, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def identities(
+    crds: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, TokenUser]]:
+    """The shipped agent and operator identities (their RBAC from deploy/base), with the
+    Leases the agent's rows try (created expired when absent), and team-b's grant of its
+    Secrets to the operator."""
+    apply_shipped_rbac(crds)
+    workdir = tmp_path_factory.mktemp("matrix-identities")
+    agent = token(crds, "shakeout-agent", pod_on(crds, "kwok-node-0"))
+    users = {
+        "agent-node0": TokenUser(crds, kubeconfig(crds, agent, workdir / "agent")),
+        "operator": TokenUser(
+            crds, kubeconfig(crds, token(crds, "shakeout-operator"), workdir / "operator")
+        ),
+    }
+    for lease in LEASES.values():
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": lease, "namespace": NAMESPACE},
+            "spec": {"leaseDurationSeconds": 1, "renewTime": "2020-01-01T00:00:00.000000Z"},
+        }
+        crds.create(body, check=False)  # AlreadyExists: a test's real one, left alone
+    grant = ("rolebinding", "matrix-check-secrets", "-n", GRANTING_TEAM)
+    crds.kubectl(
+        "create",
+        *grant,
+        "--clusterrole=shakeout-check-secrets",
+        f"--serviceaccount={NAMESPACE}:shakeout-operator",
+        check=False,
+    )
+    yield users
+    crds.kubectl("delete", *grant, check=False)
+
+
+LEASES = {
+    "own-lease": "shakeout-agent-kwok-node-0",
+    "other-lease": "shakeout-agent-kwok-node-1",
+    "leader-lease": "shakeout-operator",
+}
+
+
+def attempt_identity(users: dict[str, TokenUser], user: str, action: str, namespace: str) -> bool:
+    """An agent's or the operator's action: Lease writes as server-side dry runs (RBAC and
+    the policies run in full, nothing is stored), the rest as the API server answers
+    `kubectl auth can-i` for that identity."""
+    who = users[user]
+    if action in LEASES:
+        patch = json.dumps({"spec": {"holderIdentity": "matrix"}})
+        args = ("patch", "lease", LEASES[action], "-n", NAMESPACE, "--type=merge", "-p", patch)
+        return who.kubectl(*args, "--dry-run=server").returncode == 0
+    question = {
+        "operate": ("operate", "experimentruns.shakeout.dev", "-n", namespace),
+        "other-webhook": ("patch", "validatingwebhookconfigurations/someone-elses"),
+        "team-secret": ("get", "secrets", "-n", namespace),
+        "granted-secret": ("get", "secrets", "-n", namespace),
+    }[action]
+    return who.kubectl("auth", "can-i", *question).returncode == 0
 
 
 def as_user(
@@ -129,6 +220,22 @@ def attempt(
     """Try the action for real as the user; True if the API server accepted it."""
     if action in {"caps", "mode", "switch-create", "switch-delete"}:
         return attempt_switch(cluster, user, action, token)
+    if action == "read":
+        return (
+            cluster.kubectl(
+                "get", "experimentrun", target, "-n", namespace, user=user, check=False
+            ).returncode
+            == 0
+        )
+    if action == "operate":
+        can_i = ("auth", "can-i", "operate", "experimentruns.shakeout.dev", "-n", namespace)
+        return cluster.kubectl(*can_i, user=user, check=False).returncode == 0
+    if action == "hide":
+        patch = {"metadata": {"labels": {"shakeout.dev/finished": "true"}}}
+        return patch_run_as(cluster, user, target, patch, namespace=namespace) is None
+    if action == "strip-finalizer":
+        patch = {"metadata": {"finalizers": None}}
+        return patch_run_as(cluster, user, target, patch, namespace=namespace) is None
     if action == "run":
         # Server-side dry-run: authorization and admission run in full, nothing is stored.
         body = {
@@ -165,7 +272,12 @@ def attempt(
     return patch_run_as(cluster, user, target, patch, namespace=namespace) is None
 
 
-def test_access_matrix(setup: Cluster, rails_admin: str, request: pytest.FixtureRequest) -> None:
+def test_access_matrix(
+    setup: Cluster,
+    rails_admin: str,
+    identities: dict[str, TokenUser],
+    request: pytest.FixtureRequest,
+) -> None:
     recorded = request.node.callspec.params["setup"] != "no-webhooks"
     target, _ = create_run(setup, "matrix", user="alice")
     if recorded:
@@ -179,7 +291,10 @@ def test_access_matrix(setup: Cluster, rails_admin: str, request: pytest.Fixture
     # A run in progress would (rightly) refuse more runs: cancel it first, then try runs.
     outcomes = {}
     for user, action, namespace, allowed in MATRIX:
-        if action != "run":
+        if user in identities:
+            done = attempt_identity(identities, user, action, namespace)
+            outcomes[(user, action, namespace)] = (done, allowed)
+        elif action != "run":
             outcomes[(user, action, namespace)] = (
                 attempt(setup, user, action, namespace, target, token=rails_admin),
                 allowed,

@@ -18,6 +18,8 @@ from shakeout.attacks.context import AttackError, RunContext
 from shakeout.attacks.node_cordon import NodeCordon, fingerprint
 from shakeout.attacks.scale_workload import ScaleWorkload
 from shakeout.engine.policies import cordon_nodes, is_control_plane, max_nodes
+from shakeout.engine.preconditions import WorkloadFacts
+from shakeout.gather.facts import workload_facts
 from shakeout.kube import client as kube_client
 from shakeout.kube.pods import Pod, node_pinned, pod_from
 from shakeout.kube.resources import DEPLOYMENTS, NODES, STATEFULSETS
@@ -301,6 +303,7 @@ def add_statefulset(fake: FakeApi, replicas: int, when_scaled: str) -> None:
             "metadata": {"name": "web"},
             "spec": {
                 "replicas": replicas,
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}}],
                 "persistentVolumeClaimRetentionPolicy": {
                     "whenScaled": when_scaled,
                     "whenDeleted": "Retain",
@@ -337,3 +340,15 @@ def test_nodecordon_is_the_one_attack_of_scope_cluster() -> None:
     assert {AttackType.NODE_CORDON} == CLUSTER_SCOPED
     assert CORDON.cluster_scoped
     assert not scale().cluster_scoped
+
+
+def test_only_a_statefulset_with_claim_templates_deletes_volumes() -> None:
+    delete = {"persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete"}}
+    templates = {"volumeClaimTemplates": [{"metadata": {"name": "data"}}]}
+    assert workload_facts({"kind": "StatefulSet", "spec": {**delete, **templates}}) == (
+        WorkloadFacts(1, True)
+    )
+    assert not workload_facts({"kind": "StatefulSet", "spec": delete}).deletes_volumes_when_scaled
+    assert not workload_facts(
+        {"kind": "Deployment", "spec": {**delete, **templates, "replicas": 2}}
+    ).deletes_volumes_when_scaled

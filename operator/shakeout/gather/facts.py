@@ -135,8 +135,10 @@ def workload_facts(obj: Obj) -> WorkloadFacts:
     policy = spec.get("persistentVolumeClaimRetentionPolicy") or {}
     return WorkloadFacts(
         replicas=1 if replicas is None else int(replicas),  # the API server's default
+        # Only the volumes of its claim templates are deleted: without any, nothing is.
         deletes_volumes_when_scaled=obj.get("kind", "StatefulSet") == "StatefulSet"
-        and policy.get("whenScaled") == "Delete",
+        and policy.get("whenScaled") == "Delete"
+        and bool(spec.get("volumeClaimTemplates")),
     )
 
 

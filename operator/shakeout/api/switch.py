@@ -63,7 +63,13 @@ class TargetCaps(Model):
     """Cluster-wide caps on the number of targets of any run."""
 
     max_targets: int | None = Field(
-        default=None, ge=1, le=1000000, description="A run may target at most this many pods."
+        default=None,
+        ge=1,
+        le=1000000,
+        description=(
+            "A run may target at most this many pods; a ScaleWorkload may take at most "
+            "this many replicas away."
+        ),
     )
     max_percent: int | None = Field(
         default=None,
@@ -71,7 +77,8 @@ class TargetCaps(Model):
         le=100,
         description=(
             "A run may target at most this percent (1-100) of the pods its selector "
-            "matched, rounded down but never below one pod."
+            "matched, and a ScaleWorkload take away at most this percent of the workload's "
+            "replicas, rounded down but never below one pod."
         ),
     )
     max_nodes: int | None = Field(

@@ -352,3 +352,24 @@ def test_only_a_statefulset_with_claim_templates_deletes_volumes() -> None:
     assert not workload_facts(
         {"kind": "Deployment", "spec": {**delete, **templates, "replicas": 2}}
     ).deletes_volumes_when_scaled
+
+
+async def test_a_cordon_in_a_namespace_not_allowed_is_refused_before_anything(
+    fake: FakeApi,
+) -> None:
+    fake.add_switch(caps={"maxNodes": 5})  # caps, but no allowance: the default
+    add_node(fake, "n1")
+
+    async def listed() -> list[Pod]:
+        return pods(("a", "n1", False))
+
+    with pytest.raises(AttackError, match="not allowed for namespace team-a"):
+        await NodeCordon(RunContext(NS, "run", UID)).prepare(CORDON, listed)
+    with pytest.raises(AttackError, match="not allowed for namespace team-a"):
+        await NodeCordon(RunContext(NS, "run", UID)).apply(CORDON, await listed())
+    journaled = AttackResult(
+        name="cordon", type="NodeCordon", reversible=True, state=AttackState.APPLYING, nodes=["n1"]
+    )
+    with pytest.raises(AttackError, match="not allowed for namespace team-a"):
+        await NodeCordon(RunContext(NS, "run", UID)).apply(CORDON, [], journaled)
+    assert fake.find("PATCH", r"/nodes/") == []

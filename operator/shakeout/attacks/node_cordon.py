@@ -1,6 +1,7 @@
 """NodeCordon: the targets' nodes become unschedulable. Its effect reaches beyond the run's
 namespace (nodes are shared by every team): the preconditions let it run only in the
-namespaces the ChaosSwitch allows, on at most caps.maxNodes nodes.
+namespaces the ChaosSwitch allows, on at most caps.maxNodes nodes, and the executor reads
+the switch again before it journals and before it cordons.
 
 Which nodes: those of the target pods that the scheduler placed (a pod pinned with a
 spec.nodeName of its own does not choose a node for us), less the control-plane nodes
@@ -30,7 +31,12 @@ from shakeout.api.run import AttackResult
 from shakeout.api.switch import ChaosSwitchSpec
 from shakeout.attacks.context import AttackError, ClusterExecutor, TargetPods, no_pods
 from shakeout.attacks.fanout import each
-from shakeout.engine.policies import cordon_nodes, is_control_plane, node_cap_refusal
+from shakeout.engine.policies import (
+    cluster_scope_refusal,
+    cordon_nodes,
+    is_control_plane,
+    node_cap_refusal,
+)
 from shakeout.gather.facts import control_plane_nodes
 from shakeout.gather.switch import switch_spec
 from shakeout.kube.client import Obj, Pod, api
@@ -83,9 +89,14 @@ class NodeCordon(ClusterExecutor):
             raise AttackError("there is no ChaosSwitch named default")
         return spec
 
-    async def plan(self, pods: list[Pod]) -> tuple[str, ...]:
-        """The nodes to cordon for these targets, within the cap (AttackError if not)."""
+    async def plan(self, attack: Attack, pods: list[Pod]) -> tuple[str, ...]:
+        """The nodes to cordon for these targets, within the cap, in a namespace allowed
+        to cordon (AttackError if not: the preconditions refused such a run already, the
+        switch may have changed since)."""
         switch = await self._switch()
+        what = [f"{attack.name} ({attack.type})"]
+        if (problem := cluster_scope_refusal(self.run.namespace, what, switch)) is not None:
+            raise AttackError(problem)
         scheduled = [n for p in pods if (n := p.scheduled_node)]
         control_plane = await control_plane_nodes() if scheduled else frozenset[str]()
         nodes = cordon_nodes(scheduled, control_plane, switch)
@@ -94,7 +105,7 @@ class NodeCordon(ClusterExecutor):
         return nodes
 
     async def prepare(self, attack: Attack, pods: TargetPods = no_pods) -> dict[str, object]:
-        return {"nodes": list(await self.plan(await pods()))}
+        return {"nodes": list(await self.plan(attack, await pods()))}
 
     async def apply(
         self, attack: Attack, pods: list[Pod], journaled: AttackResult | None = None
@@ -103,8 +114,12 @@ class NodeCordon(ClusterExecutor):
         if journaled is not None and journaled.nodes is not None:
             nodes: tuple[str, ...] | list[str] = journaled.nodes
         else:
-            nodes = await self.plan(pods)
-        allowed = (await self._switch()).cluster_scoped_attacks
+            nodes = await self.plan(attack, pods)
+        switch = await self._switch()
+        what = [f"{attack.name} ({attack.type})"]
+        if (problem := cluster_scope_refusal(run.namespace, what, switch)) is not None:
+            raise AttackError(problem)  # the allowance was withdrawn since the journal
+        allowed = switch.cluster_scoped_attacks
         spare_control_plane = allowed is None or not allowed.control_plane_nodes
 
         async def one(name: str) -> bool:

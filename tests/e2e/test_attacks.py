@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from shakeout.api.labels import ISOLATED
 from shakeout.attacks.cluster import ClusterAttacks
@@ -157,7 +160,20 @@ def test_endpoint_removal_fails_when_the_owner_selects_the_service_labels(
     assert len(pods(ready, "app=ep2")) == 1  # untouched, nothing replaced
 
 
-def test_node_cordon_cordons_the_targets_nodes_and_uncordons_them(ready: Cluster) -> None:
+ALLOW_CORDONS = {"spec": {"clusterScopedAttacks": {"namespaces": [TEAM]}}}
+NO_CORDONS = {"spec": {"clusterScopedAttacks": None}}
+
+
+@pytest.fixture
+def cordons(ready: Cluster) -> Iterator[Cluster]:
+    """NodeCordon allowed in TEAM by the admin (refused everywhere by default)."""
+    ready.merge_patch("chaosswitch", "default", ALLOW_CORDONS)
+    yield ready
+    ready.merge_patch("chaosswitch", "default", NO_CORDONS)
+
+
+def test_node_cordon_cordons_the_targets_nodes_and_uncordons_them(cordons: Cluster) -> None:
+    ready = cordons
     deployment(ready, "cord", replicas=1)
     (pod,) = pods(ready, "app=cord")
     node = pod["spec"]["nodeName"]
@@ -177,7 +193,8 @@ def test_node_cordon_cordons_the_targets_nodes_and_uncordons_them(ready: Cluster
     assert "shakeout.dev/cordoned-by" not in (after["metadata"].get("annotations") or {})
 
 
-def test_a_node_cordoned_by_someone_else_stays_cordoned_after_rollback(ready: Cluster) -> None:
+def test_a_node_cordoned_by_someone_else_stays_cordoned_after_rollback(cordons: Cluster) -> None:
+    ready = cordons
     deployment(ready, "cord2", replicas=1)
     (pod,) = pods(ready, "app=cord2")
     node = pod["spec"]["nodeName"]

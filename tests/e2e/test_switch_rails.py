@@ -164,6 +164,16 @@ def test_nobody_but_admins_changes_the_rails(
             "raise the caps": ({"spec": {"caps": {"maxTargets": 1000}}}, "spec.caps"),
             "another rail": ({"spec": {"caps": {"maxTargets": 2, "maxPercent": 100}}}, "caps"),
             "OptIn off": ({"spec": {"namespaceMode": "OptOut"}}, "spec.namespaceMode"),
+            "allow NodeCordon": (
+                {"spec": {"clusterScopedAttacks": {"namespaces": ["team-a"]}}},
+                "spec.clusterScopedAttacks",
+            ),
+            "allow the control plane": (
+                {"spec": {"clusterScopedAttacks": {"controlPlaneNodes": True}}},
+                "spec.clusterScopedAttacks",
+            ),
+            "more nodes": ({"spec": {"caps": {"maxNodes": 100}}}, "spec.caps"),
+            "longer runs": ({"spec": {"maxRunSeconds": 259200}}, "spec.maxRunSeconds"),
             "with a flip": (
                 {"spec": {"enabled": False, "namespaceMode": "OptOut", "caps": None}},
                 "spec.namespaceMode",

@@ -528,6 +528,13 @@ class FakeApi(Api):
         view = self.scale_view(ref)
         if not call.merge_patch or not isinstance(call.body, dict):
             raise Invalid("the fake serves merge patches of /scale only")
+        wanted = ((call.body.get("metadata") or {}).get("resourceVersion")) or None
+        if wanted is not None and wanted != view["metadata"]["resourceVersion"]:
+            raise Conflict(
+                f"the object has been modified (resourceVersion {wanted} is not "
+                f"{view['metadata']['resourceVersion']})",
+                409,
+            )
         scaled = merge_patch(view, call.body)
         current = self.serve_get(ref)
         new = merge_patch(current, {"spec": {"replicas": scaled["spec"]["replicas"]}})

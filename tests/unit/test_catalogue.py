@@ -324,11 +324,11 @@ class _Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
-    async def prepare(self, attack: Attack) -> dict[str, object]:
+    async def prepare(self, attack: Attack, *pods: Any) -> dict[str, object]:
         self.calls.append(("prepare", attack.type))
         return {}
 
-    async def apply(self, attack: Attack, pods: list[Any]) -> int:
+    async def apply(self, attack: Attack, pods: list[Any], *journaled: Any) -> int:
         self.calls.append(("apply", attack.type))
         return 0
 

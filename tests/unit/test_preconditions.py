@@ -8,7 +8,7 @@ import pytest
 
 from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.run import MAX_AGENT_NODES, UserInfo
-from shakeout.api.switch import ChaosSwitchSpec, NamespaceMode, TargetCaps
+from shakeout.api.switch import ChaosSwitchSpec, ClusterScopedAttacks, NamespaceMode, TargetCaps
 from shakeout.engine.policies import NamespaceFacts
 from shakeout.engine.preconditions import (
     ADMISSION,
@@ -18,9 +18,11 @@ from shakeout.engine.preconditions import (
     Check,
     Refusal,
     RunFacts,
+    WorkloadFacts,
     agent_nodes_within_limit,
     agents_can_attack,
     blast_radius_has_targets,
+    cluster_scope_allowed,
     creator_still_member,
     evaluate,
     experiment_found,
@@ -28,6 +30,11 @@ from shakeout.engine.preconditions import (
     irreversible_attacks,
     namespace_allowed,
     no_other_run_holds_lock,
+    nodes_within_cap,
+    run_seconds,
+    run_within_length,
+    scale_keeps_data,
+    scale_within_caps,
     switch_enabled,
     switch_exists,
     within_caps,
@@ -47,7 +54,50 @@ def spec(*attacks: tuple[str, str]) -> ExperimentSpec:
     )
 
 
+def raw_spec(*attacks: dict[str, Any], **timing: int) -> ExperimentSpec:
+    return ExperimentSpec.model_validate(
+        {
+            "blastRadius": {"selector": {"matchLabels": {"app": "web"}}},
+            "attacks": list(attacks),
+            **timing,
+        }
+    )
+
+
+def scale(kind: str, name: str, to: int, accept: bool = False) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"workload": {"kind": kind, "name": name}, "replicas": to}
+    if accept:
+        parameters["acceptDataLoss"] = True
+    return {"name": "scale", "type": "ScaleWorkload", "scaleWorkload": parameters}
+
+
 POD_SPEC = spec(("kill", "PodDelete"))
+CORDON_SPEC = spec(("cordon", "NodeCordon"))
+SCALE_SPEC = raw_spec(scale("Deployment", "web", 0))
+STS_SPEC = raw_spec(scale("StatefulSet", "db", 1))
+LONG_SPEC = raw_spec(
+    {"name": "a", "type": "PodDelete", "durationSeconds": 30},
+    {"name": "b", "type": "PodDelete", "durationSeconds": 60},
+    warmUpSeconds=50,
+    coolDownSeconds=10,
+)
+
+
+def allowing(*namespaces: str, control_plane: bool = False, **caps: int) -> ChaosSwitchSpec:
+    """A switch that allows attacks of scope Cluster in `namespaces`."""
+    return ChaosSwitchSpec(
+        enabled=True,
+        cluster_scoped_attacks=ClusterScopedAttacks(
+            namespaces=list(namespaces), control_plane_nodes=control_plane
+        ),
+        caps=TargetCaps(**caps) if caps else None,
+    )
+
+
+def caps(**values: int) -> ChaosSwitchSpec:
+    return ChaosSwitchSpec(enabled=True, caps=TargetCaps(**values))
+
+
 NODE_SPEC = spec(("kill", "PodDelete"), ("burn", "CpuStress"))
 MANY_NODES = tuple(f"n{i:03d}" for i in range(MAX_AGENT_NODES + 1))
 
@@ -184,6 +234,99 @@ CASES = [
         ("target 2 of 10 matching pods", "maxPercent"),
     ),
     Case(
+        "cordon-not-allowed-by-default",
+        {"experiment": CORDON_SPEC},
+        cluster_scope_allowed,
+        Reason.CLUSTER_SCOPE_NOT_ALLOWED,
+        (
+            "cordon (NodeCordon): attacks whose effect reaches beyond the namespace are not "
+            "allowed for namespace team-a",
+            "spec.clusterScopedAttacks.namespaces",
+        ),
+    ),
+    Case(
+        "cordon-allowed-elsewhere",
+        {"experiment": CORDON_SPEC, "switch": allowing("team-b")},
+        cluster_scope_allowed,
+        Reason.CLUSTER_SCOPE_NOT_ALLOWED,
+        ("not allowed for namespace team-a",),
+    ),
+    Case(
+        "run-too-long",
+        {"experiment": LONG_SPEC, "switch": ChaosSwitchSpec(enabled=True, max_run_seconds=119)},
+        run_within_length,
+        Reason.RUN_TOO_LONG,
+        ("last 120 s", "cap of 119 s", "spec.maxRunSeconds", "warmUpSeconds"),
+    ),
+    Case(
+        "scale-over-max-targets",
+        {
+            "experiment": SCALE_SPEC,
+            "workloads": {"Deployment/web": WorkloadFacts(5)},
+            "switch": caps(max_targets=4),
+        },
+        scale_within_caps,
+        Reason.OVER_TARGET_CAP,
+        ("scale Deployment web from 5 to 0 replicas, taking 5 pods away", "cap of 4"),
+    ),
+    Case(
+        "scale-over-max-percent",
+        {
+            "experiment": SCALE_SPEC,
+            "workloads": {"Deployment/web": WorkloadFacts(4)},
+            "selection": Selection(matched=4, targets=("web-1", "web-2")),
+            "switch": caps(max_percent=50),
+        },
+        scale_within_caps,
+        Reason.OVER_TARGET_CAP,
+        ("taking 4 of 4 pods away", "cap of 50%", "maxPercent"),
+    ),
+    Case(
+        "scale-down-deletes-volumes",
+        {"experiment": STS_SPEC, "workloads": {"StatefulSet/db": WorkloadFacts(3, True)}},
+        scale_keeps_data,
+        Reason.DATA_LOSS_NOT_ACCEPTED,
+        (
+            "scale StatefulSet db down from 3 to 1 replicas",
+            "whenScaled is Delete",
+            "scaleWorkload.acceptDataLoss: true",
+        ),
+    ),
+    Case(
+        "cordon-over-default-node-cap",
+        {
+            "experiment": CORDON_SPEC,
+            "switch": allowing("team-a"),
+            "scheduled_target_nodes": ("n1", "n2"),
+        },
+        nodes_within_cap,
+        Reason.OVER_NODE_CAP,
+        ("cordon 2 nodes (n1, n2), over the cluster-wide cap of 1", "no spec.caps.maxNodes"),
+    ),
+    Case(
+        "cordon-over-max-nodes",
+        {
+            "experiment": CORDON_SPEC,
+            "switch": allowing("team-a", max_nodes=2),
+            "scheduled_target_nodes": ("n1", "n2", "n3"),
+        },
+        nodes_within_cap,
+        Reason.OVER_NODE_CAP,
+        ("cordon 3 nodes", "cap of 2 (ChaosSwitch default spec.caps.maxNodes)"),
+    ),
+    Case(
+        "cordon-control-plane-counts-when-allowed",
+        {
+            "experiment": CORDON_SPEC,
+            "switch": allowing("team-a", control_plane=True),
+            "scheduled_target_nodes": ("cp1", "n1"),
+            "control_plane_nodes": frozenset({"cp1"}),
+        },
+        nodes_within_cap,
+        Reason.OVER_NODE_CAP,
+        ("cordon 2 nodes (cp1, n1)",),
+    ),
+    Case(
         "too-many-agent-nodes",
         {"target_nodes": MANY_NODES, "agent_capabilities": {}},
         agent_nodes_within_limit,
@@ -270,6 +413,85 @@ def test_each_refusal_in_each_chain(case: Case, chain: str) -> None:
         (
             {"experiment": None, "selection": None, "target_nodes": ()},
             "checks that need the experiment and the selection pass without them",
+        ),
+        (
+            {
+                "experiment": CORDON_SPEC,
+                "switch": allowing("team-b", "team-a"),
+                "scheduled_target_nodes": ("n1",),
+            },
+            "a cordon of one node in an allowed namespace",
+        ),
+        (
+            {
+                "experiment": CORDON_SPEC,
+                "switch": allowing("team-a"),
+                "scheduled_target_nodes": ("cp1", "n1"),
+                "control_plane_nodes": frozenset({"cp1"}),
+            },
+            "control-plane nodes are left out, not counted",
+        ),
+        (
+            {
+                "experiment": CORDON_SPEC,
+                "switch": allowing("team-a"),
+                "scheduled_target_nodes": (),
+                "target_nodes": ("n1", "n2"),
+            },
+            "nodes of pinned pods (not scheduled) are not the cordon's",
+        ),
+        (
+            {
+                "experiment": CORDON_SPEC,
+                "switch": allowing("team-a", max_nodes=3),
+                "scheduled_target_nodes": ("n1", "n2", "n3"),
+            },
+            "at the node cap is within it",
+        ),
+        (
+            {"experiment": POD_SPEC, "scheduled_target_nodes": MANY_NODES},
+            "no cordon: the nodes do not count",
+        ),
+        (
+            {"experiment": LONG_SPEC, "switch": ChaosSwitchSpec(enabled=True, max_run_seconds=120)},
+            "a run as long as the cap",
+        ),
+        ({"experiment": LONG_SPEC}, "no maxRunSeconds: no cap"),
+        (
+            {
+                "experiment": SCALE_SPEC,
+                "workloads": {"Deployment/web": WorkloadFacts(4)},
+                "switch": caps(max_targets=4, max_percent=100),
+            },
+            "the replicas scaled away at the cap",
+        ),
+        (
+            {
+                "experiment": raw_spec(scale("Deployment", "web", 10)),
+                "workloads": {"Deployment/web": WorkloadFacts(2)},
+                "selection": Selection(matched=2, targets=("web-1",)),
+                "switch": caps(max_targets=1, max_percent=1),
+            },
+            "a scale up takes no pod away",
+        ),
+        (
+            {"experiment": SCALE_SPEC, "switch": caps(max_targets=2)},
+            "a workload that does not exist is the attack's failure, not a cap's",
+        ),
+        (
+            {
+                "experiment": raw_spec(scale("StatefulSet", "db", 1, accept=True)),
+                "workloads": {"StatefulSet/db": WorkloadFacts(3, True)},
+            },
+            "the data loss is accepted",
+        ),
+        (
+            {"experiment": STS_SPEC, "workloads": {"StatefulSet/db": WorkloadFacts(1, True)}},
+            "not a scale down: nothing is deleted",
+        ),
+        (
+            {"experiment": STS_SPEC, "workloads": {"StatefulSet/db": WorkloadFacts(3)}},
+            "volumes retained when scaled",
         ),
     ],
 )
@@ -371,3 +593,14 @@ def test_irreversible_attacks() -> None:
     experiment = spec(("kill", "PodDelete"), ("burn", "CpuStress"), ("term", "ProcessKill"))
     assert irreversible_attacks(experiment) == ("kill (PodDelete)", "term (ProcessKill)")
     assert irreversible_attacks(spec(("burn", "CpuStress"))) == ()
+
+
+def test_run_seconds_is_warm_up_longest_attack_and_cool_down() -> None:
+    assert run_seconds(LONG_SPEC) == 50 + 60 + 10
+    assert run_seconds(POD_SPEC) == 60  # the default duration, no warm-up or cool-down
+
+
+def test_accepting_data_loss_makes_the_scale_irreversible() -> None:
+    accepted = raw_spec(scale("StatefulSet", "db", 1, accept=True))
+    assert irreversible_attacks(accepted) == ("scale (ScaleWorkload)",)
+    assert irreversible_attacks(STS_SPEC) == ()

@@ -49,6 +49,16 @@ class Level(StrEnum):
     NODE = "Node"  # the node agent of each target's node, handed a NodeAttack
 
 
+class Scope(StrEnum):
+    """How far an attack type's effect reaches."""
+
+    # Only the run's own namespace (its targets, its workloads, what it creates there).
+    NAMESPACE = "Namespace"
+    # Beyond it (cluster-scoped objects every team shares: nodes): allowed only for the
+    # namespaces a cluster admin named in the ChaosSwitch (spec.clusterScopedAttacks).
+    CLUSTER = "Cluster"
+
+
 # -- the parameter models ---------------------------------------------------------------
 
 
@@ -86,6 +96,15 @@ class ScaleWorkloadParameters(Model):
 
     workload: WorkloadRef = Field(description="The workload to scale.")
     replicas: int = Field(ge=0, le=10000, description="The replica count during the attack.")
+    accept_data_loss: bool = Field(
+        default=False,
+        description=(
+            "Scale down a StatefulSet whose persistentVolumeClaimRetentionPolicy.whenScaled "
+            "is Delete, which deletes the volumes of the replicas scaled away (refused "
+            "without this). The attack is then irreversible: it is reported so, and the "
+            "count is not restored."
+        ),
+    )
 
 
 class NetworkIsolationParameters(Model):
@@ -237,6 +256,7 @@ class AttackDescriptor:
     parameters_model: builtins.type[Model] | None = None
     parameters_required: bool = False
     needs_pod_detail: bool = False
+    scope: Scope = Scope.NAMESPACE
     privileges: tuple[str, ...]
     summary: str
 
@@ -319,7 +339,11 @@ _DESCRIPTORS = (
         level=Level.API,
         reversible=True,
         needs_pod_detail=True,
-        privileges=("nodes: get, list, patch (cordon, and uncordon what this run cordoned)",),
+        scope=Scope.CLUSTER,
+        privileges=(
+            "nodes: get, list, patch (cordon, and uncordon what this run cordoned; list "
+            "only the control-plane nodes, by label)",
+        ),
         summary="Cordons the targets' nodes; rollback uncordons those this run cordoned.",
     ),
     AttackDescriptor(
@@ -439,6 +463,11 @@ REVERSIBLE: dict[AttackType, bool] = {t: d.reversible for t, d in CATALOGUE.item
 # Attacks that a node agent executes on the node of each target.
 NODE_LEVEL: frozenset[AttackType] = frozenset(
     t for t, d in CATALOGUE.items() if d.level is Level.NODE
+)
+
+# Attacks whose effect reaches beyond the run's namespace (the ChaosSwitch must allow them).
+CLUSTER_SCOPED: frozenset[AttackType] = frozenset(
+    t for t, d in CATALOGUE.items() if d.scope is Scope.CLUSTER
 )
 
 # The parameter field of each type that has one, in the order of the catalogue.

@@ -25,6 +25,7 @@ from shakeout.api.attacks import (
     PodDeleteParameters,
     ProcessKillParameters,
     ScaleWorkloadParameters,
+    Scope,
     parameter_problem,
     parameter_rules,
 )
@@ -138,7 +139,14 @@ class Attack(Model):
 
     @property
     def reversible(self) -> bool:
-        return self.descriptor.reversible
+        """The type's, but a scale that accepts data loss cannot be undone."""
+        accepts_loss = self.scale_workload is not None and self.scale_workload.accept_data_loss
+        return self.descriptor.reversible and not accepts_loss
+
+    @property
+    def cluster_scoped(self) -> bool:
+        """Whether its effect reaches beyond the run's namespace (see api/attacks.py Scope)."""
+        return self.descriptor.scope is Scope.CLUSTER
 
     @property
     def node_level(self) -> bool:

@@ -130,6 +130,15 @@ class AttackResult(Model):
         default=None,
         description="ScaleWorkload: the replica count before the attack (the rollback value).",
     )
+    nodes: list[str] | None = Field(
+        default=None,
+        max_length=1000,
+        description=(
+            "NodeCordon: the nodes it cordons, journaled before any is touched; rollback "
+            "uncordons, by name, those that still carry this run's record and that nobody "
+            "else changed meanwhile."
+        ),
+    )
     applied_at: datetime | None = Field(default=None, description="When it was applied.")
     rolled_back_at: datetime | None = Field(default=None, description="When it was rolled back.")
     message: str | None = Field(default=None, max_length=1024, description="Details.")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, StringConstraints, ValidationError
 
-from shakeout.api.common import Condition, Model, Resource, cel
+from shakeout.api.common import DNS_LABEL, Condition, Model, Resource, cel
 from shakeout.api.labels import CHANGED_AT, CHANGED_BY, CHANGED_GENERATION
 
 SWITCH_NAME = "default"
@@ -28,11 +28,48 @@ class NamespaceMode(StrEnum):
     OPT_IN = "OptIn"
 
 
+NamespaceName = Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)]
+
+# How many nodes a run may cordon when the admin set no caps.maxNodes: one (a safe default).
+DEFAULT_MAX_NODES = 1
+
+# Labels that make a node a control-plane node (the current one, and the one before 1.24).
+CONTROL_PLANE_LABELS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
+
+
+class ClusterScopedAttacks(Model):
+    """Who may run the attacks whose effect reaches beyond the run's namespace (those of
+    scope Cluster in the catalogue: NodeCordon), and on what."""
+
+    namespaces: list[NamespaceName] = Field(
+        default_factory=list,
+        max_length=256,
+        description=(
+            "The namespaces whose runs may use attacks of scope Cluster (NodeCordon); "
+            "a run of any other namespace that has one is refused. Empty or unset: none."
+        ),
+    )
+    control_plane_nodes: bool = Field(
+        default=False,
+        description=(
+            "Whether such attacks may affect control-plane nodes (labelled "
+            + " or ".join(CONTROL_PLANE_LABELS)
+            + "); false (the default): those nodes are never touched."
+        ),
+    )
+
+
 class TargetCaps(Model):
     """Cluster-wide caps on the number of targets of any run."""
 
     max_targets: int | None = Field(
-        default=None, ge=1, le=1000000, description="A run may target at most this many pods."
+        default=None,
+        ge=1,
+        le=1000000,
+        description=(
+            "A run may target at most this many pods; a ScaleWorkload may take at most "
+            "this many replicas away."
+        ),
     )
     max_percent: int | None = Field(
         default=None,
@@ -40,7 +77,17 @@ class TargetCaps(Model):
         le=100,
         description=(
             "A run may target at most this percent (1-100) of the pods its selector "
-            "matched, rounded down but never below one pod."
+            "matched, and a ScaleWorkload take away at most this percent of the workload's "
+            "replicas, rounded down but never below one pod."
+        ),
+    )
+    max_nodes: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description=(
+            "A run may cordon at most this many nodes (NodeCordon, counted after leaving "
+            f"out the nodes it may not touch); unset: {DEFAULT_MAX_NODES}."
         ),
     )
 
@@ -65,6 +112,23 @@ class ChaosSwitchSpec(Model):
     )
     caps: TargetCaps | None = Field(
         default=None, description="Cluster-wide caps on the number of targets per run."
+    )
+    cluster_scoped_attacks: ClusterScopedAttacks | None = Field(
+        default=None,
+        description=(
+            "Which namespaces may run attacks whose effect reaches beyond the namespace "
+            "(NodeCordon); unset: none may."
+        ),
+    )
+    max_run_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=3 * 24 * 3600,
+        description=(
+            "A run may last at most this long: its Experiment's warm-up, longest attack and "
+            "cool-down together (the run lock is held that long); unset: no cap beyond the "
+            "Experiment's own limits."
+        ),
     )
 
 

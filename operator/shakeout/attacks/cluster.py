@@ -14,7 +14,13 @@ from collections.abc import Iterable
 from shakeout.api.attacks import AttackType
 from shakeout.api.experiment import Attack
 from shakeout.api.run import AttackResult
-from shakeout.attacks.context import AttackError, ClusterExecutor, RunContext
+from shakeout.attacks.context import (
+    AttackError,
+    ClusterExecutor,
+    RunContext,
+    TargetPods,
+    no_pods,
+)
 from shakeout.attacks.endpoint_removal import EndpointRemoval
 from shakeout.attacks.network_isolation import NetworkIsolation
 from shakeout.attacks.node_cordon import NodeCordon
@@ -51,17 +57,21 @@ class ClusterAttacks:
             raise AttackError(f"{attack_type} is not an API-level attack")
         return executor(self.run)
 
-    async def prepare(self, attack: Attack) -> dict[str, object]:
-        """What to journal before applying: for a scale, the count to restore."""
-        return await self.executor(attack.type).prepare(attack)
+    async def prepare(self, attack: Attack, pods: TargetPods = no_pods) -> dict[str, object]:
+        """What to journal before applying: for a scale, the count to restore; for a
+        cordon, the nodes."""
+        return await self.executor(attack.type).prepare(attack, pods)
 
-    async def apply(self, attack: Attack, pods: list[Pod]) -> int:
+    async def apply(
+        self, attack: Attack, pods: list[Pod], journaled: AttackResult | None = None
+    ) -> int:
         """Apply the attack; returns how many targets it acted on."""
-        return await self.executor(attack.type).apply(attack, pods)
+        return await self.executor(attack.type).apply(attack, pods, journaled)
 
-    async def rollback(self, attack: Attack, result: AttackResult) -> None:
-        """Undo a reversible attack; a no-op for what was never applied or is undone."""
-        await self.executor(attack.type).rollback(attack, result)
+    async def rollback(self, attack: Attack, result: AttackResult) -> str | None:
+        """Undo a reversible attack; a no-op for what was never applied or is undone. A
+        note for the report, if any."""
+        return await self.executor(attack.type).rollback(attack, result)
 
     async def clean_up(self, attack_types: Iterable[str]) -> None:
         """After the run ended: what the API-level types among `attack_types` left behind

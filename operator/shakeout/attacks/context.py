@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,6 +25,13 @@ from shakeout.api.run import AttackResult
 from shakeout.kube.client import Obj, Pod, api
 from shakeout.kube.errors import NotFound
 from shakeout.kube.resources import PODS
+
+# The run's target pods, resolved once for every attack that asks (see ClusterExecutor.prepare).
+TargetPods = Callable[[], Awaitable[list[Pod]]]
+
+
+async def no_pods() -> list[Pod]:
+    return []
 
 
 class AttackError(Exception):
@@ -79,18 +87,24 @@ class ClusterExecutor(ABC):
     def __init__(self, run: RunContext) -> None:
         self.run = run
 
-    async def prepare(self, attack: Attack) -> dict[str, object]:
-        """What to journal before applying (the rollback data the cluster holds now); the
-        result's fields of api/run.py AttackResult. Most types need nothing."""
+    async def prepare(self, attack: Attack, pods: TargetPods = no_pods) -> dict[str, object]:
+        """What to journal before applying (the rollback data the cluster holds now, and
+        what the attack will touch, from the target `pods` if it needs them); the result's
+        fields of api/run.py AttackResult. An AttackError refuses the attack before
+        anything is touched. Most types need nothing."""
         return {}
 
     @abstractmethod
-    async def apply(self, attack: Attack, pods: list[Pod]) -> int:
-        """Apply the attack to the targets; how many it acted on."""
+    async def apply(
+        self, attack: Attack, pods: list[Pod], journaled: AttackResult | None = None
+    ) -> int:
+        """Apply the attack to the targets; how many it acted on. `journaled`: the
+        attack's result as journaled before (with what `prepare` returned)."""
 
     @abstractmethod
-    async def rollback(self, attack: Attack, result: AttackResult) -> None:
-        """Undo the attack; a no-op for what was never applied or is undone already."""
+    async def rollback(self, attack: Attack, result: AttackResult) -> str | None:
+        """Undo the attack; a no-op for what was never applied or is undone already. A note
+        for the report (what was left alone, and why), if any."""
 
     async def clean_up(self) -> None:
         """After the run ended: remove what the rollback left and selects nothing any more.

@@ -24,7 +24,9 @@ def _selector_keys(obj: Obj | None) -> set[str]:
 class EndpointRemoval(ClusterExecutor):
     type = AttackType.ENDPOINT_REMOVAL
 
-    async def apply(self, attack: Attack, pods: list[Pod]) -> int:
+    async def apply(
+        self, attack: Attack, pods: list[Pod], journaled: AttackResult | None = None
+    ) -> int:
         run = self.run
         selectors = [
             dict((svc.get("spec") or {}).get("selector") or {})

@@ -22,7 +22,9 @@ class NetworkIsolation(ClusterExecutor):
     def policy_name(self, attack: Attack) -> str:
         return f"shakeout-{attack.name}-{self.run.run_uid[:8]}"
 
-    async def apply(self, attack: Attack, pods: list[Pod]) -> int:
+    async def apply(
+        self, attack: Attack, pods: list[Pod], journaled: AttackResult | None = None
+    ) -> int:
         run = self.run
         direction = attack.network_isolation.direction if attack.network_isolation else "Both"
         types = ["Ingress", "Egress"] if direction == Direction.BOTH else [str(direction)]

@@ -13,7 +13,9 @@ from shakeout.kube.client import Pod, api
 class PodDelete(ClusterExecutor):
     type = AttackType.POD_DELETE
 
-    async def apply(self, attack: Attack, pods: list[Pod]) -> int:
+    async def apply(
+        self, attack: Attack, pods: list[Pod], journaled: AttackResult | None = None
+    ) -> int:
         grace = attack.pod_delete.grace_period_seconds if attack.pod_delete else 0
 
         async def delete(pod: Pod) -> bool:

@@ -9,6 +9,7 @@ import asyncio
 from shakeout.api.experiment import Attack
 from shakeout.api.run import AttackResult
 from shakeout.attacks.cluster import ClusterAttacks
+from shakeout.attacks.context import TargetPods, no_pods
 from shakeout.attacks.node import NodeDispatcher
 from shakeout.kube.client import Pod
 
@@ -20,24 +21,25 @@ class RunAttacks:
         self.cluster = ClusterAttacks(namespace, run_name, run_uid, halt)
         self.nodes = NodeDispatcher(namespace, run_name, run_uid, halt)
 
-    async def prepare(self, attack: Attack) -> dict[str, object]:
+    async def prepare(self, attack: Attack, pods: TargetPods = no_pods) -> dict[str, object]:
         """What to journal before applying (the rollback data), read from the cluster."""
         if attack.node_level:
             return {}  # the agents journal their targets themselves (NodeAttack status)
-        return await self.cluster.prepare(attack)
+        return await self.cluster.prepare(attack, pods)
 
-    async def apply(self, attack: Attack, pods: list[Pod]) -> int:
+    async def apply(
+        self, attack: Attack, pods: list[Pod], journaled: AttackResult | None = None
+    ) -> int:
         """Apply the attack to the targets; how many it acted on."""
         if attack.node_level:
             return await self.nodes.apply(attack, pods)
-        return await self.cluster.apply(attack, pods)
+        return await self.cluster.apply(attack, pods, journaled)
 
     async def rollback(self, attack: Attack, result: AttackResult) -> str | None:
         """Undo the attack (idempotent); a note for the report, if any."""
         if attack.node_level:
             return await self.nodes.rollback(attack)
-        await self.cluster.rollback(attack, result)
-        return None
+        return await self.cluster.rollback(attack, result)
 
     async def lost_nodes(self) -> list[str]:
         """Nodes whose agent reported this run's applied faults lost."""

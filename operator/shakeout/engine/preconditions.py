@@ -2,10 +2,13 @@
 
 A run may start only when experimenting is enabled (the ChaosSwitch named default exists
 with spec.enabled: true), no other run holds the cluster-wide lock, its Experiment exists
-and is valid, its namespace may be attacked, its blast radius resolves to at least one
-pod within the cluster-wide caps, the node agents of its targets' nodes can do its
-node-level attacks (on at most MAX_AGENT_NODES nodes), and whoever created it may still
-create runs in its namespace. A refused run is never attacked.
+and is valid, its namespace may be attacked, attacks whose effect reaches beyond the
+namespace are allowed for it, it lasts no longer than the cluster's cap, its blast radius
+resolves to at least one pod within the cluster-wide caps (the replicas a scale takes away
+and the nodes a cordon takes count too), no scale down deletes volumes unless it says so,
+the node agents of its targets' nodes can do its node-level attacks (on at most
+MAX_AGENT_NODES nodes), and whoever created it may still create runs in its namespace.
+A refused run is never attacked.
 
 The facts are gathered once by I/O code elsewhere (`RunFacts`); each check looks at them
 and refuses with a reason and a message, or passes. The checks have one order
@@ -35,7 +38,16 @@ from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.labels import STARTED_BY
 from shakeout.api.run import MAX_AGENT_NODES, UserInfo
 from shakeout.api.switch import ChaosSwitchSpec
-from shakeout.engine.policies import NamespaceFacts, cap_refusal, namespace_refusal
+from shakeout.engine.policies import (
+    NamespaceFacts,
+    cap_refusal,
+    cluster_scope_refusal,
+    cordon_nodes,
+    namespace_refusal,
+    node_cap_refusal,
+    run_length_refusal,
+    scale_cap_refusal,
+)
 from shakeout.engine.runs import Reason
 from shakeout.engine.targets import Selection
 
@@ -48,6 +60,21 @@ class Refusal:
 
     reason: Reason
     message: str
+
+
+@dataclass(frozen=True)
+class WorkloadFacts:
+    """A workload that a ScaleWorkload attack scales, as read."""
+
+    replicas: int
+    # A StatefulSet whose persistentVolumeClaimRetentionPolicy.whenScaled is Delete: a
+    # scale down deletes the volumes of the replicas scaled away.
+    deletes_volumes_when_scaled: bool = False
+
+
+def workload_key(kind: str, name: str) -> str:
+    """The key of a workload in RunFacts.workloads."""
+    return f"{kind}/{name}"
 
 
 @dataclass(frozen=True)
@@ -84,6 +111,14 @@ class RunFacts:
     creator_is_member: bool = True
     # NAMESPACE/NAME of another live run that holds the cluster-wide lock.
     lock_holder: str | None = None
+    # The workloads the ScaleWorkload attacks scale, by workload_key; one that does not
+    # exist is absent (the attack then fails without touching anything).
+    workloads: Mapping[str, WorkloadFacts] = field(default_factory=dict)
+    # The nodes of the target pods that the scheduler placed (not a spec.nodeName written
+    # by whoever created the pod), sorted and unique: the nodes a NodeCordon may cordon.
+    scheduled_target_nodes: tuple[str, ...] = ()
+    # The control-plane nodes among them (read only when the spec has a NodeCordon).
+    control_plane_nodes: frozenset[str] = frozenset()
 
     @property
     def experiment_ref(self) -> str:
@@ -158,6 +193,32 @@ def namespace_allowed(facts: RunFacts) -> Refusal | None:
     return None if problem is None else Refusal(Reason.NAMESPACE_PROTECTED, problem)
 
 
+def cluster_scope_allowed(facts: RunFacts) -> Refusal | None:
+    """Attacks whose effect reaches beyond the namespace (NodeCordon) run only in the
+    namespaces a cluster admin named in the switch (none by default)."""
+    if facts.switch is None or facts.experiment is None:
+        return None
+    attacks = [f"{a.name} ({a.type})" for a in facts.experiment.attacks if a.cluster_scoped]
+    problem = cluster_scope_refusal(facts.namespace, attacks, facts.switch)
+    return None if problem is None else Refusal(Reason.CLUSTER_SCOPE_NOT_ALLOWED, problem)
+
+
+def run_seconds(spec: ExperimentSpec) -> int:
+    """How long a run of the spec lasts at most: its warm-up, its longest attack (they start
+    together) and its cool-down."""
+    longest = max((a.duration_seconds for a in spec.attacks), default=0)
+    return spec.warm_up_seconds + longest + spec.cool_down_seconds
+
+
+def run_within_length(facts: RunFacts) -> Refusal | None:
+    """The run lasts no longer than the switch's spec.maxRunSeconds (it holds the
+    cluster-wide lock all that time)."""
+    if facts.switch is None or facts.experiment is None:
+        return None
+    problem = run_length_refusal(run_seconds(facts.experiment), facts.switch)
+    return None if problem is None else Refusal(Reason.RUN_TOO_LONG, problem)
+
+
 def blast_radius_has_targets(facts: RunFacts) -> Refusal | None:
     """The blast radius resolves to at least one pod."""
     selection = facts.selection
@@ -180,6 +241,66 @@ def within_caps(facts: RunFacts) -> Refusal | None:
         return None
     problem = cap_refusal(facts.selection.matched, len(facts.selection.targets), facts.switch)
     return None if problem is None else Refusal(Reason.OVER_TARGET_CAP, problem)
+
+
+def scale_within_caps(facts: RunFacts) -> Refusal | None:
+    """The replicas each ScaleWorkload takes away count as pods in the cluster-wide caps."""
+    if facts.switch is None or facts.experiment is None:
+        return None
+    for attack in facts.experiment.attacks:
+        scale = attack.scale_workload
+        if scale is None:
+            continue
+        ref = scale.workload
+        workload = facts.workloads.get(workload_key(ref.kind, ref.name))
+        if workload is None:
+            continue
+        what = f"{ref.kind} {ref.name}"
+        problem = scale_cap_refusal(
+            attack.name, what, workload.replicas, scale.replicas, facts.switch
+        )
+        if problem is not None:
+            return Refusal(Reason.OVER_TARGET_CAP, problem)
+    return None
+
+
+def scale_keeps_data(facts: RunFacts) -> Refusal | None:
+    """A ScaleWorkload does not scale down a StatefulSet whose scale down deletes the
+    volumes (persistentVolumeClaimRetentionPolicy.whenScaled: Delete), unless the attack
+    accepts the data loss (and is then irreversible)."""
+    if facts.experiment is None:
+        return None
+    for attack in facts.experiment.attacks:
+        scale = attack.scale_workload
+        if scale is None or scale.accept_data_loss:
+            continue
+        ref = scale.workload
+        workload = facts.workloads.get(workload_key(ref.kind, ref.name))
+        if workload is None or not workload.deletes_volumes_when_scaled:
+            continue
+        if scale.replicas < workload.replicas:
+            return Refusal(
+                Reason.DATA_LOSS_NOT_ACCEPTED,
+                f"attack {attack.name} would scale {ref.kind} {ref.name} down from "
+                f"{workload.replicas} to {scale.replicas} replicas, and its "
+                "persistentVolumeClaimRetentionPolicy.whenScaled is Delete: the volumes "
+                "of the replicas scaled away would be deleted, which no rollback undoes; "
+                "set scaleWorkload.acceptDataLoss: true to run it anyway (the attack is "
+                "then irreversible), or retain the volumes (whenScaled: Retain)",
+            )
+    return None
+
+
+def nodes_within_cap(facts: RunFacts) -> Refusal | None:
+    """A NodeCordon cordons at most the switch's caps.maxNodes nodes (1 when unset),
+    counted after the nodes it may not touch are left out."""
+    if facts.switch is None or facts.experiment is None:
+        return None
+    if not any(a.type == AttackType.NODE_CORDON for a in facts.experiment.attacks):
+        return None
+    nodes = cordon_nodes(facts.scheduled_target_nodes, facts.control_plane_nodes, facts.switch)
+    problem = node_cap_refusal(nodes, facts.switch)
+    return None if problem is None else Refusal(Reason.OVER_NODE_CAP, problem)
 
 
 def node_attack_types(spec: ExperimentSpec) -> tuple[AttackType, ...]:
@@ -263,8 +384,13 @@ CHECKS: tuple[Check, ...] = (
     experiment_found,
     experiment_valid,
     namespace_allowed,
+    cluster_scope_allowed,
+    run_within_length,
     blast_radius_has_targets,
     within_caps,
+    scale_within_caps,
+    scale_keeps_data,
+    nodes_within_cap,
     agent_nodes_within_limit,
     agents_can_attack,
     creator_still_member,

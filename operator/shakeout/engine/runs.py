@@ -70,6 +70,12 @@ class Reason(StrEnum):
     NO_TARGETS = "NoTargets"
     NAMESPACE_PROTECTED = "NamespaceProtected"
     OVER_TARGET_CAP = "OverTargetCap"
+    # An attack whose effect reaches beyond the namespace, not allowed for it by the switch.
+    CLUSTER_SCOPE_NOT_ALLOWED = "ClusterScopeNotAllowed"
+    OVER_NODE_CAP = "OverNodeCap"
+    # A scale-down that would delete volumes, without the attack accepting it.
+    DATA_LOSS_NOT_ACCEPTED = "DataLossNotAccepted"
+    RUN_TOO_LONG = "RunTooLong"
     UNAUTHORIZED = "Unauthorized"
     OPERATOR_SHUTDOWN = "OperatorShutdown"
     INVALID_STATUS = "InvalidStatus"

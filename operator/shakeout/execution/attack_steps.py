@@ -35,8 +35,9 @@ class AttackSteps:
         self.agent_holders: dict[str, str] = {}
 
     async def apply_one(self, attack: Attack, pods: list[Pod]) -> lifecycle.ApplyOutcome:
+        journaled = next((r for r in self.journal.status.attacks if r.name == attack.name), None)
         try:
-            count = await self.attacks.apply(attack, pods)
+            count = await self.attacks.apply(attack, pods, journaled)
         except Exception as err:  # noqa: BLE001  (recorded, then the run fails)
             return lifecycle.ApplyOutcome(attack.name, error=str(err))
         metrics.ATTACKS_APPLIED.labels(attack.type).inc()
@@ -49,8 +50,14 @@ class AttackSteps:
         # The rollback data and the targets, read at once (the targets are the pick-up's
         # own when they are fresh: listing thousands of pods is most of the first fault).
         targets = asyncio.create_task(resolve_targets(journal.namespace, spec, self.uid))
+
+        async def target_pods() -> list[Pod]:
+            # For the attacks that journal what they will touch (a cordon's nodes).
+            return (await targets)[1]
+
         prepared = await asyncio.gather(
-            *(self.attacks.prepare(a) for a in spec.attacks), return_exceptions=True
+            *(self.attacks.prepare(a, target_pods) for a in spec.attacks),
+            return_exceptions=True,
         )
         rollback_data: dict[str, dict[str, object]] = {}
         for attack, outcome in zip(spec.attacks, prepared, strict=True):

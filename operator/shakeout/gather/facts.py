@@ -16,11 +16,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shakeout.api.attacks import AttackType
 from shakeout.api.experiment import Experiment, ExperimentSpec
 from shakeout.api.run import UserInfo
+from shakeout.api.switch import CONTROL_PLANE_LABELS
 from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.policies import NamespaceFacts
-from shakeout.engine.preconditions import RunFacts
+from shakeout.engine.preconditions import RunFacts, WorkloadFacts, workload_key
 from shakeout.engine.targets import Selection
 from shakeout.gather import agents
 from shakeout.gather.authz import may_run_in
@@ -28,7 +30,7 @@ from shakeout.gather.switch import lock_holder, switch_spec
 from shakeout.gather.targets import SelectorError, resolve_targets
 from shakeout.kube.client import Obj, Pod, api
 from shakeout.kube.errors import KubeError
-from shakeout.kube.resources import SELF_SUBJECT_REVIEWS
+from shakeout.kube.resources import NODES, SELF_SUBJECT_REVIEWS
 
 log = logging.getLogger("shakeout.identity")
 
@@ -126,6 +128,47 @@ def parse_experiment(obj: Obj | None) -> tuple[ExperimentSpec | None, int | None
     return experiment.spec, experiment.metadata.generation, None
 
 
+def workload_facts(obj: Obj) -> WorkloadFacts:
+    """What the preconditions look at of a Deployment or StatefulSet."""
+    spec = obj.get("spec") or {}
+    replicas = spec.get("replicas")
+    policy = spec.get("persistentVolumeClaimRetentionPolicy") or {}
+    return WorkloadFacts(
+        replicas=1 if replicas is None else int(replicas),  # the API server's default
+        # Only the volumes of its claim templates are deleted: without any, nothing is.
+        deletes_volumes_when_scaled=obj.get("kind", "StatefulSet") == "StatefulSet"
+        and policy.get("whenScaled") == "Delete"
+        and bool(spec.get("volumeClaimTemplates")),
+    )
+
+
+async def scaled_workloads(namespace: str, spec: ExperimentSpec) -> dict[str, WorkloadFacts]:
+    """The workloads the spec's ScaleWorkload attacks scale, as they are now."""
+    refs = {
+        workload_key(a.scale_workload.workload.kind, a.scale_workload.workload.name): (
+            a.scale_workload.workload
+        )
+        for a in spec.attacks
+        if a.scale_workload is not None
+    }
+    found = await asyncio.gather(
+        *(api().get_workload(ref.kind, namespace, ref.name) for ref in refs.values())
+    )
+    return {
+        key: workload_facts({"kind": ref.kind, **obj})
+        for (key, ref), obj in zip(refs.items(), found, strict=True)
+        if obj is not None
+    }
+
+
+async def control_plane_nodes() -> frozenset[str]:
+    """The names of the control-plane nodes, listed by their labels (never every node)."""
+    lists = await asyncio.gather(
+        *(api().list_objects(NODES, labels=label) for label in CONTROL_PLANE_LABELS)
+    )
+    return frozenset(node["metadata"]["name"] for nodes in lists for node in nodes)
+
+
 async def gather_run_facts(
     namespace: str,
     experiment_name: str,
@@ -166,6 +209,11 @@ async def gather_run_facts(
         except SelectorError as err:
             selector_error = str(err)
     nodes = tuple(sorted({p.node for p in pods if p.node}))
+    cordons = spec is not None and any(a.type == AttackType.NODE_CORDON for a in spec.attacks)
+    workloads, control_plane = await asyncio.gather(
+        scaled_workloads(namespace, spec) if spec is not None else _empty(),
+        control_plane_nodes() if cordons else _nobody(),
+    )
     facts = RunFacts(
         namespace=namespace,
         experiment_name=experiment_name,
@@ -183,9 +231,20 @@ async def gather_run_facts(
         creator_required=IDENTITIES.recorded,
         creator_is_member=member,
         lock_holder=holder,
+        workloads=workloads,
+        scheduled_target_nodes=tuple(sorted({n for p in pods if (n := p.scheduled_node)})),
+        control_plane_nodes=control_plane,
     )
     return facts, pods, switch, generation
 
 
 async def _none() -> None:
     return None
+
+
+async def _empty() -> dict[str, WorkloadFacts]:
+    return {}
+
+
+async def _nobody() -> frozenset[str]:
+    return frozenset()

@@ -296,10 +296,27 @@ class Api:
         scale = await self.request("GET", WORKLOADS[kind].path(namespace, name, "scale"))
         return int((scale.get("spec") or {}).get("replicas") or 0)
 
-    async def set_replicas(self, kind: str, namespace: str, name: str, replicas: int) -> None:
-        await self.merge_patch(
-            WORKLOADS[kind], namespace, name, {"spec": {"replicas": replicas}}, "scale"
-        )
+    async def get_scale(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """A workload's Scale (spec.replicas, metadata.resourceVersion); None when gone."""
+        try:
+            return await self.request("GET", WORKLOADS[kind].path(namespace, name, "scale"))
+        except NotFound:
+            return None
+
+    async def set_replicas(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        replicas: int,
+        resource_version: str | None = None,
+    ) -> None:
+        """Scale a workload; with resource_version, a compare-and-swap (Conflict if the
+        workload changed since that version was read)."""
+        patch: Obj = {"spec": {"replicas": replicas}}
+        if resource_version is not None:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        await self.merge_patch(WORKLOADS[kind], namespace, name, patch, "scale")
 
     async def get_workload(self, kind: str, namespace: str, name: str) -> Obj | None:
         return await self.get(WORKLOADS[kind], namespace, name)

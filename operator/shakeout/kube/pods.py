@@ -18,6 +18,32 @@ class Pod:
     annotations: dict[str, str] = field(default_factory=dict)
     owner_kind: str | None = None
     owner_name: str | None = None
+    # spec.nodeName was written by a client in the pod's own create or update (a pod
+    # pinned to a node, bypassing the scheduler), not by the scheduler's binding.
+    node_pinned: bool = False
+
+    @property
+    def scheduled_node(self) -> str | None:
+        """The pod's node when the scheduler placed it there, else None."""
+        return None if self.node_pinned else self.node
+
+
+def node_pinned(meta: dict[str, Any]) -> bool:
+    """Whether the pod's spec.nodeName was written by a client rather than by the
+    scheduler: a managedFields entry of the pod itself (not of a subresource: the
+    scheduler's binding is one) owns spec.nodeName. The binding records no such entry.
+
+    Best effort: whoever may update a pod may also rewrite its managedFields, so a team
+    can hide that it pinned its pod; the rails that hold whatever a pod says are the
+    allowance per namespace, the node cap and the control-plane label.
+    """
+    for entry in meta.get("managedFields") or []:
+        if not isinstance(entry, dict) or entry.get("subresource"):
+            continue
+        spec = (entry.get("fieldsV1") or {}).get("f:spec")
+        if isinstance(spec, dict) and "f:nodeName" in spec:
+            return True
+    return False
 
 
 def pod_from(item: dict[str, Any]) -> Pod:
@@ -40,6 +66,7 @@ def pod_from(item: dict[str, Any]) -> Pod:
         annotations=dict(meta.get("annotations") or {}),
         owner_kind=owner.get("kind"),
         owner_name=owner.get("name"),
+        node_pinned=node_pinned(meta),
     )
 
 

@@ -113,7 +113,7 @@ async def test_after_a_restart_a_vanished_run_is_rolled_back_from_its_record(
 ) -> None:
     experiment = spec({**SCALE, "durationSeconds": 60}, KILL)
     status = applied(journal(experiment, clock()), clock())  # type: ignore[operator]
-    executor, _ = crashed(fake, experiment, status, replicas=1, deleted=1)
+    executor, _ = crashed(fake, experiment, status, replicas=0, deleted=1)  # SCALE's value
     uid = run_uid(fake)
     await executor.journal.record.save(status)
     fake.drop(RUNS, NS, RUN)  # vanished while the operator was down

@@ -3,7 +3,11 @@ presents one (the live handshake is tests/e2e/test_webhook_auth.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -91,3 +95,52 @@ def test_the_api_server_is_started_with_the_admission_configuration(tmp_path: Pa
     site = Site(tmp_path, pki, {"etcd": 1, "apiserver": 2}, tmp_path / "admin.kubeconfig")
     args = kube_apiserver(binaries, site)
     assert f"--admission-control-config-file={pki.admission_config}" in args
+
+
+@pytest.mark.parametrize("with_ca", [True, False])
+def test_the_operators_webhook_server_is_built_with_the_client_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_ca: bool
+) -> None:
+    """handlers/settings.py's start-up: the server kopf runs gets the CA and CERT_REQUIRED,
+    or, without the option, none and a warning that the port is unauthenticated."""
+    from shakeout.handlers import settings as wiring
+    from shakeout.options import OPTIONS
+
+    ca = tmp_path / "clients.crt"
+    ca.write_bytes(CertificateAuthority.create("clients").cert_pem())
+    for name, value in {
+        "webhook": True,
+        "webhook_port": 9443,
+        "cert_dir": tmp_path / "serving",
+        "webhook_service": None,
+        "metrics": None,
+        "webhook_client_ca": ca if with_ca else None,
+    }.items():
+        monkeypatch.setattr(OPTIONS, name, value)
+    settings = wiring.kopf.OperatorSettings()
+    logger = logging.getLogger("test-webhook-client-auth")
+    with caplog_of(logger) as records:
+        asyncio.run(wiring.configure(settings=settings, logger=logger))  # type: ignore[arg-type]
+    server = settings.admission.server
+    assert isinstance(server, wiring.kopf.WebhookServer)
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    if with_ca:
+        assert server.verify_cafile == str(ca)
+        assert server.verify_mode == ssl.CERT_REQUIRED
+        assert not any("unauthenticated" in w for w in warnings)
+    else:
+        assert server.verify_cafile is None
+        assert server.verify_mode is None
+        assert any("port 9443 is unauthenticated" in w for w in warnings)
+
+
+@contextlib.contextmanager
+def caplog_of(logger: logging.Logger) -> Iterator[list[logging.LogRecord]]:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

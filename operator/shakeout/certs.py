@@ -130,3 +130,27 @@ def make_serving_cert(directory: Path, hosts: tuple[str, ...]) -> ServingCert:
     out.certfile.write_bytes(crt + ca.cert_pem())
     write_private(out.keyfile, key)
     return out
+
+
+def check_client_ca(path: Path) -> Path:
+    """The CA bundle that signs the webhook's clients: readable, PEM, with a CA in it.
+
+    ValueError otherwise, so that the operator refuses to start rather than serve its
+    webhook unauthenticated by mistake.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"--webhook-client-ca {path}: {err.strerror or err}") from None
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"--webhook-client-ca {path}: no PEM certificate in it") from None
+    for cert in certs:
+        try:
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+        except x509.ExtensionNotFound:
+            continue
+        if constraints.value.ca:
+            return path
+    raise ValueError(f"--webhook-client-ca {path}: no CA certificate in it (basicConstraints CA)")

@@ -12,6 +12,7 @@ from typing import Any
 
 import kopf
 
+from shakeout.certs import check_client_ca
 from shakeout.kube.leader import LeaderElector, StandbyHealth
 from shakeout.options import OPTIONS, parse_allowed_hosts
 
@@ -49,6 +50,7 @@ def run_operator(
     webhook_port: int = 9443,
     webhook_host: str | None = None,
     cert_dir: str | None = None,
+    webhook_client_ca: str | None = None,
     webhook_service: str | None = None,
     protect_namespaces: list[str] | None = None,
     allow_check_hosts: list[str] | None = None,
@@ -66,6 +68,11 @@ def run_operator(
     OPTIONS.webhook_port = webhook_port
     OPTIONS.webhook_host = webhook_host or webhook_addr
     OPTIONS.cert_dir = Path(cert_dir) if cert_dir else None
+    # Read now, so that a missing or unreadable CA stops the operator before it serves
+    # anything, rather than serving the webhook unauthenticated.
+    OPTIONS.webhook_client_ca = (
+        check_client_ca(Path(webhook_client_ca)) if webhook_client_ca else None
+    )
     OPTIONS.webhook_service = webhook_service
     OPTIONS.metrics = metrics
     own = os.environ.get("POD_NAMESPACE")  # set from the downward API in deploy/

@@ -14,6 +14,10 @@ class Options:
     # The host name the API server uses to reach the webhook (URL mode).
     webhook_host: str = "127.0.0.1"
     cert_dir: Path | None = None
+    # PEM CA bundle (--webhook-client-ca): the webhook server then requires a TLS client
+    # certificate signed by it (the API server's, from its AdmissionConfiguration). None:
+    # no client authentication, as before (a warning at start-up).
+    webhook_client_ca: Path | None = None
     # The operator's own namespace (POD_NAMESPACE): its leader Lease, the node agents'
     # Leases (read there and nowhere else) and the runs' rollback records live there.
     namespace: str = "shakeout-system"

@@ -213,20 +213,32 @@ class Operator:
     extra: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     metrics_url: str = ""
+    webhook_port: int = 0
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def client_ca(self) -> list[str]:
+        """The sandbox's API server presents a client certificate to webhooks: the
+        operator accepts no other client, as in a cluster configured for it."""
+        box = self.cluster.sandbox
+        if box is None or any(a.startswith("--webhook-client-ca") for a in self.extra):
+            return []
+        ca = box.pki.webhook_client_ca
+        return [f"--webhook-client-ca={ca}"] if ca.exists() else []
 
     def start(self) -> None:
         health = f"http://127.0.0.1:{_free_port()}/healthz"
         metrics = f"127.0.0.1:{_free_port()}"
         self.metrics_url = f"http://{metrics}/metrics"
+        self.webhook_port = _free_port()
         args = [
             str(Path(sys.executable).parent / "shakeout"),
             "operator",
             f"--liveness={health}",
-            f"--webhook-port={_free_port()}",
+            f"--webhook-port={self.webhook_port}",
             f"--metrics={metrics}",
+            *self.client_ca(),
             *self.extra,
         ]
         with self.log.open("ab") as out:

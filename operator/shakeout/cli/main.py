@@ -63,8 +63,15 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
+    from shakeout.certs import check_client_ca
     from shakeout.operator import run_operator
 
+    if args.webhook_client_ca:
+        try:
+            check_client_ca(Path(args.webhook_client_ca))
+        except ValueError as err:
+            print(f"shakeout operator: {err}", file=sys.stderr)
+            return 2
     return run_operator(
         namespaces=args.namespace,
         liveness=args.liveness,
@@ -74,6 +81,7 @@ def _operator(args: argparse.Namespace) -> int:
         webhook_port=args.webhook_port,
         webhook_host=args.webhook_host,
         cert_dir=args.webhook_cert_dir,
+        webhook_client_ca=args.webhook_client_ca,
         webhook_service=args.webhook_service,
         protect_namespaces=args.protect_namespace,
         allow_check_hosts=args.allow_check_host,
@@ -156,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--webhook-cert-dir", default=None, help="where to write the webhook's TLS files"
+    )
+    p.add_argument(
+        "--webhook-client-ca",
+        default=None,
+        metavar="FILE",
+        help="PEM CA bundle: the webhook accepts only TLS clients with a certificate it signed "
+        "(the API server's webhook client certificate); without it the webhook port is "
+        "unauthenticated",
     )
     p.add_argument(
         "--webhook-service",

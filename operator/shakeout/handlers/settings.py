@@ -19,7 +19,12 @@ from shakeout.api.labels import (
     KOPF_DIFFBASE_KEY,
 )
 from shakeout.certs import ServingCert, make_serving_cert
-from shakeout.handlers.webhook_server import ServiceRef, ServiceWebhookServer
+from shakeout.handlers.webhook_server import (
+    ServiceRef,
+    ServiceWebhookServer,
+    client_auth,
+    unauthenticated_warning,
+)
 from shakeout.kube.client import widen_executor
 from shakeout.kube.resources import RUNS
 from shakeout.metrics import serve as serve_metrics
@@ -89,6 +94,8 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
             "cafile": str(cert.cafile),
             # A certificate from cert-manager is rotated in place: reload it when it changes.
             "file_check_interval": 60,
+            # Only clients with a certificate from --webhook-client-ca: the API server.
+            **client_auth(OPTIONS.webhook_client_ca),
         }
         settings.admission.server = (
             ServiceWebhookServer(service=service, **server_options)
@@ -99,5 +106,12 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         # (named shakeout.dev) with the CA bundle of the certificate made above.
         settings.admission.managed = WEBHOOK_CONFIGURATION
         logger.info(f"admission webhooks on https://{OPTIONS.webhook_host}:{OPTIONS.webhook_port}")
+        if OPTIONS.webhook_client_ca is not None:
+            logger.info(
+                "admission webhooks accept only clients with a certificate signed by "
+                f"{OPTIONS.webhook_client_ca}"
+            )
+        else:
+            logger.warning(unauthenticated_warning(OPTIONS.webhook_port))
     else:
         logger.warning("admission webhooks disabled: the operator alone checks runs")

@@ -7,8 +7,10 @@ most control-plane hosts), so this server can describe itself as a Service refer
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -34,6 +36,27 @@ class ServiceRef:
         """The names the API server checks the serving certificate against."""
         base = f"{self.name}.{self.namespace}.svc"
         return (base, f"{base}.cluster.local")
+
+
+def client_auth(client_ca: Path | None) -> dict[str, Any]:
+    """kopf's WebhookServer options that make the TLS handshake require a client
+    certificate signed by `client_ca`; none (anyone may connect) without a CA.
+
+    CERT_REQUIRED, not kopf's default CERT_OPTIONAL: a client without a certificate is
+    refused in the handshake, before any HTTP request is read.
+    """
+    if client_ca is None:
+        return {}
+    return {"verify_cafile": str(client_ca), "verify_mode": ssl.CERT_REQUIRED}
+
+
+def unauthenticated_warning(port: int) -> str:
+    return (
+        f"the admission webhook on port {port} is unauthenticated: any client that reaches "
+        "it can post admission reviews (learning about Experiments and runs, and making the "
+        "operator list pods); give --webhook-client-ca with the CA of the API server's "
+        "webhook client certificate (docs/safety.md)"
+    )
 
 
 def service_client_config(config: dict[str, Any], service: ServiceRef) -> dict[str, Any]:

@@ -65,6 +65,8 @@ def kube_apiserver(binaries: Binaries, site: Site) -> list[str]:
         f"--tls-private-key-file={p.key('apiserver')}",
         f"--client-ca-file={p.ca_crt}",
         f"--token-auth-file={p.tokens}",
+        # Admission webhooks are called with a client certificate (pki.WEBHOOK_CLIENT).
+        f"--admission-control-config-file={p.admission_config}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={p.sa_pub}",
         f"--service-account-signing-key-file={p.sa_key}",

@@ -1,11 +1,14 @@
-"""The sandbox's certificates and tokens: a CA, the API server's serving cert, client certs."""
+"""The sandbox's certificates and tokens: a CA, the API server's serving cert, client certs,
+and the client certificate the API server presents to admission webhooks."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -29,6 +32,15 @@ TEST_IDENTITIES = (
     Identity("bob", ("team-b",), "member of team-b"),
     Identity("carol", (), "authenticated user in no team"),
 )
+# The API server's client certificate towards admission webhooks: signed by a CA of its
+# own (webhook-client-ca.crt), which signs nothing else, so that a webhook that trusts that
+# CA (`shakeout operator --webhook-client-ca`) accepts the API server and no other client,
+# not even the sandbox's admin.
+WEBHOOK_CLIENT = "apiserver-webhook-client"
+# The webhooks the API server presents it to: every one. The sandbox's webhooks are on
+# loopback, on a port chosen at each operator start; a kubeconfig user's name is matched
+# against host:port exactly, or by a `*.` prefix of DNS labels, so only `*` matches them.
+WEBHOOK_HOSTS = ("*",)
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,21 @@ class Pki:
     @property
     def sa_pub(self) -> Path:
         return self.dir / "service-account.pub"
+
+    @property
+    def webhook_client_ca(self) -> Path:
+        """The CA of the API server's webhook client certificate (for the operator)."""
+        return self.dir / "webhook-client-ca.crt"
+
+    @property
+    def admission_config(self) -> Path:
+        """kube-apiserver --admission-control-config-file."""
+        return self.dir / "admission-config.yaml"
+
+    @property
+    def admission_kubeconfig(self) -> Path:
+        """What the API server presents to admission webhooks, by webhook host."""
+        return self.dir / "admission-kubeconfig.yaml"
 
     @property
     def tokens(self) -> Path:
@@ -84,6 +111,16 @@ def create_pki(directory: Path) -> Pki:
     pki.crt(ADMIN.name).write_bytes(crt)
     write_private(pki.key(ADMIN.name), key)
 
+    # Its CA's key is not kept: nothing else is ever signed by it.
+    webhook_ca = CertificateAuthority.create("shakeout-sandbox-webhook-client-ca")
+    pki.webhook_client_ca.write_bytes(webhook_ca.cert_pem())
+    crt, key = webhook_ca.issue(WEBHOOK_CLIENT)
+    pki.crt(WEBHOOK_CLIENT).write_bytes(crt)
+    write_private(pki.key(WEBHOOK_CLIENT), key)
+    config, kubeconfig = admission_configuration(pki)
+    pki.admission_config.write_text(yaml.safe_dump(config, sort_keys=False))
+    write_private(pki.admission_kubeconfig, yaml.safe_dump(kubeconfig, sort_keys=False).encode())
+
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     write_private(pki.sa_key, key_pem(sa))
     pki.sa_pub.write_bytes(
@@ -100,3 +137,31 @@ def create_pki(directory: Path) -> Pki:
         lines.append(f'{line},"{groups}"' if groups else line)
     write_private(pki.tokens, ("\n".join(lines) + "\n").encode())
     return pki
+
+
+def admission_configuration(pki: Pki) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The API server's AdmissionConfiguration and the kubeconfig it names: both webhook
+    admission plugins present the client certificate WEBHOOK_CLIENT to WEBHOOK_HOSTS."""
+    user = {
+        "client-certificate": str(pki.crt(WEBHOOK_CLIENT)),
+        "client-key": str(pki.key(WEBHOOK_CLIENT)),
+    }
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "users": [{"name": host, "user": user} for host in WEBHOOK_HOSTS],
+    }
+    webhook = {
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "WebhookAdmissionConfiguration",
+        "kubeConfigFile": str(pki.admission_kubeconfig),
+    }
+    config = {
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "AdmissionConfiguration",
+        "plugins": [
+            {"name": plugin, "configuration": webhook}
+            for plugin in ("ValidatingAdmissionWebhook", "MutatingAdmissionWebhook")
+        ],
+    }
+    return config, kubeconfig

@@ -11,7 +11,6 @@ a token of the agent's ServiceAccount that is bound to no pod writes nothing. A 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,14 +99,6 @@ def identities(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[
     return users
 
 
-@pytest.fixture
-def team(cluster: Cluster) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
 def test_an_agent_writes_its_own_lease_and_no_other(
     identities: dict[str, TokenUser], crds: Cluster
 ) -> None:
@@ -167,24 +158,24 @@ def report(user: TokenUser, name: str, namespace: str) -> Any:
 
 
 def test_an_agent_reports_only_its_own_nodes_node_attacks(
-    identities: dict[str, TokenUser], crds: Cluster, team: str
+    identities: dict[str, TokenUser], crds: Cluster, namespace: str
 ) -> None:
     agent = identities["node0"]
-    crds.create(node_attack("mine", AGENT_NODE, team))
-    crds.create(node_attack("theirs", OTHER_NODE, team))
-    result = report(agent, "mine", team)
+    crds.create(node_attack("mine", AGENT_NODE, namespace))
+    crds.create(node_attack("theirs", OTHER_NODE, namespace))
+    result = report(agent, "mine", namespace)
     assert result.returncode == 0, result.stderr
-    assert crds.get("nodeattack", "mine", "-n", team)["status"]["phase"] == "Failed"
-    refused(report(agent, "theirs", team), POLICY, "NodeAttacks of its own node")
-    assert "status" not in crds.get("nodeattack", "theirs", "-n", team)
+    assert crds.get("nodeattack", "mine", "-n", namespace)["status"]["phase"] == "Failed"
+    refused(report(agent, "theirs", namespace), POLICY, "NodeAttacks of its own node")
+    assert "status" not in crds.get("nodeattack", "theirs", "-n", namespace)
     # Nor the NodeAttack itself (RBAC: the agent only reads them).
     rollback = '{"spec":{"rollback":true}}'
-    args = ["patch", "nodeattack", "theirs", "-n", team, "--type=merge", "-p", rollback]
+    args = ["patch", "nodeattack", "theirs", "-n", namespace, "--type=merge", "-p", rollback]
     refused(agent.kubectl(*args))
 
 
 def test_a_token_bound_to_no_pod_writes_nothing(
-    identities: dict[str, TokenUser], crds: Cluster, team: str
+    identities: dict[str, TokenUser], crds: Cluster, namespace: str
 ) -> None:
     """A token of the agent's ServiceAccount minted without a pod (TokenRequest by whoever
     may create tokens, or a legacy Secret token) names no node: it writes nothing."""
@@ -195,8 +186,8 @@ def test_a_token_bound_to_no_pod_writes_nothing(
     current["spec"]["holderIdentity"] = "forged"
     refused(unbound.apply_json("replace", current), POLICY, "names no node")
     refused(unbound.apply_json("create", lease("shakeout-agent-anywhere")), POLICY)
-    crds.create(node_attack("mine", AGENT_NODE, team))
-    refused(report(unbound, "mine", team), POLICY)
+    crds.create(node_attack("mine", AGENT_NODE, namespace))
+    refused(report(unbound, "mine", namespace), POLICY)
 
 
 def test_a_real_agent_with_its_pods_token_renews_and_runs_an_attack(

@@ -32,8 +32,19 @@ def test_the_install_is_accepted_by_the_api_server(crds: Cluster) -> None:
         "service/shakeout-webhook",
         "chaosswitch.shakeout.dev/default",
         "clusterrole.rbac.authorization.k8s.io/shakeout-runner",
+        # The operator's own webhook configurations (empty: kopf fills them), the policies
+        # that keep the agents and the operator to their own, and the records' Role.
+        "validatingwebhookconfiguration.admissionregistration.k8s.io/shakeout.dev",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/shakeout.dev",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/shakeout-agent-identity",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/shakeout-operator-webhooks",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/shakeout-agent-identity",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/shakeout-operator-webhooks",
+        "role.rbac.authorization.k8s.io/shakeout-operator-records",
+        "rolebinding.rbac.authorization.k8s.io/shakeout-operator-records",
+        "clusterrole.rbac.authorization.k8s.io/shakeout-check-secrets",
     ):
-        assert expected in out
+        assert expected in out, out
 
 
 def test_the_cert_manager_overlay_mounts_the_issued_secret(cluster: Cluster) -> None:

@@ -309,24 +309,3 @@ def test_forged_agent_leases_are_ignored_by_the_operator_under_its_own_identity(
         print(own.output()[-5000:])
         ready.kubectl("delete", "namespace", elsewhere, "--wait=false", check=False)
         live_operator.start()
-
-
-def test_the_install_ships_the_webhook_configurations_and_policies(crds: Cluster) -> None:
-    """Server-side dry-run of deploy/default (as tests/e2e/test_deploy.py does): the two
-    empty shakeout.dev configurations, the two policies and the operator's roles pass
-    validation and admission."""
-    crds.kubectl("apply", "-f", str(REPO / "deploy" / "base" / "namespace.yaml"))
-    out = crds.kubectl(
-        "apply", "-k", str(REPO / "deploy" / "default"), "--dry-run=server", "-o", "name"
-    ).stdout.split()
-    for expected in (
-        "validatingwebhookconfiguration.admissionregistration.k8s.io/shakeout.dev",
-        "mutatingwebhookconfiguration.admissionregistration.k8s.io/shakeout.dev",
-        "validatingadmissionpolicy.admissionregistration.k8s.io/shakeout-agent-identity",
-        "validatingadmissionpolicy.admissionregistration.k8s.io/shakeout-operator-webhooks",
-        "validatingadmissionpolicybinding.admissionregistration.k8s.io/shakeout-agent-identity",
-        "validatingadmissionpolicybinding.admissionregistration.k8s.io/shakeout-operator-webhooks",
-        "role.rbac.authorization.k8s.io/shakeout-operator-records",
-        "rolebinding.rbac.authorization.k8s.io/shakeout-operator-records",
-    ):
-        assert expected in out, out

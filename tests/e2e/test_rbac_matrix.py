@@ -54,7 +54,7 @@ MATRIX = [
     # A run's metadata and report (tests/e2e/test_run_metadata.py plays the attacks in full).
     ("carol", "hide", "team-a", False),
     ("alice", "hide", "team-a", False),
-    ("alice", "strip-finalizer", "team-a", False),
+    ("alice", "own-finalizer", "team-a", False),
     ("carol", "read", "team-a", False),
     ("bob", "read", "team-a", False),
     ("alice", "read", "team-a", True),
@@ -142,9 +142,14 @@ def attempt_identity(users: dict[str, TokenUser], user: str, action: str, namesp
     `kubectl auth can-i` for that identity."""
     who = users[user]
     if action in LEASES:
-        patch = json.dumps({"spec": {"holderIdentity": "matrix"}})
-        args = ("patch", "lease", LEASES[action], "-n", NAMESPACE, "--type=merge", "-p", patch)
-        return who.kubectl(*args, "--dry-run=server").returncode == 0
+        # An update, as the agent renews (its Role grants get, create, update).
+        got = who.kubectl("get", "lease", LEASES[action], "-n", NAMESPACE, "-o", "json")
+        if got.returncode != 0:
+            return False
+        lease = json.loads(got.stdout)
+        lease["spec"]["holderIdentity"] = "matrix"
+        replace = ("replace", "--dry-run=server", "-f", "-")
+        return who.kubectl(*replace, stdin=json.dumps(lease)).returncode == 0
     question = {
         "operate": ("operate", "experimentruns.shakeout.dev", "-n", namespace),
         "other-webhook": ("patch", "validatingwebhookconfigurations/someone-elses"),
@@ -230,11 +235,13 @@ def attempt(
     if action == "operate":
         can_i = ("auth", "can-i", "operate", "experimentruns.shakeout.dev", "-n", namespace)
         return cluster.kubectl(*can_i, user=user, check=False).returncode == 0
+    # Changes whatever the run's state (a run that ended is already labelled finished and
+    # has no finalizer left): a value of the label of its own, a finalizer of its own.
     if action == "hide":
-        patch = {"metadata": {"labels": {"shakeout.dev/finished": "true"}}}
+        patch = {"metadata": {"labels": {"shakeout.dev/finished": f"by-{user}"}}}
         return patch_run_as(cluster, user, target, patch, namespace=namespace) is None
-    if action == "strip-finalizer":
-        patch = {"metadata": {"finalizers": None}}
+    if action == "own-finalizer":
+        patch = {"metadata": {"finalizers": [f"shakeout.dev/{user}"]}}
         return patch_run_as(cluster, user, target, patch, namespace=namespace) is None
     if action == "run":
         # Server-side dry-run: authorization and admission run in full, nothing is stored.

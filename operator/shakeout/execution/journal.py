@@ -1,9 +1,11 @@
 """A run's status as last written, and the one way to write it: the journal that an
 operator restarted at any point resumes from. Whenever the attacks' part changes, the
-run's rollback record (execution/records.py) is written first: the run object is the
-team's to delete, the record is not."""
+run's rollback record (execution/records.py) is written with it, both before anything is
+acted on: the run object is the team's to delete, the record is not."""
 
 from __future__ import annotations
+
+import asyncio
 
 from shakeout.api.experiment import Attack, ExperimentSpec
 from shakeout.api.run import ExperimentRunStatus
@@ -51,14 +53,22 @@ class RunJournal:
         return next(a for a in self.snapshot.attacks if a.name == name)
 
     async def write(self, status: ExperimentRunStatus) -> None:
-        await self.record.save(status, always=self.detached)
-        if not self.detached:
-            try:
-                await api().patch_run_status(self.namespace, self.name, status.to_k8s())
-            except NotFound as err:
-                # Written to the record (if it needs one) before the object was found gone.
+        """Write the record and the run's status (at once: both are in place before the
+        caller acts, and the first fault waits for one round trip, not two)."""
+        record = self.record.save(status, always=self.detached)
+        if self.detached:
+            await record
+        else:
+            patch = api().patch_run_status(self.namespace, self.name, status.to_k8s())
+            saved, patched = await asyncio.gather(record, patch, return_exceptions=True)
+            if isinstance(saved, BaseException):
+                raise saved  # nothing is acted on without its record
+            if isinstance(patched, NotFound):
+                # The record (if the run needs one) holds it: the object is gone.
                 self.status, self.dirty = status, False
-                raise RunGone(f"run {self.namespace}/{self.name} is gone") from err
+                raise RunGone(f"run {self.namespace}/{self.name} is gone") from patched
+            if isinstance(patched, BaseException):
+                raise patched
         self.status = status
         self.dirty = False
 

@@ -1,7 +1,7 @@
 """Writing a run's rollback record (gather/records.py says why it exists and reads it).
 
-The record is written before the run's own status at every journal write that changes
-the attacks (so before anything is applied or rolled back), and deleted once the run has
+The record is written together with the run's own status at every journal write that
+changes the attacks (both before anything is applied or rolled back), and deleted once the run has
 ended with nothing left applied. A run without an attack journaled yet has none.
 """
 

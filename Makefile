@@ -83,7 +83,7 @@ sandbox-down: $(STAMP) ## stop the local control plane and delete its data
 sandbox-status: $(STAMP) ## show the sandbox's components
 	$(BIN)/shakeout sandbox status
 
-image: ## operator/agent and workload images: buildah, a debootstrap base, no engine or registry (root; docs/images.md)
+image: ## operator/agent and workload images, buildah on a local Debian base, no registry (root; docs/images.md)
 	bash tools/images/build.sh
 
 test-image: $(STAMP) image ## the images' archives unpacked: config, shakeout and the workload run from them (root)

@@ -80,7 +80,8 @@ cleanup() {
     findmnt -rn -o TARGET | grep -F "$ROOTFS/" | sort -r | xargs -r -n1 umount -l || true
     rm -rf "$ROOTFS"
   fi
-  if [[ $had_blob_cache == no ]]; then
+  # Left alone while another buildah runs: it may be someone else's now.
+  if [[ $had_blob_cache == no ]] && ! pgrep -x buildah >/dev/null; then
     rm -rf /var/lib/containers/cache
     rmdir /var/lib/containers 2>/dev/null || true
   fi

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 REPORTS := .cache/test-reports
 
 .PHONY: help venv controlplane crds verify lint format typecheck lint-imports check-crds bench bench-full \
-        test test-unit test-node test-e2e host-tools reliability sandbox-up sandbox-down sandbox-status run clean
+        test test-unit test-go test-node test-e2e test-image image host-tools reliability sandbox-up sandbox-down sandbox-status run clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +51,9 @@ verify: check-crds lint typecheck lint-imports ## CRD drift, ruff, mypy, import-
 test-unit: $(STAMP) ## fast tests, no cluster
 	$(BIN)/pytest tests/unit -q
 
+test-go: ## go test of our Go programs (the workload image's server)
+	cd images/workload && go test -count=1 ./...
+
 host-tools: ## nft, ip, tc, nsenter for the node agent (installs Debian packages as root)
 	bash tools/host-tools.sh
 
@@ -62,7 +65,7 @@ test-e2e: $(STAMP) controlplane host-tools ## tests on the real control plane (s
 	mkdir -p $(REPORTS)
 	$(BIN)/pytest tests/e2e -q --junitxml=$(REPORTS)/e2e.xml
 
-test: verify test-unit test-node test-e2e ## everything CI runs: verify, unit, node and e2e tiers
+test: verify test-unit test-go test-node test-e2e ## everything CI runs: verify, unit, Go, node and e2e tiers
 
 reliability: $(STAMP) controlplane host-tools ## the reliability suite at full counts (about an hour)
 	mkdir -p $(REPORTS)
@@ -79,6 +82,13 @@ sandbox-down: $(STAMP) ## stop the local control plane and delete its data
 
 sandbox-status: $(STAMP) ## show the sandbox's components
 	$(BIN)/shakeout sandbox status
+
+image: ## operator/agent and workload images, buildah on a local Debian base, no registry (root; docs/images.md)
+	bash tools/images/build.sh
+
+test-image: $(STAMP) image ## the images' archives unpacked: config, shakeout and the workload run from them (root)
+	mkdir -p $(REPORTS)
+	SHAKEOUT_IMAGE_TESTS=required $(BIN)/pytest tests/image -q --junitxml=$(REPORTS)/image.xml
 
 run: sandbox-up ## sandbox up, CRDs, operator, and a demo experiment run to COMPLETED with its report
 	bash tools/run-demo.sh

@@ -1,0 +1,3 @@
+module shakeout.dev/images/workload
+
+go 1.22

@@ -251,3 +251,20 @@ def test_down_leaves_the_host_as_it_found_it(real: RealNode) -> None:
     assert after.iptables == real.before.iptables
     for name in (*realnode.KUBELET_SYSCTLS, "net.ipv4.ip_forward"):
         assert after.sysctls[name] == real.before.sysctls[name], name
+
+
+def test_a_failed_start_leaves_the_host_as_it_found_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real node whose kubelet never becomes Ready: `up` fails, and everything it had
+    started and changed on the host is gone again."""
+    before = HostState.capture()
+    checkout = hashlib.sha256(str(REPO).encode()).hexdigest()[:8]
+    box = Sandbox(cache_root() / f"sandbox-realnode-broken-{checkout}")
+
+    def boom(_self: realnode.Node) -> bool:
+        raise RuntimeError("the node never became Ready")
+
+    monkeypatch.setattr(realnode.Node, "_ready", boom)
+    with pytest.raises(RuntimeError, match="never became Ready"):
+        box.up(log=lambda msg: print(f"[broken] {msg}"), real_node=True)
+    assert box.state() is None
+    assert before.differences(HostState.capture(), relevant=realnode.is_ours) == []

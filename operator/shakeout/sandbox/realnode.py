@@ -554,7 +554,8 @@ class Node:
         self.wait("containerd", lambda: _ctr(paths, "version", check=False).returncode == 0, 30)
         archives = sorted(images_dir().glob("*.tar"))
         for archive in archives:
-            _ctr(paths, "images", "import", str(archive))
+            # Unpacked on first use by the CRI plugin: an image no pod runs costs nothing.
+            _ctr(paths, "images", "import", "--no-unpack", str(archive))
         log(f"imported {len(archives)} image(s) from {images_dir()}")
 
         log(f"starting kubelet ({NAME})")

@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed
 REPORTS := .cache/test-reports
 
 .PHONY: help venv controlplane crds verify lint format typecheck lint-imports check-crds bench bench-full \
-        test test-unit test-go test-node test-e2e test-image image host-tools reliability sandbox-up sandbox-down sandbox-status run clean
+        test test-unit test-go test-node test-e2e test-real-node test-image image host-tools \
+        real-node-tools reliability sandbox-up real-node-up sandbox-down sandbox-status run clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,9 +64,17 @@ test-node: $(STAMP) host-tools ## node-agent faults on real network namespaces (
 
 test-e2e: $(STAMP) controlplane host-tools ## tests on the real control plane (starts and stops the sandbox)
 	mkdir -p $(REPORTS)
-	$(BIN)/pytest tests/e2e -q --junitxml=$(REPORTS)/e2e.xml
+	$(BIN)/pytest tests/e2e -q --ignore=tests/e2e/test_real_node.py --junitxml=$(REPORTS)/e2e.xml
 
-test: verify test-unit test-go test-node test-e2e ## everything CI runs: verify, unit, Go, node and e2e tiers
+real-node-tools: ## containerd, runc, CNI plugins, iptables, buildah... for the real node (installs Debian packages as root)
+	bash tools/real-node-tools.sh
+
+test-real-node: $(STAMP) controlplane real-node-tools ## a sandbox with one real node: pods, logs/exec, Services, NetworkPolicy, host restored (root)
+	bash tools/controlplane/build.sh --real-node >/dev/null
+	mkdir -p $(REPORTS)
+	$(BIN)/pytest tests/e2e/test_real_node.py -q --junitxml=$(REPORTS)/real-node.xml
+
+test: verify test-unit test-go test-node test-e2e test-real-node ## everything CI runs: verify, unit, Go, node, e2e and real-node tiers
 
 reliability: $(STAMP) controlplane host-tools ## the reliability suite at full counts (about an hour)
 	mkdir -p $(REPORTS)
@@ -76,6 +85,9 @@ reliability: $(STAMP) controlplane host-tools ## the reliability suite at full c
 
 sandbox-up: $(STAMP) controlplane ## start the local control plane; prints the admin kubeconfig
 	$(BIN)/shakeout sandbox up --no-build
+
+real-node-up: $(STAMP) controlplane real-node-tools ## the same plus one real node beside the kwok nodes (root)
+	$(BIN)/shakeout sandbox up --real-node
 
 sandbox-down: $(STAMP) ## stop the local control plane and delete its data
 	$(BIN)/shakeout sandbox down

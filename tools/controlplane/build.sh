@@ -2,11 +2,15 @@
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, kwok) and the kstatus checker (kstatus/main.go, on
 # sigs.k8s.io/cli-utils) from Go modules, into a cache outside the checkout keyed by
-# version. A component is rebuilt only when its version (or Go) changes; kstatus also
-# when its sources (main.go, go.mod, go.sum) change.
+# version. A component is rebuilt only when its version (or Go) changes; kstatus and
+# pause also when their sources change.
 #
-#   tools/controlplane/build.sh            build what is missing, print the bin dirs
-#   tools/controlplane/build.sh --print    only print where the binaries live
+# With --real-node, also what `shakeout sandbox up --real-node` runs: kubelet and
+# kube-proxy (the same k8s module and version as the control plane), the NetworkPolicy
+# engine sigs.k8s.io/kube-network-policies (netpol/), and our pause program (pause/).
+#
+#   tools/controlplane/build.sh [--real-node]   build what is missing, print the bin dirs
+#   tools/controlplane/build.sh --print         only print where the binaries live
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -20,10 +24,15 @@ K8S_DIR=$BIN/k8s-$K8S_VERSION
 ETCD_DIR=$BIN/etcd-$ETCD_VERSION
 KWOK_DIR=$BIN/kwok-$KWOK_VERSION
 KSTATUS_DIR=$BIN/kstatus-$KSTATUS_CLI_UTILS
+NODE_DIR=$BIN/k8s-node-$K8S_VERSION
+NETPOL_DIR=$BIN/kube-network-policies-$NETPOL_VERSION
+PAUSE_SRC=$(cat "$HERE"/pause/{main.go,go.mod} | sha256sum | cut -c1-12)
+PAUSE_DIR=$BIN/pause-$PAUSE_SRC
 
 print_dirs() {
   printf 'K8S_BIN=%s\nETCD_BIN=%s\nKWOK_BIN=%s\nKSTATUS_BIN=%s\n' \
     "$K8S_DIR" "$ETCD_DIR" "$KWOK_DIR" "$KSTATUS_DIR"
+  printf 'NODE_BIN=%s\nNETPOL_BIN=%s\nPAUSE_BIN=%s\n' "$NODE_DIR" "$NETPOL_DIR" "$PAUSE_DIR"
 }
 
 if [[ "${1:-}" == "--print" ]]; then
@@ -49,19 +58,48 @@ with_progress() {
 
 fresh() { [[ -f "$1/.stamp" && "$(cat "$1/.stamp")" == "$2" ]]; }
 
-build_k8s() {
-  local stg=v0.${K8S_VERSION#v1.} minor
+k8s_ldflags() {
+  local minor ld="-s -w"
   minor=$(echo "$K8S_VERSION" | cut -d. -f2)
-  cd "$HERE/k8s"
-  local ld="-s -w"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=2026-01-01T00:00:00Z"
   done
+  echo "$ld"
+}
+
+build_k8s() {
+  cd "$HERE/k8s"
   mkdir -p "$K8S_DIR.tmp"
-  go build -trimpath -ldflags "$ld" -o "$K8S_DIR.tmp/" \
+  go build -trimpath -ldflags "$(k8s_ldflags)" -o "$K8S_DIR.tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
-  : "$stg"
+}
+
+# The real node's kubelet and kube-proxy: the same module, pins and flags as above.
+build_k8s_node() {
+  cd "$HERE/k8s"
+  mkdir -p "$NODE_DIR.tmp"
+  go build -trimpath -ldflags "$(k8s_ldflags)" -o "$NODE_DIR.tmp/" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+}
+
+build_netpol() {
+  cd "$HERE/netpol"
+  local pinned
+  pinned=$(go list -m -f '{{.Version}}' sigs.k8s.io/kube-network-policies)
+  if [[ "$pinned" != "$NETPOL_VERSION" ]]; then
+    log "netpol: versions.env says $NETPOL_VERSION but netpol/go.mod has $pinned"
+    return 1
+  fi
+  mkdir -p "$NETPOL_DIR.tmp"
+  go build -trimpath -ldflags "-s -w" -o "$NETPOL_DIR.tmp/kube-network-policies" \
+    sigs.k8s.io/kube-network-policies/cmd
+}
+
+build_pause() {
+  cd "$HERE/pause"
+  mkdir -p "$PAUSE_DIR.tmp"
+  go build -trimpath -ldflags "-s -w" -o "$PAUSE_DIR.tmp/pause" .
 }
 
 build_etcd() {
@@ -114,4 +152,9 @@ component kwok "$KWOK_DIR" "$KWOK_VERSION" build_kwok
 KSTATUS_SRC=$(cat "$HERE"/kstatus/{main.go,go.mod,go.sum} | sha256sum | cut -c1-12)
 component kstatus "$KSTATUS_DIR" "$KSTATUS_CLI_UTILS+src.$KSTATUS_SRC" build_kstatus
 component kubernetes "$K8S_DIR" "$K8S_VERSION" build_k8s
+if [[ "${1:-}" == "--real-node" ]]; then
+  component pause "$PAUSE_DIR" "src.$PAUSE_SRC" build_pause
+  component kubelet+kube-proxy "$NODE_DIR" "$K8S_VERSION" build_k8s_node
+  component kube-network-policies "$NETPOL_DIR" "$NETPOL_VERSION" build_netpol
+fi
 print_dirs

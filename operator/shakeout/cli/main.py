@@ -32,15 +32,17 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from shakeout.sandbox import binaries
+    from shakeout.sandbox import binaries, realnode
     from shakeout.sandbox.cluster import Sandbox, SandboxError, main_log
 
     box = Sandbox(Path(args.dir) if args.dir else None)
     try:
         if args.action == "up":
+            if args.real_node and os.geteuid() != 0:
+                realnode.check_host()  # says why root is needed
             if not args.no_build and binaries.BUILD_SCRIPT.exists():
-                binaries.build()
-            box.up(nodes=args.nodes, log=main_log)
+                binaries.build(real_node=args.real_node)
+            box.up(nodes=args.nodes, log=main_log, real_node=args.real_node)
             print(box.kubeconfig())
         elif args.action == "down":
             box.down(log=main_log)
@@ -145,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=2, help="number of kwok fake nodes")
     p.add_argument("--dir", default=os.environ.get("SHAKEOUT_SANDBOX_DIR"), help="state dir")
     p.add_argument("--no-build", action="store_true", help="do not build missing binaries")
+    p.add_argument(
+        "--real-node",
+        action="store_true",
+        help="up: also one real node (containerd, kubelet, kube-proxy, CNI bridge, "
+        "NetworkPolicy engine) on this host; root only (docs/sandbox.md)",
+    )
     p.set_defaults(func=_sandbox)
 
     p = sub.add_parser("operator", help="run the operator against the current kubeconfig")

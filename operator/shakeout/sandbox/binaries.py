@@ -28,6 +28,11 @@ class Binaries:
     kube_scheduler: Path | None
     kwok: Path | None
     kwok_stages: Path | None
+    # The real node's (`sandbox up --real-node`): built only with `build.sh --real-node`.
+    kubelet: Path | None = None
+    kube_proxy: Path | None = None
+    netpol: Path | None = None
+    pause: Path | None = None
 
     @property
     def has_nodes(self) -> bool:
@@ -36,6 +41,15 @@ class Binaries:
 
     def missing(self) -> list[str]:
         return [str(p) for p in (self.etcd, self.kube_apiserver, self.kubectl) if not p.exists()]
+
+    def missing_real_node(self) -> list[str]:
+        named = {
+            "kubelet": self.kubelet,
+            "kube-proxy": self.kube_proxy,
+            "kube-network-policies": self.netpol,
+            "pause": self.pause,
+        }
+        return [name for name, path in named.items() if path is None]
 
 
 def _built_dirs() -> dict[str, Path]:
@@ -50,12 +64,13 @@ def _built_dirs() -> dict[str, Path]:
     return {k: Path(v) for k, v in (line.split("=", 1) for line in out.split())}
 
 
-def build() -> None:
-    """Build whatever is missing (prints progress; a cold build takes a long time)."""
+def build(real_node: bool = False) -> None:
+    """Build whatever is missing (prints progress; a cold build takes a long time);
+    real_node: also kubelet, kube-proxy, the policy engine and the pause program."""
     if not BUILD_SCRIPT.exists():
         raise FileNotFoundError(f"{BUILD_SCRIPT} not found: run from a shakeout checkout")
     subprocess.run(
-        ["bash", str(BUILD_SCRIPT)],
+        ["bash", str(BUILD_SCRIPT), *(["--real-node"] if real_node else [])],
         check=True,
         env={**os.environ, "SHAKEOUT_CACHE": str(cache_root())},
         stdout=subprocess.DEVNULL,
@@ -101,6 +116,11 @@ def find() -> Binaries:
 
     stages = kwok / "stages" if kwok and (kwok / "stages").is_dir() else None
     kwok_bin = pick("kwok", kwok)
+
+    def built(key: str, name: str) -> Path | None:
+        where = dirs.get(key)
+        return where / name if where and (where / name).exists() else None
+
     return Binaries(
         etcd=required("etcd", etcd),
         kube_apiserver=required("kube-apiserver", k8s),
@@ -109,4 +129,8 @@ def find() -> Binaries:
         kube_scheduler=pick("kube-scheduler", k8s),
         kwok=kwok_bin if stages else None,
         kwok_stages=stages,
+        kubelet=built("NODE_BIN", "kubelet"),
+        kube_proxy=built("NODE_BIN", "kube-proxy"),
+        netpol=built("NETPOL_BIN", "kube-network-policies"),
+        pause=built("PAUSE_BIN", "pause"),
     )

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from shakeout.sandbox import binaries as bins
-from shakeout.sandbox import processes
+from shakeout.sandbox import processes, realnode
 from shakeout.sandbox.components import (
     ARGUMENTS,
     COMPONENTS,
@@ -32,7 +32,7 @@ from shakeout.sandbox.components import (
     PORTS,
     Site,
 )
-from shakeout.sandbox.pki import ADMIN, TEST_IDENTITIES, Pki, create_pki
+from shakeout.sandbox.pki import ADMIN, TEST_IDENTITIES, Pki, RealNodeIdentity, create_pki
 from shakeout.sandbox.processes import SandboxError
 
 TEAMS = ("team-a", "team-b")
@@ -52,6 +52,7 @@ class State:
     pids: dict[str, int] = field(default_factory=dict)
     nodes: list[str] = field(default_factory=list)
     has_nodes: bool = False
+    real_node: bool = False
     kubectl: str = ""
     started_seconds: float | None = None
 
@@ -122,22 +123,32 @@ class Sandbox:
 
     # -- up --------------------------------------------------------------------
 
-    def up(self, nodes: int = 2, log: Callable[[str], None] = print) -> State:
-        """Start the control plane (idempotent: a running sandbox is left as it is)."""
+    def up(
+        self, nodes: int = 2, log: Callable[[str], None] = print, real_node: bool = False
+    ) -> State:
+        """Start the control plane (idempotent: a running sandbox is left as it is).
+
+        real_node: also one real node (root only: see sandbox/realnode.py)."""
         if self.is_up():
             st = self.state()
             assert st is not None
+            if real_node and not st.real_node:
+                raise SandboxError(
+                    "the sandbox is up without the real node: `shakeout sandbox down` first"
+                )
             log(f"sandbox already up at {self.server()}")
             return st
         self.down(log=lambda _msg: None)  # clear the remains of a crashed sandbox
+        if real_node:
+            realnode.check_host()
         try:
-            return self._start(nodes, log)
+            return self._start(nodes, log, real_node)
         except BaseException:
             # A start that failed half-way leaves no process behind (the logs stay).
             self.down(log=lambda _msg: None)
             raise
 
-    def _start(self, nodes: int, log: Callable[[str], None]) -> State:
+    def _start(self, nodes: int, log: Callable[[str], None], real_node: bool = False) -> State:
         binaries = bins.find()
         if missing := binaries.missing():
             raise SandboxError(
@@ -146,14 +157,25 @@ class Sandbox:
                 + "\nbuild them with `make controlplane` (or tools/controlplane/build.sh), "
                 "or point KUBEBUILDER_ASSETS at envtest binaries"
             )
+        if real_node:
+            lacking = binaries.missing_real_node()
+            if not binaries.has_nodes:
+                lacking.append("kube-controller-manager, kube-scheduler or kwok")
+            if lacking:
+                raise SandboxError(
+                    f"the real node's binaries are missing ({', '.join(lacking)}): build "
+                    "them with `tools/controlplane/build.sh --real-node`"
+                )
         began = time.monotonic()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        create_pki(self.pki.dir)
+        identity = RealNodeIdentity(realnode.NAME, realnode.NODE_IP) if real_node else None
+        create_pki(self.pki.dir, identity)
         st = State(
-            ports=processes.free_ports(PORTS, LOOPBACK),
+            ports=processes.free_ports(PORTS + (realnode.PORTS if real_node else ()), LOOPBACK),
             kubectl=str(binaries.kubectl),
             has_nodes=binaries.has_nodes,
+            real_node=real_node,
         )
         st.save(self.state_file)
         self._write_kubeconfigs(st)
@@ -182,6 +204,10 @@ class Sandbox:
                 60,
                 st,
             )
+            if real_node:
+                self.apply(realnode.bootstrap_objects())
+                self._node(st, binaries).up(st.pids, log)
+                st.nodes.append(realnode.NAME)
         else:
             log(
                 "kube-controller-manager, kube-scheduler or kwok not found: running without "
@@ -194,10 +220,27 @@ class Sandbox:
         return st
 
     def _site(self, st: State) -> Site:
-        return Site(self.dir, self.pki, st.ports, self._kubeconfig_path(ADMIN.name))
+        return Site(self.dir, self.pki, st.ports, self._kubeconfig_path(ADMIN.name), st.real_node)
 
-    def _spawn(self, name: str, args: list[str]) -> int:
-        return processes.spawn(name, args, self.logs, cwd=self.dir)
+    def _spawn(self, name: str, args: list[str], **kw: Any) -> int:
+        return processes.spawn(name, args, self.logs, cwd=self.dir, **kw)
+
+    def _node(self, st: State, binaries: bins.Binaries) -> realnode.Node:
+        """The real node, its processes recorded in the state file as they start."""
+
+        def spawn(name: str, args: list[str], **kw: Any) -> int:
+            st.pids[name] = self._spawn(name, args, **kw)
+            st.save(self.state_file)
+            return st.pids[name]
+
+        return realnode.Node(
+            site=self._site(st),
+            binaries=binaries,
+            logs=self.logs,
+            spawn=spawn,
+            wait=lambda what, check, timeout: self._wait(what, check, timeout, st),
+            kubectl=self.kubectl,
+        )
 
     def _wait(self, what: str, check: Callable[[], bool], timeout: float, st: State) -> None:
         processes.wait_for(what, check, timeout, st.pids, self.logs)
@@ -287,6 +330,8 @@ class Sandbox:
     def down(self, log: Callable[[str], None] = print, keep_data: bool = False) -> None:
         """Stop every component and remove the sandbox's state (unless keep_data)."""
         st = self.state()
+        if st is not None and st.real_node:
+            self._node(st, bins.find()).down(st.pids, self._ready(), log)
         if st is not None:
             for name in COMPONENTS:
                 pid = st.pids.get(name)
@@ -329,11 +374,22 @@ class Sandbox:
         st = self.state()
         if st is None:
             return {"up": False}
+        real: dict[str, Any] = {}
+        if st.real_node:
+            real = {
+                "name": realnode.NAME,
+                "ip": realnode.NODE_IP,
+                "podCIDR": realnode.POD_RANGE,
+                "taint": realnode.TAINT,
+                "components": {n: st.pids.get(n) for n in realnode.COMPONENTS},
+                "images": str(realnode.images_dir()),
+            }
         return {
             "up": self.is_up(),
             "server": self.server(),
             "components": self.running(),
             "nodes": st.nodes,
+            "realNode": real or None,
             "kubeconfig": str(self._kubeconfig_path(ADMIN.name)),
             "kubectl": st.kubectl,
             "startedSeconds": st.started_seconds,

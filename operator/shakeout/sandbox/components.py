@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shakeout.sandbox.binaries import Binaries
-from shakeout.sandbox.pki import Pki
+from shakeout.sandbox.pki import KUBELET_CLIENT, Pki
 
 LOOPBACK = "127.0.0.1"
 SERVICE_CIDR = "10.96.0.0/16"
@@ -32,6 +32,7 @@ class Site:
     pki: Pki
     ports: Mapping[str, int]
     admin_kubeconfig: Path
+    real_node: bool = False
 
 
 def etcd(binaries: Binaries, site: Site) -> list[str]:
@@ -76,6 +77,17 @@ def kube_apiserver(binaries: Binaries, site: Site) -> list[str]:
         "--profiling=false",
         f"--cert-dir={site.dir / 'apiserver-certs'}",
     ]
+    if site.real_node:
+        # logs/exec/port-forward reach the real kubelet by its InternalIP (there is no DNS
+        # name for it), present a client certificate (the kubelet authorizes it with a
+        # SubjectAccessReview), and check the kubelet's serving certificate.
+        args += [
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={p.crt(KUBELET_CLIENT)}",
+            f"--kubelet-client-key={p.key(KUBELET_CLIENT)}",
+            f"--kubelet-certificate-authority={p.ca_crt}",
+            "--enable-admission-plugins=NodeRestriction",
+        ]
     if not binaries.has_nodes:
         # No controller manager makes no default ServiceAccount; envtest does the same.
         args.append("--disable-admission-plugins=ServiceAccount")

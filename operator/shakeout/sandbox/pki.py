@@ -41,6 +41,12 @@ WEBHOOK_CLIENT = "apiserver-webhook-client"
 # loopback, on a port chosen at each operator start; a kubeconfig user's name is matched
 # against host:port exactly, or by a `*.` prefix of DNS labels, so only `*` matches them.
 WEBHOOK_HOSTS = ("*",)
+# The real node (`sandbox up --real-node`): the API server's client certificate towards
+# kubelets, kube-proxy's (bound to system:node-proxier by the bootstrap policy), and the
+# token of the NetworkPolicy engine (it reads only the in-cluster configuration).
+KUBELET_CLIENT = "kube-apiserver-kubelet-client"
+KUBE_PROXY = "system:kube-proxy"
+NETPOL_USER = "shakeout:kube-network-policies"
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,17 @@ class Pki:
         raise KeyError(user)
 
 
-def create_pki(directory: Path) -> Pki:
-    """Write a fresh CA, serving and client certificates, SA keys and the token file."""
+@dataclass(frozen=True)
+class RealNodeIdentity:
+    """The real node's name and address, for its certificates."""
+
+    name: str
+    ip: str
+
+
+def create_pki(directory: Path, real_node: RealNodeIdentity | None = None) -> Pki:
+    """Write a fresh CA, serving and client certificates, SA keys and the token file
+    (and the real node's certificates and its policy engine's token when asked)."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     pki = Pki(directory)
@@ -110,6 +125,20 @@ def create_pki(directory: Path) -> Pki:
     crt, key = ca.issue(ADMIN.name, ADMIN.groups)
     pki.crt(ADMIN.name).write_bytes(crt)
     write_private(pki.key(ADMIN.name), key)
+
+    if real_node is not None:
+        node = f"system:node:{real_node.name}"
+        for name, orgs in (
+            (node, ("system:nodes",)),
+            (KUBE_PROXY, ()),
+            (KUBELET_CLIENT, ()),
+        ):
+            crt, key = ca.issue(name, orgs)
+            pki.crt(name).write_bytes(crt)
+            write_private(pki.key(name), key)
+        crt, key = ca.issue(node, server=True, hosts=(real_node.ip, real_node.name))
+        pki.crt("kubelet-serving").write_bytes(crt)
+        write_private(pki.key("kubelet-serving"), key)
 
     # Its CA's key is not kept: nothing else is ever signed by it.
     webhook_ca = CertificateAuthority.create("shakeout-sandbox-webhook-client-ca")
@@ -135,6 +164,8 @@ def create_pki(directory: Path) -> Pki:
         groups = ",".join(ident.groups)
         line = f"{secrets.token_hex(16)},{ident.name},uid-{i}"
         lines.append(f'{line},"{groups}"' if groups else line)
+    if real_node is not None:
+        lines.append(f"{secrets.token_hex(16)},{NETPOL_USER},uid-netpol")
     write_private(pki.tokens, ("\n".join(lines) + "\n").encode())
     return pki
 

@@ -54,8 +54,20 @@ def log_file(logs: Path, name: str) -> Path:
     return logs / f"{name}.log"
 
 
-def spawn(name: str, args: list[str], logs: Path, cwd: Path) -> int:
-    """Start a component in a session of its own; its pid."""
+def spawn(
+    name: str,
+    args: list[str],
+    logs: Path,
+    cwd: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
+) -> int:
+    """Start a component in a session of its own; its pid.
+
+    env: its environment (default: ours); preexec: run in the child before the exec
+    (the real node's policy engine enters a mount namespace of its own there).
+    """
     with log_file(logs, name).open("ab") as out:
         proc = subprocess.Popen(
             args,
@@ -64,6 +76,8 @@ def spawn(name: str, args: list[str], logs: Path, cwd: Path) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives `shakeout sandbox up`; `down` stops it
             cwd=cwd,
+            env=env,
+            preexec_fn=preexec,  # noqa: PLW1509  (only the policy engine's, async-signal-safe)
         )
     return proc.pid
 

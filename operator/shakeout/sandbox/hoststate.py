@@ -17,16 +17,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-# Kernel settings that kubelet sets at start-up (vm.overcommit_memory, kernel.panic,
-# kernel.panic_on_oops, vm.panic_on_oom, kernel.keys.*), that the CNI bridge plugin turns
-# on (ip_forward), and that kube-proxy could touch (route_localnet, conntrack, br_netfilter).
-SYSCTLS = (
+# Kernel settings that kubelet rewrites at start-up (the real node puts them back as soon
+# as the node is Ready: kubelet sets them only once).
+KUBELET_SYSCTLS = (
     "vm.overcommit_memory",
     "vm.panic_on_oom",
     "kernel.panic",
     "kernel.panic_on_oops",
     "kernel.keys.root_maxkeys",
     "kernel.keys.root_maxbytes",
+)
+# Recorded before `up` and compared after `down`: kubelet's, those the CNI bridge plugin
+# turns on (ip_forward), and those kube-proxy could touch (route_localnet, conntrack,
+# br_netfilter).
+SYSCTLS = (
+    *KUBELET_SYSCTLS,
     "net.ipv4.ip_forward",
     "net.ipv4.conf.all.forwarding",
     "net.ipv4.conf.default.forwarding",

@@ -54,16 +54,9 @@ HTTPD_IMAGE = "localhost/shakeout/busybox-httpd:1"
 COMPONENTS = ("kube-network-policies", "kube-proxy", "kubelet", "containerd")
 # Their loopback ports (kubelet's API is on NODE_IP:KUBELET_PORT).
 PORTS = ("kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics", "netpol-metrics")
-# Kernel settings kubelet rewrites at start-up; put back as soon as the node is Ready
-# (kubelet sets them only once). ip_forward stays on while the node runs (pods need it).
-KUBELET_SYSCTLS = (
-    "vm.overcommit_memory",
-    "vm.panic_on_oom",
-    "kernel.panic",
-    "kernel.panic_on_oops",
-    "kernel.keys.root_maxkeys",
-    "kernel.keys.root_maxbytes",
-)
+# Kernel settings kubelet rewrites at start-up; put back as soon as the node is Ready.
+# ip_forward stays on while the node runs (pods need it).
+KUBELET_SYSCTLS = hoststate.KUBELET_SYSCTLS
 # Debian packages the node needs, by the command that shows they are there.
 HOST_TOOLS = {
     "containerd": "containerd",

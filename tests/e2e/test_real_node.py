@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import ssl
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -196,6 +198,27 @@ def test_a_service_reaches_the_pod_from_a_pod_and_from_the_host(pods: RealNode) 
     assert "hello from a real container" in _fetch_from_client(c, ip, 80)
     with urllib.request.urlopen(f"http://{ip}:80/", timeout=5) as resp:
         assert resp.read().decode() == realnode.INDEX_HTML
+
+
+def test_pods_reach_the_api_server_through_the_kubernetes_service(pods: RealNode) -> None:
+    """An operator installed as users install it talks to the API server from a pod: the
+    `kubernetes` Service's endpoint is the node's address, and the API server's
+    certificate names it and the Service (verified with the cluster's CA)."""
+    c = pods.cluster
+    endpoints = _get(c, "endpoints", "kubernetes", "-n", "default")
+    assert [a["ip"] for a in endpoints["subsets"][0]["addresses"]] == [realnode.NODE_IP]
+    service = _get(c, "service", "kubernetes", "-n", "default")["spec"]["clusterIP"]
+    # Plain HTTP to its TLS port: the API server's own answer, through kube-proxy.
+    assert "Client sent an HTTP request to an HTTPS server" in _fetch_from_client(c, service, 443)
+    st = pods.box.state()
+    assert st is not None
+    context = ssl.create_default_context(cafile=str(pods.box.pki.ca_crt))
+    for name in ("kubernetes.default.svc", realnode.NODE_IP):
+        with (
+            socket.create_connection((realnode.NODE_IP, st.ports["apiserver"]), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            assert tls.version() is not None
 
 
 def test_a_network_policy_drops_traffic_and_deleting_it_restores_it(pods: RealNode) -> None:

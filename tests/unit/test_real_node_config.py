@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 
 from shakeout.sandbox import realnode
-from shakeout.sandbox.components import POD_CIDR, Site, kube_apiserver
+from shakeout.sandbox.components import (
+    POD_CIDR,
+    REAL_NODE_IP,
+    SERVICE_CIDR,
+    Site,
+    kube_apiserver,
+)
 from shakeout.sandbox.hoststate import HostState
-from shakeout.sandbox.pki import KUBELET_CLIENT, Pki
+from shakeout.sandbox.pki import KUBELET_CLIENT, KUBERNETES_SERVICE_HOSTS, Pki
 from shakeout.sandbox.processes import SandboxError
 
 
@@ -68,6 +74,16 @@ def test_the_apiserver_reaches_kubelets_by_ip_only_with_a_real_node(tmp_path: Pa
     assert "--kubelet-preferred-address-types=InternalIP" in real
     assert f"--kubelet-client-certificate={pki.crt(KUBELET_CLIENT)}" in real
     assert "--enable-admission-plugins=NodeRestriction" in real
+    # Its pods reach the API server through the `kubernetes` Service: the node's address.
+    assert "--bind-address=127.0.0.1" in plain
+    assert "--advertise-address=127.0.0.1" in plain
+    assert "--bind-address=0.0.0.0" in real
+    assert f"--advertise-address={REAL_NODE_IP}" in real
+
+
+def test_the_kubernetes_service_address_is_the_first_of_the_service_range() -> None:
+    first = next(ipaddress.ip_network(SERVICE_CIDR).hosts())
+    assert str(first) == KUBERNETES_SERVICE_HOSTS[0]
 
 
 def test_host_differences_name_what_changed_and_ignore_foreign_items() -> None:

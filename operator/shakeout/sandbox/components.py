@@ -15,6 +15,8 @@ from shakeout.sandbox.pki import KUBELET_CLIENT, Pki
 
 LOOPBACK = "127.0.0.1"
 SERVICE_CIDR = "10.96.0.0/16"
+# The real node's address: on a bridge of its own on the host (sandbox/realnode.py).
+REAL_NODE_IP = "10.99.0.1"
 POD_CIDR = "10.244.0.0/16"
 # The loopback ports a sandbox listens on, picked free at each start.
 PORTS = ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler")
@@ -55,12 +57,18 @@ def etcd(binaries: Binaries, site: Site) -> list[str]:
 
 
 def kube_apiserver(binaries: Binaries, site: Site) -> list[str]:
+    """With a real node, its pods reach the API server through the `kubernetes` Service,
+    whose endpoint is the advertised address: the node's (REAL_NODE_IP, on a bridge of
+    the host), so the API server listens on every address of the host then, not on
+    loopback only (its certificate names that address and the Service: pki.py)."""
     p = site.pki
     args = [
         str(binaries.kube_apiserver),
         f"--etcd-servers=http://{LOOPBACK}:{site.ports['etcd']}",
-        f"--bind-address={LOOPBACK}",
-        f"--advertise-address={LOOPBACK}",
+        # With a real node: every address, its port kept to the host and the node's
+        # bridges by realnode._guard_apiserver.
+        f"--bind-address={'0.0.0.0' if site.real_node else LOOPBACK}",  # noqa: S104
+        f"--advertise-address={REAL_NODE_IP if site.real_node else LOOPBACK}",
         f"--secure-port={site.ports['apiserver']}",
         f"--tls-cert-file={p.crt('apiserver')}",
         f"--tls-private-key-file={p.key('apiserver')}",

@@ -108,6 +108,18 @@ class RealNodeIdentity:
     ip: str
 
 
+# How pods reach the API server (the `kubernetes` Service: its ClusterIP is the first
+# address of components.SERVICE_CIDR, and its names): on its serving certificate when a
+# real node runs pods.
+KUBERNETES_SERVICE_HOSTS = (
+    "10.96.0.1",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
+
+
 def create_pki(directory: Path, real_node: RealNodeIdentity | None = None) -> Pki:
     """Write a fresh CA, serving and client certificates, SA keys and the token file
     (and the real node's certificates and its policy engine's token when asked)."""
@@ -118,7 +130,12 @@ def create_pki(directory: Path, real_node: RealNodeIdentity | None = None) -> Pk
     pki.ca_crt.write_bytes(ca.cert_pem())
     write_private(pki.key("ca"), key_pem(ca.key))
 
-    crt, key = ca.issue("kube-apiserver", server=True, hosts=("127.0.0.1", "localhost"))
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    if real_node is not None:
+        # Pods on the real node reach it through the `kubernetes` Service, whose endpoint
+        # is the node's address (components.kube_apiserver advertises it).
+        hosts += (real_node.ip, *KUBERNETES_SERVICE_HOSTS)
+    crt, key = ca.issue("kube-apiserver", server=True, hosts=hosts)
     pki.crt("apiserver").write_bytes(crt)
     write_private(pki.key("apiserver"), key)
 

@@ -28,7 +28,7 @@ import yaml
 
 from shakeout.sandbox import hoststate, processes
 from shakeout.sandbox.binaries import Binaries, cache_root
-from shakeout.sandbox.components import LOOPBACK, POD_CIDR, Site
+from shakeout.sandbox.components import LOOPBACK, POD_CIDR, REAL_NODE_IP, Site
 from shakeout.sandbox.hoststate import HostState
 from shakeout.sandbox.pki import KUBE_PROXY, NETPOL_USER, Pki
 from shakeout.sandbox.processes import SandboxError
@@ -37,7 +37,7 @@ NAME = "realnode-0"
 # The node's address: on a port-less bridge of its own, so that kubelet is not on eth0
 # (kubelet refuses a loopback node IP, and this kind of kernel has no dummy driver).
 NODE_BRIDGE = "sko-node0"
-NODE_IP = "10.99.0.1"
+NODE_IP = REAL_NODE_IP
 # The pods' bridge and addresses: inside the sandbox's POD_CIDR, far from the addresses
 # kwok hands out from its start (10.244.0.1, ...).
 CNI_BRIDGE = "sko-cni0"
@@ -46,6 +46,10 @@ KUBELET_PORT = 10250
 NFQUEUE = 100
 # The mangle chain that steers pods' new connections to the policy engine's queue.
 STEER_CHAIN = "SHAKEOUT-NETPOL"
+# With a real node the API server listens on every address of the host (its pods reach it
+# through the `kubernetes` Service at NODE_IP): this chain keeps its port to the host
+# itself and the node's bridges.
+APISERVER_CHAIN = "SHAKEOUT-APISERVER"
 LABEL = "shakeout.dev/real-node"
 TAINT = f"{LABEL}=true:NoSchedule"
 PAUSE_IMAGE = "localhost/shakeout/pause:3.10"
@@ -497,6 +501,24 @@ def _steer(add: bool) -> None:
     _sh(*ipt, "-A", "POSTROUTING", "-j", STEER_CHAIN)
 
 
+def _guard_apiserver(port: int | None, add: bool) -> None:
+    """Only the host (lo) and the real node's bridges may reach the API server's port: it
+    listens on every address so that pods reach it at NODE_IP, not so that the network
+    does."""
+    ipt = ("iptables", "-w", "-t", "filter")
+    if not add:
+        _sh(*ipt, "-D", "INPUT", "-j", APISERVER_CHAIN, check=False)
+        _sh(*ipt, "-F", APISERVER_CHAIN, check=False)
+        _sh(*ipt, "-X", APISERVER_CHAIN, check=False)
+        return
+    assert port is not None
+    _sh(*ipt, "-N", APISERVER_CHAIN)
+    for interface in ("lo", NODE_BRIDGE, CNI_BRIDGE):
+        _sh(*ipt, "-A", APISERVER_CHAIN, "-i", interface, "-j", "RETURN")
+    _sh(*ipt, "-A", APISERVER_CHAIN, "-p", "tcp", "--dport", str(port), "-j", "DROP")
+    _sh(*ipt, "-I", "INPUT", "-j", APISERVER_CHAIN)
+
+
 # -- up -----------------------------------------------------------------------------------
 
 
@@ -612,6 +634,7 @@ class Node:
         (secrets / "token").write_text(self.site.pki.token_of(NETPOL_USER))
         (secrets / "token").chmod(0o600)
         shutil.copy(self.site.pki.ca_crt, secrets / "ca.crt")
+        _guard_apiserver(self.site.ports["apiserver"], add=True)
         _steer(add=True)
         pids["kube-network-policies"] = self.spawn(
             "kube-network-policies",
@@ -659,6 +682,7 @@ class Node:
                 "--grace-period=1", "--wait=true", "--timeout=30s", check=False,
             )  # fmt: skip
         _steer(add=False)
+        _guard_apiserver(None, add=False)
         for name in COMPONENTS:
             pid = pids.get(name)
             if name == "containerd":

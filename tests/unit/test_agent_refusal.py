@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 
 import pytest
 
 from shakeout.agent.main import locator_refusal
+from shakeout.agent.node import keeper_client
 from shakeout.agent.nodeattacks import fault_id, refusal, rolled_back
 from shakeout.api.nodeattack import TargetState
 from shakeout.api.run import AttackState, Phase
@@ -147,3 +149,23 @@ def test_the_netns_annotation_locator_runs_on_kwok_nodes_only() -> None:
     assert locator_refusal("netns-annotation", "n1", None) is not None
     relabelled = {"metadata": {"annotations": {"kwok.x-k8s.io/node": "true"}}}
     assert locator_refusal("netns-annotation", "n1", relabelled) is not None
+
+
+# -- the keeper's cgroup namespace ----------------------------------------------------------
+
+
+def test_the_keeper_enters_the_hosts_cgroup_namespace_only_when_it_is_another_and_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inodes = {"/host": (1, 10), "/own": (1, 20), "/same": (1, 20)}
+
+    def fake_stat(path: str) -> os.stat_result:
+        if path == "/denied":
+            raise PermissionError(13, "Permission denied")
+        dev, ino = inodes[path]
+        return os.stat_result((0, ino, dev, 0, 0, 0, 0, 0, 0, 0))
+
+    monkeypatch.setattr(keeper_client.os, "stat", fake_stat)
+    assert keeper_client.must_enter("/host", "/own")
+    assert not keeper_client.must_enter("/same", "/own")  # a cgroup v1 node: shared already
+    assert not keeper_client.must_enter("/denied", "/own")  # pid 1 holds capabilities we lack

@@ -26,6 +26,21 @@ from shakeout.api.attacks import AttackType
 log = logging.getLogger("shakeout.agent.keeper")
 
 
+def must_enter(target: str, own: str) -> bool:
+    """Whether the keeper must enter the cgroup namespace `target`: not when the agent is
+    in it already (a cgroup v1 node shares the host's with its containers), nor when the
+    target cannot even be opened (a host process holding capabilities the agent lacks:
+    the kernel refuses to let it be opened, so nsenter would fail too). Then the keeper
+    stays in the agent's namespace; on a node where that one is private, stress cannot
+    join a pod's cgroup and such an apply fails (never spills)."""
+    try:
+        theirs, mine = os.stat(target), os.stat(own)
+    except PermissionError as err:
+        log.warning(f"cannot open {target} ({err.strerror}): the keeper stays in the agent's own")
+        return False
+    return (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino)
+
+
 class Keeper:
     """The agent daemon's handle on its keeper process.
 
@@ -86,8 +101,9 @@ class Keeper:
                 and host.proc(int(pid), "ns", "cgroup") == cgroup_namespace
             ):
                 raise ValueError(f"not <proc root>/<pid>/ns/cgroup: {cgroup_namespace!r}")
-            # nsenter execs the keeper: same pid, same parent, so PDEATHSIG still works.
-            enter = ["nsenter", f"--cgroup={cgroup_namespace}", "--"]
+            if must_enter(cgroup_namespace, host.proc(os.getpid(), "ns", "cgroup")):
+                # nsenter execs the keeper: same pid, same parent, so PDEATHSIG still works.
+                enter = ["nsenter", f"--cgroup={cgroup_namespace}", "--"]
         argv = [
             *enter,
             sys.executable, "-m", MODULE,

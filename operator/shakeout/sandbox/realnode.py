@@ -478,6 +478,13 @@ def _engine_namespace(run_dir: Path) -> Callable[[], None]:
     return enter
 
 
+def _remove_chain(ipt: tuple[str, ...], hook: str, chain: str) -> None:
+    """Unhook, empty and delete one of our chains (each step idempotent)."""
+    _sh(*ipt, "-D", hook, "-j", chain, check=False)
+    _sh(*ipt, "-F", chain, check=False)
+    _sh(*ipt, "-X", chain, check=False)
+
+
 def _steer(add: bool) -> None:
     """Pods' new connections through the engine's NFQUEUE: the xtables NFQUEUE target
     stands in for kube-network-policies' nft `queue` rule (CONFIG_NFT_QUEUE is not set
@@ -485,9 +492,7 @@ def _steer(add: bool) -> None:
     flows, and root's own traffic on the host (kubelet's probes)."""
     ipt = ("iptables", "-w", "-t", "mangle")
     if not add:
-        _sh(*ipt, "-D", "POSTROUTING", "-j", STEER_CHAIN, check=False)
-        _sh(*ipt, "-F", STEER_CHAIN, check=False)
-        _sh(*ipt, "-X", STEER_CHAIN, check=False)
+        _remove_chain(ipt, "POSTROUTING", STEER_CHAIN)
         return
     _sh(*ipt, "-N", STEER_CHAIN)
     rules = [
@@ -507,9 +512,7 @@ def _guard_apiserver(port: int | None, add: bool) -> None:
     does."""
     ipt = ("iptables", "-w", "-t", "filter")
     if not add:
-        _sh(*ipt, "-D", "INPUT", "-j", APISERVER_CHAIN, check=False)
-        _sh(*ipt, "-F", APISERVER_CHAIN, check=False)
-        _sh(*ipt, "-X", APISERVER_CHAIN, check=False)
+        _remove_chain(ipt, "INPUT", APISERVER_CHAIN)
         return
     assert port is not None
     _sh(*ipt, "-N", APISERVER_CHAIN)

@@ -49,9 +49,9 @@ class RollbackRecord:
     async def save(self, status: ExperimentRunStatus, always: bool = False) -> None:
         """Write the record if the attacks' journal changed since the last save (or
         `always`); nothing while no attack was touched and no record exists."""
-        attacks = json.dumps([a.model_dump(mode="json") for a in status.attacks])
         if self.saved is None and not touched(status):
-            return
+            return  # most writes of a run before its attacks: nothing to serialize
+        attacks = json.dumps([a.model_dump(mode="json") for a in status.attacks])
         if attacks == self.saved and not always:
             return
         body: dict[str, object] = {"data": self.data(status)}

@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.labels import FINISHED_LABEL
@@ -86,7 +86,7 @@ async def post_events(record: RunRecord, events: list[tuple[str, str, str]]) -> 
             await api().create(EVENTS, record.namespace, body)
 
 
-def same_run(run: Obj | None, uid: str) -> bool:
+def same_run(run: Obj | None, uid: str) -> TypeGuard[Obj]:
     return run is not None and run["metadata"].get("uid") == uid
 
 
@@ -98,7 +98,6 @@ async def roll_back_vanished() -> int:
             continue  # its executor is on it
         run = await api().get_run(record.namespace, record.name)
         if same_run(run, record.uid):
-            assert run is not None
             if not is_terminal((run.get("status") or {}).get("phase")):
                 continue  # its daemon has it (or will have it, once the watch delivers it)
             # Ended, and the record's deletion was lost (an operator stopped between).
@@ -123,7 +122,7 @@ async def unhide(namespace: str, name: str, uid: str) -> bool:
     """A live run labelled finished is out of the operator's watch: take the label off (a
     compare on the UID), so that the watch delivers it again. True if it was hidden."""
     run = await api().get_run(namespace, name)
-    if not same_run(run, uid) or run is None:
+    if not same_run(run, uid):
         return False
     meta = run["metadata"]
     if FINISHED_LABEL not in (meta.get("labels") or {}):

@@ -5,6 +5,8 @@
 //	GET  /metrics  Prometheus text format: requests by path and code, a latency histogram,
 //	               the knobs' current values
 //	GET  /config   the knobs; POST /config?delay=50ms&error_rate=0.2 sets them
+//	GET  /bytes?n=N  N zero bytes (at most 64 MiB): throughput seen from outside, e.g.
+//	               under a bandwidth limit
 //
 // Two knobs act on / only: a delay added to each answer, and a share of answers failed
 // with 503. The share is exact and deterministic (an accumulator, not a dice roll): with
@@ -35,7 +37,12 @@ import (
 var buckets = []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
 
 // paths are the path label's values; any other path is counted as "other".
-var paths = map[string]bool{"/": true, "/healthz": true, "/metrics": true, "/config": true}
+var paths = map[string]bool{
+	"/": true, "/healthz": true, "/metrics": true, "/config": true, "/bytes": true,
+}
+
+// maxBytes bounds /bytes: enough to time a throughput, too little to fill a node.
+const maxBytes = 64 << 20
 
 type histogram struct {
 	counts []uint64 // per bucket, not cumulative; the last one is +Inf
@@ -85,6 +92,7 @@ func (s *Server) Handler() http.Handler {
 	})
 	mux.HandleFunc("/metrics", s.metrics)
 	mux.HandleFunc("/config", s.config)
+	mux.HandleFunc("/bytes", serveBytes)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, code: http.StatusOK}
@@ -194,6 +202,24 @@ func (s *Server) config(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	fmt.Fprintf(w, "delay=%s error_rate=%s\n", s.delay, formatFloat(s.errorRate))
+}
+
+func serveBytes(w http.ResponseWriter, r *http.Request) {
+	n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+	if err != nil || n < 0 || n > maxBytes {
+		http.Error(w, fmt.Sprintf("n must be a byte count from 0 to %d", maxBytes), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	chunk := make([]byte, 32<<10)
+	for n > 0 {
+		size := min(n, int64(len(chunk)))
+		if _, err := w.Write(chunk[:size]); err != nil {
+			return
+		}
+		n -= size
+	}
 }
 
 func formatFloat(v float64) string {

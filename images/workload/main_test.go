@@ -214,3 +214,21 @@ func TestNewServerRefusesBadKnobs(t *testing.T) {
 		}
 	}
 }
+
+func TestBytesServesExactlyNAndRefusesBadCounts(t *testing.T) {
+	ts := start(t, 0, 0)
+	for _, n := range []int{0, 1, 100_000} {
+		code, body := get(t, ts, "/bytes?n="+strconv.Itoa(n))
+		if code != 200 || len(body) != n || strings.Trim(body, "\x00") != "" {
+			t.Fatalf("/bytes?n=%d: %d, %d bytes", n, code, len(body))
+		}
+	}
+	for _, bad := range []string{"", "-1", "x", strconv.Itoa(maxBytes + 1)} {
+		if code, _ := get(t, ts, "/bytes?n="+bad); code != 400 {
+			t.Fatalf("/bytes?n=%q: %d, want 400", bad, code)
+		}
+	}
+	if m := metrics(t, ts); m[`workload_http_requests_total{path="/bytes",code="200"}`] != 3 {
+		t.Fatalf("bytes requests not counted: %v", m)
+	}
+}

@@ -82,6 +82,20 @@ def test_pod_cgroup_paths_prefers_v1_cpu_and_memory() -> None:
     assert pod_cgroup_paths(SYSTEMD_V1, OTHER_UID) == []
 
 
+def test_pod_cgroup_paths_joins_a_cpuacct_hierarchy_of_its_own() -> None:
+    """Where cpu and cpuacct are mounted apart (this project's CI VM), the pod's CPU
+    accounting is a hierarchy of its own: stress joins it too, one directory each."""
+    apart = "".join(
+        f"{line}:/kubepods/besteffort/pod{UID}/4c5d6e\n"
+        for line in ("4:memory", "2:cpuacct", "1:cpu", "3:cpuset", "0:")
+    )
+    assert pod_cgroup_paths(apart, UID) == [
+        ("memory", CGROUPFS_POD),
+        ("cpuacct", CGROUPFS_POD),
+        ("cpu", CGROUPFS_POD),
+    ]
+
+
 class FakeNode:
     """A fake /proc (and cgroup fs, and /run/netns) under a tmp dir."""
 

@@ -21,6 +21,9 @@ POD_UID = re.compile(r"^[0-9a-fA-F][0-9a-fA-F-]{7,63}$")
 SANDBOX_COMM = "pause"
 # CRI-O's container monitors sit in the pod's cgroup, but in the host's network namespace.
 RUNTIME_HELPER_COMMS = frozenset({"conmon"})
+# The cgroup v1 controllers whose pod cgroups stress processes join: CPU time and its
+# accounting, and memory.
+STRESS_CONTROLLERS = ("cpu", "cpuacct", "memory")
 # How deep the pod directory may sit under a hierarchy when it has to be searched for.
 _SEARCH_DEPTH = 5
 
@@ -141,9 +144,13 @@ def pod_cgroup_prefix(path: str, uid: str) -> str | None:
 def pod_cgroup_paths(cgroup_text: str, uid: str) -> list[tuple[str, str]]:
     """(hierarchy, pod-level path) pairs from one /proc/<pid>/cgroup of a pod process.
 
-    cgroup v1: the cpu and memory hierarchies ("cpu", "memory"); only when there are
-    none (a pure cgroup v2 node), the unified hierarchy (""). On hybrid nodes the v2 line
-    exists too, but the controllers that matter live in v1.
+    cgroup v1: one pair per hierarchy holding cpu, cpuacct or memory, named by the first
+    of them it holds (its directory under the cgroup root). cpuacct counts: it is usually
+    mounted with cpu ("cpu,cpuacct"), but where it is a hierarchy of its own, a stress
+    process outside the pod's cpuacct cgroup would burn CPU that the pod's own counters
+    (what cAdvisor and `kubectl top` read) never show. Only when there are none (a pure
+    cgroup v2 node), the unified hierarchy (""). On hybrid nodes the v2 line exists too,
+    but the controllers that matter live in v1.
     """
     v1: list[tuple[str, str]] = []
     v2: list[tuple[str, str]] = []
@@ -153,7 +160,9 @@ def pod_cgroup_paths(cgroup_text: str, uid: str) -> list[tuple[str, str]]:
             continue
         if line.hierarchy == 0 and not line.controllers:
             v2.append(("", prefix))
-        v1.extend((name, prefix) for name in ("cpu", "memory") if name in line.controllers)
+        joined = [name for name in STRESS_CONTROLLERS if name in line.controllers]
+        if joined:
+            v1.append((joined[0], prefix))
     return v1 or v2
 
 

@@ -34,12 +34,12 @@ check-crds: $(STAMP)
 	$(BIN)/shakeout crds --check --output-dir crds
 
 lint: $(STAMP) ## ruff lint and format check
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff check operator tests bench tools
+	$(BIN)/ruff format --check operator tests bench tools
 
 format: $(STAMP) ## ruff format and autofix
-	$(BIN)/ruff format operator tests bench
-	$(BIN)/ruff check --fix operator tests bench
+	$(BIN)/ruff format operator tests bench tools
+	$(BIN)/ruff check --fix operator tests bench tools
 
 typecheck: $(STAMP) ## mypy --strict on the package
 	$(BIN)/mypy
@@ -64,7 +64,7 @@ test-node: $(STAMP) host-tools ## node-agent faults on real network namespaces (
 
 test-e2e: $(STAMP) controlplane host-tools ## tests on the real control plane (starts and stops the sandbox)
 	mkdir -p $(REPORTS)
-	$(BIN)/pytest tests/e2e -q --ignore=tests/e2e/test_real_node.py --ignore=tests/e2e/test_real_install.py --junitxml=$(REPORTS)/e2e.xml
+	$(BIN)/pytest tests/e2e -q --junitxml=$(REPORTS)/e2e.xml
 
 real-node-tools: ## containerd, runc, CNI plugins, iptables, buildah... for the real node (installs Debian packages as root)
 	bash tools/real-node-tools.sh
@@ -72,7 +72,7 @@ real-node-tools: ## containerd, runc, CNI plugins, iptables, buildah... for the 
 test-real-node: $(STAMP) controlplane real-node-tools image ## a real node: pods, logs/exec, Services, NetworkPolicy, deploy/default installed and attacking real pods, host restored (root)
 	bash tools/controlplane/build.sh --real-node >/dev/null
 	mkdir -p $(REPORTS)
-	$(BIN)/pytest tests/e2e/test_real_node.py tests/e2e/test_real_install.py -q --junitxml=$(REPORTS)/real-node.xml
+	$(BIN)/pytest tests/real -q --junitxml=$(REPORTS)/real-node.xml
 
 test: verify test-unit test-go test-node test-e2e test-real-node ## everything CI runs: verify, unit, Go, node, e2e and real-node tiers
 
@@ -98,11 +98,19 @@ sandbox-status: $(STAMP) ## show the sandbox's components
 image: ## operator/agent and workload images, buildah on a local Debian base, no registry (root; docs/images.md)
 	bash tools/images/build.sh
 
+image-workload: ## only the workload image (what `make run` needs on the real node; root)
+	bash tools/images/build.sh workload
+
 test-image: $(STAMP) image ## the images' archives unpacked: config, shakeout and the workload run from them (root)
 	mkdir -p $(REPORTS)
 	SHAKEOUT_IMAGE_TESTS=required $(BIN)/pytest tests/image -q --junitxml=$(REPORTS)/image.xml
 
-run: sandbox-up ## sandbox up, CRDs, operator, and a demo experiment run to COMPLETED with its report
+run: $(STAMP) controlplane ## the demo: sandbox up (as root with a real node: real shop pods), CRDs, operator, a run to COMPLETED with its report
+	@if [ "$$(id -u)" = 0 ] && [ "$(DEMO_REAL_NODE)" != 0 ]; then \
+	  $(MAKE) --no-print-directory real-node-tools image-workload && \
+	  bash tools/controlplane/build.sh --real-node >/dev/null && \
+	  $(BIN)/shakeout sandbox up --real-node --no-build; \
+	else $(BIN)/shakeout sandbox up --no-build; fi
 	bash tools/run-demo.sh
 
 bench: $(STAMP) controlplane ## quick benchmarks of docs/benchmarks.md (about 15 minutes)

@@ -14,7 +14,8 @@
 # $SHAKEOUT_CACHE/images/<name>.tar (default ~/.cache/shakeout/images), which
 # `shakeout sandbox up --real-node` imports into containerd. Everything else (buildah's
 # storage, the rootfs tarballs, the build contexts) is in $SHAKEOUT_CACHE/image-build.
-# An image whose inputs did not change is not rebuilt.
+# An image whose inputs did not change is not rebuilt. `build.sh workload` builds only the
+# workload image (what `make run` needs on the real node).
 #
 # Needs root (debootstrap, buildah's storage); installs buildah and debootstrap from
 # Debian's packages when they are missing, and needs go (the workload) and python3 with
@@ -212,8 +213,10 @@ workload_image() {
 
 mkdir -p "$WORK" "$STORE"
 total=$SECONDS
-base_image
-operator_image
-workload_image
+case ${1:-all} in
+  all) base_image; operator_image; workload_image ;;
+  workload) workload_image ;;   # all `make run` needs on the real node (make image-workload)
+  *) die "usage: build.sh [all|workload]" ;;
+esac
 B rmi --prune >/dev/null 2>&1 || true   # images a rebuild left untagged
-log "done in $((SECONDS - total)) s: $OUT/operator.tar, $OUT/workload.tar"
+log "done in $((SECONDS - total)) s: $(ls "$OUT"/*.tar | tr '\n' ' ')"

@@ -21,6 +21,7 @@ class World:
     phases: list[str | None] = field(default_factory=list)
     patches: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     switch_writes: list[bool] = field(default_factory=list)
+    created: list[tuple[str, bool]] = field(default_factory=list)
 
 
 class FakeCluster:
@@ -43,7 +44,8 @@ class FakeCluster:
             "status": status,
         }
 
-    def create_run(self, experiment: str) -> dict[str, Any]:
+    def create_run(self, experiment: str, dry_run: bool = False) -> dict[str, Any]:
+        self.world.created.append((experiment, dry_run))
         return {"metadata": {"name": f"{experiment}-abcde", "namespace": self.namespace}}
 
     def patch_run_spec(self, name: str, spec: dict[str, Any]) -> None:
@@ -138,6 +140,12 @@ def test_run_wait_follows_the_run_until_a_terminal_phase(
 def test_run_without_wait_prints_the_created_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert plugin.main(["run", "exp", "-n", "team-a"]) == 0
     assert capsys.readouterr().out == "experimentrun.shakeout.dev/exp-abcde created\n"
+
+
+def test_run_dry_run_creates_a_dry_run(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    assert plugin.main(["run", "exp", "-n", "team-a", "--dry-run"]) == 0
+    assert plugin.main(["run", "exp", "-n", "team-a"]) == 0
+    assert world.created == [("exp", True), ("exp", False)]
 
 
 def test_stop_and_findings_patch_the_run_spec(

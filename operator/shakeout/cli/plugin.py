@@ -49,13 +49,17 @@ class Cluster:
             self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, RUNS, name)
         )
 
-    def create_run(self, experiment: str) -> dict[str, Any]:
-        """Press the Run button: a new ExperimentRun of the experiment, named after it."""
+    def create_run(self, experiment: str, dry_run: bool = False) -> dict[str, Any]:
+        """Press the Run button: a new ExperimentRun of the experiment, named after it (a
+        dry run with spec.dryRun: true when asked)."""
+        spec: dict[str, Any] = {"experimentRef": {"name": experiment}}
+        if dry_run:
+            spec["dryRun"] = True
         body = {
             "apiVersion": API_VERSION,
             "kind": ExperimentRun.KIND,
             "metadata": {"generateName": f"{experiment}-", "namespace": self.namespace},
-            "spec": {"experimentRef": {"name": experiment}},
+            "spec": spec,
         }
         return dict(
             self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, RUNS, body)
@@ -106,7 +110,7 @@ def _emit(data: Any, output: str | None, human: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cluster = Cluster(args.namespace)
-    created = cluster.create_run(args.experiment)
+    created = cluster.create_run(args.experiment, dry_run=args.dry_run)
     name = created["metadata"]["name"]
     if not args.wait:
         _emit(created, args.output, f"experimentrun.shakeout.dev/{name} created")
@@ -208,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", _run, "run an experiment (the Run button)")
     p.add_argument("experiment")
     p.add_argument("--wait", "-w", action="store_true", help="follow the run and print its report")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="a dry run (spec.dryRun: true): every phase and check, nothing applied",
+    )
     p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
     p = command("stop", _stop, "cancel a run (any authenticated user)")
     p.add_argument("run")

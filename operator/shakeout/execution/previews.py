@@ -1,0 +1,153 @@
+"""The Experiments' previews (status.preview): one loop over the Experiments the watch
+shows, each refreshed when its spec changes, when someone asks (the annotation
+shakeout.dev/preview-requested) and every --preview-interval seconds.
+
+Bounded whatever the cluster's size: at most MAX_PER_TICK previews are computed per tick
+(the ones asked for or changed first, then the oldest), each with one cached list of the
+blast radius' pods, and no Experiment more often than engine.preview.MIN_SECONDS_BETWEEN.
+No kopf timer per Experiment (kopf would put a finalizer on each; see scheduler.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from shakeout.api.experiment import ExperimentPreview
+from shakeout.api.labels import PREVIEW_REQUESTED
+from shakeout.engine.preconditions import node_attack_types
+from shakeout.engine.preview import Candidate, preview, refresh_due, valid_request
+from shakeout.gather import agents
+from shakeout.gather.facts import gather_run_facts
+from shakeout.kube.client import api
+from shakeout.options import OPTIONS
+
+log = logging.getLogger("shakeout.previews")
+
+# Previews computed per tick of the loop (one tick a second).
+MAX_PER_TICK = 4
+# The seed of the preview's own pick: only its counts are used (a run picks with its UID).
+PREVIEW_SEED = "preview"
+
+
+@dataclass
+class Tracked:
+    """An Experiment as its last watch event showed it, and its preview as last known."""
+
+    namespace: str
+    name: str
+    generation: int | None
+    request: str | None
+    last: ExperimentPreview | None = None
+    attempted: datetime | None = None
+
+
+TRACKED: dict[tuple[str, str], Tracked] = {}
+
+
+def _stored_preview(body: dict[str, Any]) -> ExperimentPreview | None:
+    raw = (body.get("status") or {}).get("preview")
+    if not raw:
+        return None
+    try:
+        return ExperimentPreview.model_validate(raw)
+    except ValidationError:
+        return None  # written by another version: computed again
+
+
+def observe(event_type: str, body: dict[str, Any]) -> None:
+    """Keep TRACKED current with one watch event of an Experiment."""
+    meta = body.get("metadata") or {}
+    key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+    if event_type == "DELETED" or meta.get("deletionTimestamp"):
+        TRACKED.pop(key, None)
+        return
+    stored = _stored_preview(body)
+    known = TRACKED.get(key)
+    if (
+        known is not None
+        and known.last is not None
+        and (stored is None or stored.time < known.last.time)
+    ):
+        stored = known.last  # our own write has not come back yet
+    TRACKED[key] = Tracked(
+        namespace=key[0],
+        name=key[1],
+        generation=meta.get("generation"),
+        request=valid_request((meta.get("annotations") or {}).get(PREVIEW_REQUESTED)),
+        last=stored,
+        attempted=known.attempted if known is not None else None,
+    )
+
+
+async def refresh(tracked: Tracked, now: datetime) -> None:
+    """Compute one Experiment's preview with the gatherer and the checks of a run, and
+    write it to its status."""
+    facts, pods, _switch, generation = await gather_run_facts(
+        tracked.namespace,
+        tracked.name,
+        PREVIEW_SEED,
+        protected_namespaces=OPTIONS.protected_namespaces,
+        every_candidate=True,
+    )
+    if not facts.experiment_found:
+        TRACKED.pop((tracked.namespace, tracked.name), None)
+        return
+    spec = facts.experiment
+    node_level = spec is not None and bool(node_attack_types(spec))
+    missing = agents.missing(list(facts.target_nodes)) if node_level else ()
+    result = preview(
+        facts,
+        [Candidate(p.name, p.node) for p in pods],
+        missing,
+        now=now,
+        generation=generation,
+        request=tracked.request,
+    )
+    body = result.to_k8s()
+    # A merge patch keeps what it does not name: say explicitly what is gone.
+    body.update({"reason": result.reason, "request": result.request})
+    await api().patch_experiment_status(tracked.namespace, tracked.name, {"preview": body})
+    tracked.last = result
+    if generation is not None:
+        tracked.generation = generation
+
+
+def _urgency(tracked: Tracked) -> tuple[int, float]:
+    """Asked for or changed first, then the oldest preview."""
+    last = tracked.last
+    if last is None or last.observed_generation != tracked.generation:
+        return 0, 0.0
+    if tracked.request is not None and tracked.request != last.request:
+        return 0, 0.0
+    return 1, last.time.timestamp()
+
+
+async def tick(now: datetime, interval: float) -> None:
+    """Refresh the previews that are due, at most MAX_PER_TICK of them."""
+    due = [
+        t
+        for t in TRACKED.values()
+        if refresh_due(
+            t.last,
+            generation=t.generation,
+            request=t.request,
+            now=now,
+            interval=interval,
+            last_attempt=t.attempted,
+        )
+    ]
+    batch = sorted(due, key=_urgency)[:MAX_PER_TICK]
+    for tracked in batch:
+        tracked.attempted = now
+    results = await asyncio.gather(*(refresh(t, now) for t in batch), return_exceptions=True)
+    for tracked, result in zip(batch, results, strict=True):
+        if isinstance(result, Exception):
+            log.warning(f"preview of {tracked.namespace}/{tracked.name} failed: {result}")
+        elif isinstance(result, BaseException):
+            raise result

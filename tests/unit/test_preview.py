@@ -24,6 +24,7 @@ from shakeout.engine.preview import (
     MIN_SECONDS_BETWEEN,
     NOT_CONNECTED,
     Candidate,
+    Stamp,
     preview,
     refresh_due,
     valid_request,
@@ -137,9 +138,8 @@ def test_lists_are_bounded_and_counted() -> None:
 # -- when a preview is computed ----------------------------------------------------------------
 
 
-def stored(**changes: Any) -> ExperimentPreview:
-    base = look(OK)
-    return base.model_copy(update=changes)
+def stored() -> Stamp:
+    return Stamp.of(look(OK))
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,20 @@ class Candidate:
     node: str | None
 
 
+@dataclass(frozen=True)
+class Stamp:
+    """What decides whether a preview is due: when, for which generation, answering which
+    request (all the operator keeps of a preview in memory, whatever its size)."""
+
+    time: datetime
+    generation: int | None
+    request: str | None
+
+    @classmethod
+    def of(cls, preview: ExperimentPreview) -> Stamp:
+        return cls(preview.time, preview.observed_generation, preview.request)
+
+
 def valid_request(value: object) -> str | None:
     """The preview request as it may be echoed, or None when it is absent or malformed."""
     if isinstance(value, str) and REQUEST_PATTERN.fullmatch(value):
@@ -62,7 +76,7 @@ def valid_request(value: object) -> str | None:
 
 
 def refresh_due(
-    last: ExperimentPreview | None,
+    last: Stamp | None,
     *,
     generation: int | None,
     request: str | None,
@@ -77,7 +91,7 @@ def refresh_due(
     requests)."""
     if last_attempt is not None and now - last_attempt < timedelta(seconds=MIN_SECONDS_BETWEEN):
         return False
-    if last is None or last.observed_generation != generation:
+    if last is None or last.generation != generation:
         return True
     if request is not None and request != last.request:
         return True

@@ -16,12 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
-from shakeout.api.experiment import ExperimentPreview
 from shakeout.api.labels import PREVIEW_REQUESTED
 from shakeout.engine.preconditions import node_attack_types
-from shakeout.engine.preview import Candidate, preview, refresh_due, valid_request
+from shakeout.engine.preview import Candidate, Stamp, preview, refresh_due, valid_request
 from shakeout.gather import agents
 from shakeout.gather.facts import gather_run_facts
 from shakeout.kube.client import api
@@ -43,21 +40,31 @@ class Tracked:
     name: str
     generation: int | None
     request: str | None
-    last: ExperimentPreview | None = None
+    last: Stamp | None = None
     attempted: datetime | None = None
 
 
 TRACKED: dict[tuple[str, str], Tracked] = {}
 
 
-def _stored_preview(body: dict[str, Any]) -> ExperimentPreview | None:
+def _stored_stamp(body: dict[str, Any]) -> Stamp | None:
+    """The stamp of the preview in an Experiment's status (three fields read, no more);
+    None when there is none or it cannot be read (it is then computed again)."""
     raw = (body.get("status") or {}).get("preview")
-    if not raw:
+    if not isinstance(raw, dict):
         return None
     try:
-        return ExperimentPreview.model_validate(raw)
-    except ValidationError:
-        return None  # written by another version: computed again
+        time = datetime.fromisoformat(str(raw["time"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return None
+    if time.tzinfo is None:
+        return None  # not written by the operator (which writes UTC)
+    generation = raw.get("observedGeneration")
+    return Stamp(
+        time=time,
+        generation=generation if isinstance(generation, int) else None,
+        request=valid_request(raw.get("request")),
+    )
 
 
 def observe(event_type: str, body: dict[str, Any]) -> None:
@@ -67,7 +74,7 @@ def observe(event_type: str, body: dict[str, Any]) -> None:
     if event_type == "DELETED" or meta.get("deletionTimestamp"):
         TRACKED.pop(key, None)
         return
-    stored = _stored_preview(body)
+    stored = _stored_stamp(body)
     known = TRACKED.get(key)
     if (
         known is not None
@@ -113,7 +120,7 @@ async def refresh(tracked: Tracked, now: datetime) -> None:
     # A merge patch keeps what it does not name: say explicitly what is gone.
     body.update({"reason": result.reason, "request": result.request})
     await api().patch_experiment_status(tracked.namespace, tracked.name, {"preview": body})
-    tracked.last = result
+    tracked.last = Stamp.of(result)
     if generation is not None:
         tracked.generation = generation
 
@@ -121,7 +128,7 @@ async def refresh(tracked: Tracked, now: datetime) -> None:
 def _urgency(tracked: Tracked) -> tuple[int, float]:
     """Asked for or changed first, then the oldest preview."""
     last = tracked.last
-    if last is None or last.observed_generation != tracked.generation:
+    if last is None or last.generation != tracked.generation:
         return 0, 0.0
     if tracked.request is not None and tracked.request != last.request:
         return 0, 0.0

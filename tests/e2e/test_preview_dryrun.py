@@ -1,21 +1,24 @@
 """Previews and dry runs on the real control plane, with the examples of docs/lifecycle.md:
 `kubectl shakeout preview` lists what a run would touch and creates nothing, and a dry run
 goes through every phase and touches nothing, read back from the real objects (the pods
-and their UIDs, the Deployment's replicas, NetworkPolicies, the nodes, NodeAttacks),
-across an operator killed mid-run too. A real run of the same Experiment shows that the
-same observations do see an attack."""
+and their UIDs, the Deployment's replicas, NetworkPolicies, the nodes, NodeAttacks, a
+real node agent's target network namespace), across an operator killed mid-run too. A
+real run of the same Experiment shows that the same observations do see an attack."""
 
 from __future__ import annotations
 
 import copy
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.agents import AGENT_NAMESPACE, AGENT_NODE, Netns, NodeAgent
 from tests.e2e.conftest import Cluster, Operator, eventually
 from tests.e2e.runs import TEAM, TERMINAL, create_run, deployment, events, wait_phase
+from tests.e2e.test_node_agents import target_pod
 from tests.unit.test_docs import examples
 
 APP = "shop"
@@ -279,3 +282,88 @@ def test_a_dry_run_never_applies_anything_across_an_operator_kill(
         shop.kubectl(
             "delete", "experiment", experiment["metadata"]["name"], "-n", TEAM, check=False
         )
+
+
+# -- node-level attacks: a real node agent, a target in a real network namespace ---------------
+
+
+@pytest.fixture
+def agent(ready: Cluster, tmp_path: Path) -> Iterator[NodeAgent]:
+    if ready.kubectl("get", "namespace", AGENT_NAMESPACE, check=False).returncode != 0:
+        ready.kubectl("create", "namespace", AGENT_NAMESPACE)
+    node_agent = NodeAgent(ready, tmp_path)
+    node_agent.start()
+    try:
+        yield node_agent
+    finally:
+        node_agent.stop()
+
+
+@pytest.fixture
+def target(ready: Cluster) -> Iterator[Netns]:
+    ns = Netns.create()
+    try:
+        yield ns
+    finally:
+        ns.delete()
+
+
+def nft_tables(ns: Netns) -> str:
+    return ns.exec("nft", "list", "tables").stdout
+
+
+def test_a_dry_run_of_a_node_level_attack_hands_nothing_to_the_agent(
+    ready: Cluster, agent: NodeAgent, target: Netns
+) -> None:
+    """The agent is connected and its target pod lives in a real network namespace that it
+    can find: a real run blackholes it (an nftables table appears), a dry run does not,
+    and creates no NodeAttack at all."""
+    app = "dry-node"
+    target_pod(ready, app, target)
+    ready.apply(
+        {
+            "apiVersion": "shakeout.dev/v1alpha1",
+            "kind": "Experiment",
+            "metadata": {"name": app, "namespace": TEAM},
+            "spec": {
+                "blastRadius": {"selector": {"matchLabels": {"app": app}}},
+                "attacks": [{"name": "hole", "type": "NetworkBlackhole", "durationSeconds": 4}],
+            },
+        }
+    )
+    try:
+        # The preview names the agent the attack would involve, connected.
+        seen = ready.plugin("preview", app, "-n", TEAM, "-o", "json", user="alice")
+        data = json.loads(seen.stdout)["preview"]
+        assert data["allowed"] is True, data
+        assert [(a["node"], a["connected"]) for a in data["agents"]] == [(AGENT_NODE, True)]
+
+        dry = doc_dry_run()
+        dry["metadata"] = {"name": f"{app}-dry", "namespace": TEAM}
+        dry["spec"]["experimentRef"]["name"] = app
+        ready.create(dry, user="alice")
+        status = wait_phase(ready, f"{app}-dry", {"ATTACKS_STARTED", *TERMINAL})
+        assert status["phase"] == "ATTACKS_STARTED", status
+        assert status["agents"] == [AGENT_NODE]  # prepared: the agent is connected
+        (hole,) = status["attacks"]
+        assert hole["state"] == "Simulating"
+        assert hole["message"] == (
+            f"dry run: would hand NetworkBlackhole of 1 pod(s): {app} to the node agents of "
+            f"1 node(s): {AGENT_NODE}"
+        )
+        assert ready.get("nodeattacks", "-n", TEAM)["items"] == []
+        assert "shakeout_" not in nft_tables(target)
+        status = wait_phase(ready, f"{app}-dry", TERMINAL)
+        assert (status["phase"], status["attacks"][0]["state"]) == ("COMPLETED", "Simulated")
+        assert ready.get("nodeattacks", "-n", TEAM)["items"] == []
+        assert "shakeout_" not in nft_tables(target)
+
+        # The same Experiment for real: the agent applies it where the dry run did not.
+        real, _ = create_run(ready, app)
+        eventually(lambda: "shakeout_" in nft_tables(target), what="the real run's blackhole")
+        assert ready.get("nodeattacks", "-n", TEAM)["items"]
+        status = wait_phase(ready, real, TERMINAL)
+        assert status["phase"] == "COMPLETED", status
+    finally:
+        ready.kubectl("delete", "experiment", app, "-n", TEAM, check=False)
+        ready.kubectl("delete", "pod", app, "-n", TEAM, "--wait=false", check=False)

@@ -143,6 +143,14 @@ def test_preview_lists_what_a_run_would_touch_and_creates_nothing(shop: Cluster)
     # A rail that refuses: the preview refuses with the reason and the message the Run
     # button then answers with.
     set_rails(shop, {"caps": {"maxTargets": 1}})
+    # The switch's change alone refreshes the status, nobody asking.
+    eventually(
+        lambda: (
+            shop.get("experiment", EXPERIMENT, "-n", TEAM)["status"]["preview"].get("reason")
+            == "OverTargetCap"
+        ),
+        what="the preview refreshed by the change of the rails",
+    )
     refused = preview(shop, code=2)
     assert "Verdict:       REFUSED (OverTargetCap): " in refused
     said = next(line for line in refused.splitlines() if line.startswith("Verdict:"))

@@ -35,7 +35,7 @@ from shakeout.gather import agents as gather_agents
 from shakeout.gather import targets as gather_targets
 from shakeout.gather.targets import RecentResolutions
 from shakeout.kube import client as kube_client
-from shakeout.kube.resources import EXPERIMENTS
+from shakeout.kube.resources import EXPERIMENTS, SWITCHES
 from tests.unit.fake_kube import FakeApi
 from tests.unit.test_preconditions import (
     CASES,
@@ -287,6 +287,31 @@ async def test_the_loop_answers_requests_and_spec_changes_and_waits_otherwise(
     written = experiment(world)["status"]["preview"]
     assert (written["allowed"], written["reason"], written["matched"]) == (False, "NoTargets", 0)
     assert written["observedGeneration"] == experiment(world)["metadata"]["generation"]
+
+
+async def test_a_change_of_the_switch_makes_every_preview_due(
+    world: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(previews, "SWITCH_SEEN", previews.SwitchSeen())
+    switch = {"metadata": {"name": "default", "generation": 1}}
+    previews.switch_seen("None", switch)  # the first event after a start: nothing changed
+    previews.observe("ADDED", experiment(world))
+    await previews.tick(T0, 60)
+    previews.observe("MODIFIED", experiment(world))
+    previews.switch_seen("MODIFIED", switch)  # a status change: same generation
+    await previews.tick(T0 + timedelta(seconds=5), 60)
+    assert preview_writes(world) == 1
+
+    world.edit(SWITCHES, None, "default", {"spec": {"enabled": False}})  # Stop All
+    previews.switch_seen("MODIFIED", {"metadata": {"name": "default", "generation": 2}})
+    await previews.tick(T0 + timedelta(seconds=6), 60)
+    assert preview_writes(world) == 2
+    written = experiment(world)["status"]["preview"]
+    assert (written["allowed"], written["reason"]) == (False, "ExperimentingDisabled")
+    # Once answered, the change is spent.
+    previews.observe("MODIFIED", experiment(world))
+    await previews.tick(T0 + timedelta(seconds=9), 60)
+    assert preview_writes(world) == 2
 
 
 async def test_a_deleted_experiment_is_forgotten(world: FakeApi) -> None:

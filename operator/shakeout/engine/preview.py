@@ -83,15 +83,16 @@ def refresh_due(
     now: datetime,
     interval: float,
     last_attempt: datetime | None,
+    rails_changed: bool = False,
 ) -> bool:
     """Whether an Experiment's preview should be computed now: never within
     MIN_SECONDS_BETWEEN of the last attempt; else when there is none, when it is for
-    another generation of the spec, when a new request asks, or when the preview (or the
-    last attempt, which may have failed) is `interval` seconds old (0: only on changes and
-    requests)."""
+    another generation of the spec, when the switch's rails changed since it was computed,
+    when a new request asks, or when the preview (or the last attempt, which may have
+    failed) is `interval` seconds old (0: only on changes and requests)."""
     if last_attempt is not None and now - last_attempt < timedelta(seconds=MIN_SECONDS_BETWEEN):
         return False
-    if last is None or last.generation != generation:
+    if last is None or last.generation != generation or rails_changed:
         return True
     if request is not None and request != last.request:
         return True

@@ -1,6 +1,6 @@
 """The Experiments' previews (status.preview): one loop over the Experiments the watch
-shows, each refreshed when its spec changes, when someone asks (the annotation
-shakeout.dev/preview-requested) and every --preview-interval seconds.
+shows, each refreshed when its spec changes, when the switch's spec changes, when someone
+asks (the annotation shakeout.dev/preview-requested) and every --preview-interval seconds.
 
 Bounded whatever the cluster's size: at most MAX_PER_TICK previews are computed per tick
 (the ones asked for or changed first, then the oldest), each with one cached list of the
@@ -42,6 +42,8 @@ class Tracked:
     request: str | None
     last: Stamp | None = None
     attempted: datetime | None = None
+    # The switch's spec changed since the preview was computed.
+    rails_changed: bool = False
 
 
 TRACKED: dict[tuple[str, str], Tracked] = {}
@@ -89,7 +91,31 @@ def observe(event_type: str, body: dict[str, Any]) -> None:
         request=valid_request((meta.get("annotations") or {}).get(PREVIEW_REQUESTED)),
         last=stored,
         attempted=known.attempted if known is not None else None,
+        rails_changed=known.rails_changed if known is not None else False,
     )
+
+
+@dataclass
+class SwitchSeen:
+    """The switch's generation (its spec's) as last seen; None before any event."""
+
+    generation: int | None = None
+    seen: bool = False
+
+
+SWITCH_SEEN = SwitchSeen()
+
+
+def switch_seen(event_type: str, body: dict[str, Any]) -> None:
+    """One watch event of the ChaosSwitch: when its spec changed (a rail, Stop All, the
+    switch created or deleted), every preview is due again (at most MAX_PER_TICK a tick,
+    as always). The first event after a start only records the generation."""
+    generation = None if event_type == "DELETED" else (body.get("metadata") or {}).get("generation")
+    changed = SWITCH_SEEN.seen and generation != SWITCH_SEEN.generation
+    SWITCH_SEEN.generation, SWITCH_SEEN.seen = generation, True
+    if changed:
+        for tracked in TRACKED.values():
+            tracked.rails_changed = True
 
 
 async def refresh(tracked: Tracked, now: datetime) -> None:
@@ -121,18 +147,19 @@ async def refresh(tracked: Tracked, now: datetime) -> None:
     body.update({"reason": result.reason, "request": result.request})
     await api().patch_experiment_status(tracked.namespace, tracked.name, {"preview": body})
     tracked.last = Stamp.of(result)
+    tracked.rails_changed = False
     if generation is not None:
         tracked.generation = generation
 
 
 def _urgency(tracked: Tracked) -> tuple[int, float]:
-    """Asked for or changed first, then the oldest preview."""
+    """Asked for or its spec changed first, then those the rails changed, then the oldest."""
     last = tracked.last
     if last is None or last.generation != tracked.generation:
         return 0, 0.0
     if tracked.request is not None and tracked.request != last.request:
         return 0, 0.0
-    return 1, last.time.timestamp()
+    return (1 if tracked.rails_changed else 2), last.time.timestamp()
 
 
 async def tick(now: datetime, interval: float) -> None:
@@ -147,6 +174,7 @@ async def tick(now: datetime, interval: float) -> None:
             now=now,
             interval=interval,
             last_attempt=t.attempted,
+            rails_changed=t.rails_changed,
         )
     ]
     batch = sorted(due, key=_urgency)[:MAX_PER_TICK]

@@ -264,10 +264,12 @@ def test_a_dry_run_never_applies_anything_across_an_operator_kill(
     shop.apply(experiment)
     try:
         before = world(shop)
-        run = doc_dry_run()
-        run["spec"]["experimentRef"]["name"] = experiment["metadata"]["name"]
-        created = shop.create(run, user="alice")
+        # The plugin's Run button, as a dry run (created with strict field validation).
+        created = shop.plugin(
+            "run", experiment["metadata"]["name"], "-n", TEAM, "--dry-run", user="alice"
+        )
         name = created.stdout.split()[0].split("/")[-1]
+        assert shop.get("experimentrun", name, "-n", TEAM)["spec"]["dryRun"] is True
 
         def simulating() -> Obj | None:
             status = shop.get("experimentrun", name, "-n", TEAM).get("status") or {}

@@ -66,8 +66,12 @@ class Cluster:
             "metadata": {"generateName": f"{experiment}-", "namespace": self.namespace},
             "spec": spec,
         }
+        # Strict: a cluster whose CRD predates spec.dryRun refuses the field instead of
+        # dropping it, which would turn a dry run into a real one.
         return dict(
-            self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, RUNS, body)
+            self.api.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, RUNS, body, field_validation="Strict"
+            )
         )
 
     def experiment(self, name: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ HANDLER_MODULES = (
     "shakeout.handlers.cleanup",
     "shakeout.handlers.experiments",
     "shakeout.handlers.memory",
+    "shakeout.handlers.previews",
     "shakeout.handlers.runs",
     "shakeout.handlers.schedules",
     "shakeout.handlers.switch",
@@ -60,6 +61,7 @@ def run_operator(
     leader_namespace: str | None = None,
     leader_lease_duration: float = 4.0,
     leader_renew_interval: float = 1.0,
+    preview_interval: float = 60.0,
 ) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat[log_format.upper()])
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
@@ -79,6 +81,7 @@ def run_operator(
     OPTIONS.namespace = own or OPTIONS.namespace
     OPTIONS.allowed_check_hosts = parse_allowed_hosts(allow_check_hosts or [])
     OPTIONS.protected_namespaces = frozenset([*(protect_namespaces or []), *([own] if own else [])])
+    OPTIONS.preview_interval = preview_interval
     # Without a webhook server the operator alone checks runs (at pick-up).
     register_handlers(webhook)
     operator = kopf.operator(

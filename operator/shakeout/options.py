@@ -30,6 +30,9 @@ class Options:
     # Hosts HttpGet state checks may reach besides the run's own Services (--allow-check-host):
     # (host, port), port None for any port. Empty by default (and in deploy/).
     allowed_check_hosts: frozenset[tuple[str, int | None]] = frozenset()
+    # Seconds between two refreshes of an Experiment's status.preview (--preview-interval);
+    # 0: only when its spec changes or someone asks (kubectl shakeout preview).
+    preview_interval: float = 60.0
 
 
 def parse_allowed_hosts(values: list[str]) -> frozenset[tuple[str, int | None]]:

@@ -696,6 +696,7 @@ class FakeApi(Api):
         annotations: dict[str, str] | None = None,
         status: Obj | None = None,
         started_by: str | None = None,
+        dry_run: bool = False,
     ) -> Obj:
         annotations = dict(annotations or {})
         if started_by is not None:
@@ -706,6 +707,8 @@ class FakeApi(Api):
             "metadata": {"name": name, "annotations": annotations},
             "spec": {"experimentRef": {"name": experiment}},
         }
+        if dry_run:
+            obj["spec"]["dryRun"] = True
         if status is not None:
             obj["status"] = status
         return self.put(RUNS, namespace, obj)

@@ -192,12 +192,18 @@ STOPS: list[tuple[AttackState, StopKind | None, StopKind | None]] = [
     # A reversible attack whose apply failed may have acted on some targets: rolled back.
     (AttackState.FAILED, StopKind.ROLL_BACK, None),
     (AttackState.SKIPPED, None, None),
+    # A dry run's attack: closed when its window ends, never rolled back (nothing applied).
+    (AttackState.SIMULATING, StopKind.END_SIMULATION, StopKind.END_SIMULATION),
+    (AttackState.SIMULATED, None, None),
 ]
 
 
 def test_the_stop_table_covers_every_state() -> None:
     assert {row[0] for row in STOPS} == set(AttackState)
-    assert {row[0] for row in STOPS if row[1] is not None} == OPEN_STATES | {AttackState.FAILED}
+    assert {row[0] for row in STOPS if row[1] is not None} == OPEN_STATES | {
+        AttackState.FAILED,
+        AttackState.SIMULATING,
+    }
 
 
 def test_a_failed_attack_already_rolled_back_is_not_stopped_again() -> None:
@@ -226,6 +232,7 @@ STOPPED = {
     StopKind.SKIP: AttackState.SKIPPED,
     StopKind.CLOSE: AttackState.COMPLETED,
     StopKind.ROLL_BACK: AttackState.ROLLING_BACK,
+    StopKind.END_SIMULATION: AttackState.SIMULATED,
 }
 
 
@@ -339,7 +346,9 @@ def test_attacks_are_due_after_their_duration(
     )
 
 
-@pytest.mark.parametrize("state", [s for s in AttackState if s != AttackState.APPLIED])
+@pytest.mark.parametrize(
+    "state", [s for s in AttackState if s not in (AttackState.APPLIED, AttackState.SIMULATING)]
+)
 def test_only_applied_attacks_fall_due(state: AttackState) -> None:
     status = with_states(kill=state, scale=state)
     assert due_actions(status, T0 + timedelta(days=1)) == []

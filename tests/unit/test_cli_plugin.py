@@ -21,6 +21,13 @@ class World:
     phases: list[str | None] = field(default_factory=list)
     patches: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     switch_writes: list[bool] = field(default_factory=list)
+    created: list[tuple[str, bool]] = field(default_factory=list)
+    # kubectl shakeout preview: the Experiment's preview, whether the operator answers a
+    # request (echoes it in status.preview.request), whether the user may annotate.
+    preview: dict[str, Any] | None = None
+    operator_answers: bool = True
+    may_annotate: bool = True
+    requests: list[str] = field(default_factory=list)
 
 
 class FakeCluster:
@@ -43,11 +50,28 @@ class FakeCluster:
             "status": status,
         }
 
-    def create_run(self, experiment: str) -> dict[str, Any]:
+    def create_run(self, experiment: str, dry_run: bool = False) -> dict[str, Any]:
+        self.world.created.append((experiment, dry_run))
         return {"metadata": {"name": f"{experiment}-abcde", "namespace": self.namespace}}
 
     def patch_run_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.world.patches.append((name, spec))
+
+    def experiment(self, name: str) -> dict[str, Any]:
+        preview = self.world.preview
+        if preview is not None and self.world.requests and self.world.operator_answers:
+            preview = {**preview, "request": self.world.requests[-1]}
+        return {
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {"blastRadius": {"selector": {"matchLabels": {"app": "web"}}}},
+            "status": {"preview": preview} if preview is not None else {},
+        }
+
+    def request_preview(self, name: str, token: str) -> bool:
+        if not self.world.may_annotate:
+            return False
+        self.world.requests.append(token)
+        return True
 
     def switch(self) -> dict[str, Any] | None:
         return self.world.switch
@@ -140,6 +164,12 @@ def test_run_without_wait_prints_the_created_name(capsys: pytest.CaptureFixture[
     assert capsys.readouterr().out == "experimentrun.shakeout.dev/exp-abcde created\n"
 
 
+def test_run_dry_run_creates_a_dry_run(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    assert plugin.main(["run", "exp", "-n", "team-a", "--dry-run"]) == 0
+    assert plugin.main(["run", "exp", "-n", "team-a"]) == 0
+    assert world.created == [("exp", True), ("exp", False)]
+
+
 def test_stop_and_findings_patch_the_run_spec(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -172,3 +202,55 @@ def test_an_api_error_prints_the_servers_message(
     assert capsys.readouterr().err == (
         "Error from server (Forbidden): alice may not patch experimentruns\n"
     )
+
+
+PREVIEW = {
+    "time": "2026-01-01T00:00:00Z",
+    "observedGeneration": 1,
+    "allowed": True,
+    "message": "a run created now would be admitted: 1 of 2 matching pods",
+    "matched": 2,
+    "selected": 1,
+    "pods": [{"name": "web-0", "node": "n1"}, {"name": "web-1", "node": "n2"}],
+    "nodes": ["n1", "n2"],
+    "nodeCount": 2,
+}
+
+
+def test_preview_asks_for_a_fresh_preview_and_prints_it(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.preview = PREVIEW
+    assert plugin.main(["preview", "exp", "-n", "team-a"]) == 0
+    out = capsys.readouterr().out
+    assert len(world.requests) == 1
+    assert "Verdict:       ALLOWED" in out
+    assert "Note:" not in out
+    assert world.created == []  # a preview creates nothing
+
+
+def test_preview_exits_2_when_refused_and_1_without_a_preview(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.preview = {**PREVIEW, "allowed": False, "reason": "OverTargetCap", "message": "cap"}
+    assert plugin.main(["preview", "exp"]) == 2
+    assert "REFUSED (OverTargetCap): cap" in capsys.readouterr().out
+    world.preview = None
+    assert plugin.main(["preview", "exp", "--timeout", "0"]) == 1
+    assert "no preview yet" in capsys.readouterr().out
+
+
+def test_preview_without_the_right_to_annotate_or_an_answer_shows_the_last_one(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.preview = PREVIEW
+    world.may_annotate = False
+    assert plugin.main(["preview", "exp"]) == 0
+    assert "you may not annotate the Experiment" in capsys.readouterr().out
+    world.may_annotate, world.operator_answers = True, False
+    assert plugin.main(["preview", "exp", "--timeout", "0"]) == 0
+    assert "the operator did not answer within 0s" in capsys.readouterr().out
+    world.requests.clear()
+    assert plugin.main(["preview", "exp", "--no-refresh", "-o", "json"]) == 0
+    assert world.requests == []  # --no-refresh writes nothing
+    assert json.loads(capsys.readouterr().out)["preview"]["matched"] == 2

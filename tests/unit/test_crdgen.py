@@ -79,7 +79,7 @@ def test_printer_columns() -> None:
         for c in all_crds().values()
     }
     assert cols["ExperimentRun"][:4] == ["Experiment", "Phase", "Targets", "Action Required"]
-    assert cols["Experiment"] == ["Attacks", "Schedule", "Last Run", "Age"]
+    assert cols["Experiment"] == ["Attacks", "Schedule", "Last Run", "Matched", "Allowed", "Age"]
     assert cols["ChaosSwitch"][:2] == ["Enabled", "Active Run"]
 
 

@@ -72,7 +72,11 @@ def test_round_trip_to_camel_case() -> None:
     run = ExperimentRun.model_validate(
         {"metadata": {"name": "r"}, "spec": {"experimentRef": {"name": "e"}}}
     )
-    assert run.to_k8s()["spec"] == {"experimentRef": {"name": "e"}, "cancel": False}
+    assert run.to_k8s()["spec"] == {
+        "experimentRef": {"name": "e"},
+        "cancel": False,
+        "dryRun": False,
+    }
     switch = ChaosSwitch.model_validate(
         {"metadata": {"name": "default"}, "spec": {"enabled": True}}
     )

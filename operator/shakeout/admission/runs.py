@@ -95,7 +95,15 @@ async def validate_run(body: kopf.Body, userinfo: Any, warnings: list[str], **_:
         raise kopf.AdmissionError(refusal.message, code=403)
     if facts.experiment is not None and (names := irreversible_attacks(facts.experiment)):
         # Said before the run starts: kubectl prints admission warnings to the user.
-        warnings.append("this run contains attacks that cannot be rolled back: " + ", ".join(names))
+        if body.get("spec", {}).get("dryRun"):
+            warnings.append(
+                "a dry run: nothing is applied; in a real run these attacks could not be "
+                "rolled back: " + ", ".join(names)
+            )
+        else:
+            warnings.append(
+                "this run contains attacks that cannot be rolled back: " + ", ".join(names)
+            )
 
 
 @kopf.on.mutate(

@@ -75,6 +75,12 @@ CRDS: list[CrdInfo] = [
             PrinterColumn("Attacks", ".status.attackTypes", description="Attack types"),
             PrinterColumn("Schedule", ".spec.schedule.cron", description="Cron schedule"),
             PrinterColumn("Last Run", ".status.lastRun.name", description="Most recent run"),
+            PrinterColumn(
+                "Matched", ".status.preview.matched", "integer", "Pods matching now", priority=1
+            ),
+            PrinterColumn(
+                "Allowed", ".status.preview.allowed", "boolean", "Rails allow a run", priority=1
+            ),
             AGE,
         ],
     ),
@@ -91,6 +97,7 @@ CRDS: list[CrdInfo] = [
                 "Action Required", ".spec.actionRequired", description="Follow-up needed"
             ),
             PrinterColumn("Reason", ".status.reason", description="Why", priority=1),
+            PrinterColumn("Dry Run", ".spec.dryRun", "boolean", "Applies nothing", priority=1),
             AGE,
         ],
     ),

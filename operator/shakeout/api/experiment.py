@@ -342,6 +342,91 @@ class AttackSummary(Model):
     reversible: bool = Field(description="Whether the attack can be rolled back.")
 
 
+# The preview keeps at most this many names of each kind, whatever the cluster's size.
+MAX_PREVIEW_NAMES = 50
+
+
+class PreviewPod(Model):
+    """A pod a run would take its targets from, and its node."""
+
+    name: str = Field(description="Name of the pod.")
+    node: str | None = Field(default=None, description="Its node.")
+
+
+class PreviewAgent(Model):
+    """The node agent of a node that a run's node-level attacks would involve."""
+
+    node: str = Field(description="The node.")
+    connected: bool = Field(description="Whether its agent holds a live Lease now.")
+    problem: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Why it could not do the attacks (not connected, attack unknown...).",
+    )
+
+
+class ExperimentPreview(Model):
+    """What a run created now would touch, and whether the rails would let it in.
+
+    Computed by the operator with the functions a run's own checks use (the precondition
+    chain of engine/preconditions.py over the facts gathered by gather/facts.py), so that
+    it never disagrees with a run made at the same moment. Refreshed every
+    --preview-interval seconds, when the spec changes, and on request (the annotation
+    shakeout.dev/preview-requested, which kubectl shakeout preview sets).
+    """
+
+    time: datetime = Field(description="When the preview was computed.")
+    observed_generation: int | None = Field(
+        default=None, description="The Experiment's .metadata.generation it was computed for."
+    )
+    request: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The value of the annotation shakeout.dev/preview-requested it answers.",
+    )
+    allowed: bool = Field(
+        description=(
+            "Whether the rails would admit a run created now: the switch, the namespace "
+            "rails, the caps, the Experiment's limits and the agents (not the lock: see "
+            "the switch's status.activeRun)."
+        )
+    )
+    reason: str | None = Field(
+        default=None, max_length=128, description="The refusal's reason, e.g. OverTargetCap."
+    )
+    message: str = Field(max_length=4096, description="The verdict, for people.")
+    matched: int = Field(ge=0, description="Pods that match the selector and can be attacked.")
+    selected: int = Field(
+        ge=0, description="How many of them a run would target (after spec.blastRadius.limit)."
+    )
+    pods: list[PreviewPod] = Field(
+        default_factory=list,
+        max_length=MAX_PREVIEW_NAMES,
+        description=f"The first {MAX_PREVIEW_NAMES} matching pods by name, with their nodes.",
+    )
+    nodes: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_PREVIEW_NAMES,
+        description=f"The first {MAX_PREVIEW_NAMES} nodes of the matching pods.",
+    )
+    node_count: int = Field(default=0, ge=0, description="How many nodes the matching pods use.")
+    agents: list[PreviewAgent] = Field(
+        default_factory=list,
+        max_length=MAX_PREVIEW_NAMES,
+        description="The node agents that node-level attacks would involve (first ones).",
+    )
+    cordon_nodes: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_PREVIEW_NAMES,
+        description="The nodes a NodeCordon would cordon (first ones).",
+    )
+    irreversible_attacks: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="The attacks that cannot be rolled back, as NAME (Type).",
+    )
+
+
 class ExperimentStatus(Model):
     """What the operator observed about the experiment."""
 
@@ -371,6 +456,13 @@ class ExperimentStatus(Model):
         default=None, ge=0, description="How many attacks cannot be rolled back."
     )
     last_run: LastRun | None = Field(default=None, description="The most recent run.")
+    preview: ExperimentPreview | None = Field(
+        default=None,
+        description=(
+            "What a run created now would touch and whether the rails would allow it "
+            "(kubectl shakeout preview)."
+        ),
+    )
     last_schedule_time: datetime | None = Field(
         default=None, description="When the schedule last fell due."
     )

@@ -40,6 +40,13 @@ SCHEDULED_FOR: Final = f"{PREFIX}/scheduled-for"
 ROLLBACK_RECORD_LABEL: Final = f"{PREFIX}/rollback-record"
 ROLLBACK_RECORD_PREFIX: Final = "shakeout-run-"
 
+# -- Experiment -------------------------------------------------------------------------
+
+# Set by kubectl shakeout preview (any value up to 64 characters of [A-Za-z0-9._:-]): the
+# operator computes the Experiment's status.preview at once and echoes the value in
+# status.preview.request. A request only; nothing else is read from it.
+PREVIEW_REQUESTED: Final = f"{PREFIX}/preview-requested"
+
 # -- ChaosSwitch --------------------------------------------------------------------------
 
 # Stamped by the mutating webhook on every change of the spec: who, when, and the
@@ -122,6 +129,8 @@ class ConditionType:
     SUCCEEDED: Final = "Succeeded"
     # A rollback that failed is being retried: the run keeps its lock until it succeeds.
     ROLLBACK_PENDING: Final = "RollbackPending"
+    # A dry run (spec.dryRun): set True when it is picked up, it says nothing is applied.
+    DRY_RUN: Final = "DryRun"
     # kstatus (Flux, kpt, cli-utils) reads these two on every kind.
     RECONCILING: Final = "Reconciling"
     STALLED: Final = "Stalled"

@@ -77,6 +77,17 @@ class ExperimentRunSpec(Model):
             ]
         },
     )
+    dry_run: bool = Field(
+        default=False,
+        description=(
+            "A dry run: it goes through every phase, runs its state checks, resolves its "
+            "targets and journals what each attack would do, and applies nothing (no pod "
+            "deleted, no NetworkPolicy, no NodeAttack, no scale, no cordon). Immutable."
+        ),
+        json_schema_extra={
+            "x-kubernetes-validations": [cel("self == oldSelf", "dryRun is immutable")]
+        },
+    )
     findings: str | None = Field(
         default=None,
         max_length=16384,
@@ -116,6 +127,10 @@ class AttackState(StrEnum):
     COMPLETED = "Completed"
     FAILED = "Failed"
     SKIPPED = "Skipped"
+    # A dry run's attack during its window: journaled with what it would do, never applied.
+    SIMULATING = "Simulating"
+    # A dry run's attack after its window (or the run's end): nothing was applied.
+    SIMULATED = "Simulated"
 
 
 class AttackResult(Model):
@@ -139,7 +154,10 @@ class AttackResult(Model):
             "else changed meanwhile."
         ),
     )
-    applied_at: datetime | None = Field(default=None, description="When it was applied.")
+    applied_at: datetime | None = Field(
+        default=None,
+        description="When it was applied (in a dry run: when it would have been).",
+    )
     rolled_back_at: datetime | None = Field(default=None, description="When it was rolled back.")
     message: str | None = Field(default=None, max_length=1024, description="Details.")
 
@@ -186,6 +204,13 @@ class ExperimentRunStatus(Model):
         }
     )
 
+    dry_run: bool | None = Field(
+        default=None,
+        description=(
+            "The run is a dry run (spec.dryRun, recorded when the operator picked it up): "
+            "nothing is applied; each attack is journaled Simulating, then Simulated."
+        ),
+    )
     phase: Phase | None = Field(
         default=None,
         description=(

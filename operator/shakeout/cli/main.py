@@ -92,6 +92,7 @@ def _operator(args: argparse.Namespace) -> int:
         leader_elect=args.leader_elect,
         leader_lease_duration=args.leader_lease_duration,
         leader_renew_interval=args.leader_renew_interval,
+        preview_interval=args.preview_interval,
     )
 
 
@@ -127,6 +128,17 @@ def _agent(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_agent(options))
     return 0
+
+
+def _seconds(value: str) -> float:
+    """A number of seconds, 0 or more (argparse's error otherwise)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"{value!r}: give 0 to 86400 seconds")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--leader-lease-duration", type=float, default=4.0, help="seconds (default 4)")
     p.add_argument("--leader-renew-interval", type=float, default=1.0, help="seconds (default 1)")
+    p.add_argument(
+        "--preview-interval",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="refresh each Experiment's status.preview this often (default 60; 0: only when "
+        "its spec changes or kubectl shakeout preview asks)",
+    )
     p.add_argument(
         "--no-webhook",
         action="store_true",

@@ -1,4 +1,4 @@
-"""`kubectl shakeout`: run, stop, stop-all, continue, list, report, status.
+"""`kubectl shakeout`: run, stop, stop-all, continue, list, report, preview, status.
 
 Installed on PATH as kubectl-shakeout, so kubectl finds it as a plugin. Talks to the
 cluster of the current kubeconfig context, as kubectl does.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 import time
 from typing import Any
@@ -16,11 +17,15 @@ import yaml
 
 from shakeout import __version__
 from shakeout.api.common import API_VERSION, GROUP, VERSION
+from shakeout.api.experiment import Experiment
+from shakeout.api.labels import PREVIEW_REQUESTED
 from shakeout.api.run import TERMINAL_PHASES, ExperimentRun, Phase
 from shakeout.api.switch import SWITCH_NAME, ChaosSwitch
+from shakeout.cli.preview import render
 from shakeout.cli.report import report, runs_table
 
 RUNS = ExperimentRun.PLURAL
+EXPERIMENTS = Experiment.PLURAL
 SWITCHES = ChaosSwitch.PLURAL
 
 
@@ -49,17 +54,46 @@ class Cluster:
             self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, RUNS, name)
         )
 
-    def create_run(self, experiment: str) -> dict[str, Any]:
-        """Press the Run button: a new ExperimentRun of the experiment, named after it."""
+    def create_run(self, experiment: str, dry_run: bool = False) -> dict[str, Any]:
+        """Press the Run button: a new ExperimentRun of the experiment, named after it (a
+        dry run with spec.dryRun: true when asked)."""
+        spec: dict[str, Any] = {"experimentRef": {"name": experiment}}
+        if dry_run:
+            spec["dryRun"] = True
         body = {
             "apiVersion": API_VERSION,
             "kind": ExperimentRun.KIND,
             "metadata": {"generateName": f"{experiment}-", "namespace": self.namespace},
-            "spec": {"experimentRef": {"name": experiment}},
+            "spec": spec,
         }
+        # Strict: a cluster whose CRD predates spec.dryRun refuses the field instead of
+        # dropping it, which would turn a dry run into a real one.
         return dict(
-            self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, RUNS, body)
+            self.api.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, RUNS, body, field_validation="Strict"
+            )
         )
+
+    def experiment(self, name: str) -> dict[str, Any]:
+        return dict(
+            self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, EXPERIMENTS, name)
+        )
+
+    def request_preview(self, name: str, token: str) -> bool:
+        """Ask the operator for a fresh preview (the annotation it answers); False when the
+        user may not annotate the Experiment (a viewer reads the last preview instead)."""
+        from kubernetes.client.exceptions import ApiException
+
+        body = {"metadata": {"annotations": {PREVIEW_REQUESTED: token}}}
+        try:
+            self.api.patch_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, EXPERIMENTS, name, body
+            )
+        except ApiException as err:
+            if err.status == 403:
+                return False
+            raise
+        return True
 
     def patch_run_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.api.patch_namespaced_custom_object(
@@ -106,7 +140,7 @@ def _emit(data: Any, output: str | None, human: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cluster = Cluster(args.namespace)
-    created = cluster.create_run(args.experiment)
+    created = cluster.create_run(args.experiment, dry_run=args.dry_run)
     name = created["metadata"]["name"]
     if not args.wait:
         _emit(created, args.output, f"experimentrun.shakeout.dev/{name} created")
@@ -193,6 +227,37 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preview(args: argparse.Namespace) -> int:
+    cluster = Cluster(args.namespace)
+    name = args.experiment
+    experiment = cluster.experiment(name)
+    note = None
+    if not args.no_refresh:
+        token = f"{int(time.time())}-{secrets.token_hex(4)}"
+        if cluster.request_preview(name, token):
+            deadline = time.monotonic() + args.timeout
+            while True:
+                experiment = cluster.experiment(name)
+                answered = ((experiment.get("status") or {}).get("preview") or {}).get("request")
+                if answered == token:
+                    break
+                if time.monotonic() >= deadline:
+                    note = f"the operator did not answer within {args.timeout:g}s: the last preview"
+                    break
+                time.sleep(0.3)
+        else:
+            note = "you may not annotate the Experiment to ask for a fresh one: the last preview"
+    else:
+        note = "--no-refresh: the last preview the operator wrote"
+    preview = (experiment.get("status") or {}).get("preview")
+    active = ((cluster.switch() or {}).get("status") or {}).get("activeRun")
+    data = {"preview": preview, "activeRun": active, "note": note}
+    _emit(data, args.output, render(experiment, active, note))
+    if preview is None:
+        return 1
+    return 0 if preview.get("allowed") else 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubectl shakeout", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kubectl-shakeout {__version__}")
@@ -208,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", _run, "run an experiment (the Run button)")
     p.add_argument("experiment")
     p.add_argument("--wait", "-w", action="store_true", help="follow the run and print its report")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="a dry run (spec.dryRun: true): every phase and check, nothing applied",
+    )
     p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
     p = command("stop", _stop, "cancel a run (any authenticated user)")
     p.add_argument("run")
@@ -227,6 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
     p = command("report", _report, "one run's report")
     p.add_argument("run")
+    p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
+    p = command(
+        "preview",
+        _preview,
+        "what a run of the experiment would touch now, and the rails' verdict (creates nothing)",
+    )
+    p.add_argument("experiment")
+    p.add_argument(
+        "--no-refresh",
+        action="store_true",
+        help="show the operator's last preview; do not ask for a fresh one (writes nothing)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for a fresh preview (30)"
+    )
     p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
     p = command("status", _status, "the ChaosSwitch and the active run", False)
     p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)

@@ -83,13 +83,22 @@ def runs_table(runs: list[Obj]) -> str:
     return table(rows) if len(rows) > 1 else "No runs found."
 
 
+# The first line of a dry run's report.
+DRY_RUN_HEADLINE = (
+    "DRY RUN: nothing was applied; the attacks below say what a real run would have done"
+)
+
+
 def report(run: Obj) -> str:
     """A readable report of one run, as `kubectl shakeout report RUN` prints it: every
     text in it cleaned of terminal escapes and control characters (SEC-26)."""
     findings = clean((run.get("spec") or {}).get("findings") or "", multiline=True)
     run = _cleaned(run)
     meta, spec, status = run["metadata"], run["spec"], run.get("status") or {}
-    lines = [
+    lines = []
+    if spec.get("dryRun") or status.get("dryRun"):
+        lines.append(DRY_RUN_HEADLINE)
+    lines += [
         f"Run:         {meta['namespace']}/{meta['name']}",
         f"Experiment:  {spec['experimentRef']['name']}",
         f"Phase:       {status.get('phase', 'PENDING')}"

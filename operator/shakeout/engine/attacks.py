@@ -4,7 +4,14 @@
        │           │  │         │              │
        │           │  │         └──────────────┼──────▶ COMPLETED       (irreversible)
        │           │  └──▶ FAILED (apply)      └──▶ FAILED (rollback)
-       └──▶ SKIPPED (stopped before it started)
+       ├──▶ SKIPPED (stopped before it started)
+       └──▶ SIMULATING ──▶ SIMULATED                                   (a dry run)
+
+A dry run's attack goes from PENDING to SIMULATING (`begin_simulation`: journaled with what
+it would do, never applied) and, when its duration is over or the run stops, to SIMULATED.
+Neither is an open state: nothing ever applies, re-applies or rolls back such an attack,
+whatever restarts in between (`resume` and `stop_actions` leave the cluster alone for
+them), so a dry run cannot touch the cluster even with a flag lost or changed.
 
 A stop takes an APPLYING attack where it takes an APPLIED one; a restart takes a
 ROLLING_BACK attack back to APPLIED, to be rolled back again (see `resume`).
@@ -32,6 +39,8 @@ from shakeout.engine.conditions import find, set_condition
 OPEN_STATES: frozenset[AttackState] = frozenset(
     {AttackState.PENDING, AttackState.APPLYING, AttackState.APPLIED, AttackState.ROLLING_BACK}
 )
+# Attacks whose window is open: due to stop when their duration is over.
+_RUNNING: frozenset[AttackState] = frozenset({AttackState.APPLIED, AttackState.SIMULATING})
 # A rollback is tried this many times in quick succession; if it still fails, it is
 # pending (a condition says so) and retried every ROLLBACK_MAX_DELAY seconds at most,
 # until it succeeds: a fault is never left in place because its rollback failed.
@@ -51,6 +60,7 @@ class StopKind(StrEnum):
     SKIP = "Skip"  # never started: nothing to undo
     CLOSE = "Close"  # irreversible: closed as Completed, there is nothing to undo
     ROLL_BACK = "RollBack"  # reversible: rolled back
+    END_SIMULATION = "EndSimulation"  # a dry run's attack: its window closed, nothing to undo
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,31 @@ def begin_apply(
     return new
 
 
+def begin_simulation(
+    status: ExperimentRunStatus,
+    rollback_data: Mapping[str, Mapping[str, object]],
+    plans: Mapping[str, str],
+    targets: Targets,
+    agents: Sequence[str],
+    *,
+    now: datetime,
+) -> ExperimentRunStatus:
+    """A dry run's journal at the start of its attacks: every attack SIMULATING from `now`
+    (its window lasts its duration), with the rollback data a real run would journal
+    (say, the nodes a cordon would take) and its plan, what it would do, as its message.
+    Nothing is applied, now or after a restart: SIMULATING is not an open state."""
+    new = begin_apply(status, rollback_data, targets, agents)
+    for i, result in enumerate(new.attacks):
+        new.attacks[i] = result.model_copy(
+            update={
+                "state": AttackState.SIMULATING,
+                "applied_at": now,
+                "message": plans.get(result.name, "dry run: nothing applied")[:MESSAGE_LIMIT],
+            }
+        )
+    return new
+
+
 def record_applied(
     status: ExperimentRunStatus, outcomes: Sequence[ApplyOutcome], now: datetime
 ) -> tuple[ExperimentRunStatus, str | None]:
@@ -144,12 +179,18 @@ def failed_not_undone(result: AttackResult) -> bool:
 
 
 def _stoppable(result: AttackResult) -> bool:
-    return result.state in OPEN_STATES or failed_not_undone(result)
+    return (
+        result.state in OPEN_STATES
+        or result.state == AttackState.SIMULATING
+        or failed_not_undone(result)
+    )
 
 
 def _stop_kind(result: AttackResult) -> StopKind:
     if result.state == AttackState.PENDING:
         return StopKind.SKIP
+    if result.state == AttackState.SIMULATING:
+        return StopKind.END_SIMULATION
     return StopKind.ROLL_BACK if result.reversible else StopKind.CLOSE
 
 
@@ -157,7 +198,8 @@ def stop_actions(status: ExperimentRunStatus) -> list[StopAction]:
     """What stopping the run (cancel, Stop All, a failure, deletion, shutdown) does to
     each attack that may still act: a PENDING one is skipped, an irreversible one closed,
     a reversible one rolled back (an APPLYING, ROLLING_BACK or failed_not_undone one too: a
-    rollback is idempotent and undoes nothing that was never applied)."""
+    rollback is idempotent and undoes nothing that was never applied), a dry run's
+    SIMULATING one closed without touching anything."""
     return [StopAction(r.name, _stop_kind(r)) for r in status.attacks if _stoppable(r)]
 
 
@@ -168,19 +210,20 @@ def _experiment(status: ExperimentRunStatus) -> ExperimentSpec:
 
 
 def _ends(status: ExperimentRunStatus) -> dict[str, datetime | None]:
-    """When each APPLIED attack is due to stop: its duration after it was applied. One
-    with no time of application is due at once (a fault never outlives its clock)."""
+    """When each APPLIED (or a dry run's SIMULATING) attack is due to stop: its duration
+    after it was applied. One with no time of application is due at once (a fault never
+    outlives its clock)."""
     durations = {a.name: a.duration_seconds for a in _experiment(status).attacks}
     return {
         r.name: r.applied_at + timedelta(seconds=durations.get(r.name, 0)) if r.applied_at else None
         for r in status.attacks
-        if r.state == AttackState.APPLIED
+        if r.state in _RUNNING
     }
 
 
 def due_actions(status: ExperimentRunStatus, now: datetime) -> list[StopAction]:
     """The APPLIED attacks whose duration is over: irreversible ones are closed,
-    reversible ones rolled back."""
+    reversible ones rolled back; a dry run's SIMULATING ones closed as SIMULATED."""
     due = {name for name, end in _ends(status).items() if end is None or end <= now}
     return [StopAction(r.name, _stop_kind(r)) for r in status.attacks if r.name in due]
 
@@ -192,9 +235,24 @@ def next_due(status: ExperimentRunStatus, now: datetime) -> datetime | None:
 
 def attacks_finished(status: ExperimentRunStatus) -> bool:
     """Whether the run may move on from its attacks: none is open (none still PENDING or
-    APPLYING, none APPLIED or ROLLING_BACK) and none FAILED (a failed attack fails the
-    run instead: see `failure`)."""
-    return all(r.state not in OPEN_STATES and r.state != AttackState.FAILED for r in status.attacks)
+    APPLYING, none APPLIED or ROLLING_BACK, no dry run's SIMULATING one) and none FAILED
+    (a failed attack fails the run instead: see `failure`)."""
+    return all(
+        r.state not in OPEN_STATES and r.state not in (AttackState.FAILED, AttackState.SIMULATING)
+        for r in status.attacks
+    )
+
+
+def acted(status: ExperimentRunStatus) -> list[AttackResult]:
+    """The attacks that may have touched the cluster: every one but those never started
+    (PENDING, SKIPPED) and a dry run's (SIMULATING, SIMULATED). What a run cleans up after
+    its end is theirs alone."""
+    return [r for r in status.attacks if r.state not in _NEVER_ACTED]
+
+
+_NEVER_ACTED: frozenset[AttackState] = frozenset(
+    {AttackState.PENDING, AttackState.SKIPPED, AttackState.SIMULATING, AttackState.SIMULATED}
+)
 
 
 def failure(status: ExperimentRunStatus) -> str | None:
@@ -208,6 +266,7 @@ _STOPPED = {
     StopKind.SKIP: AttackState.SKIPPED,
     StopKind.CLOSE: AttackState.COMPLETED,
     StopKind.ROLL_BACK: AttackState.ROLLING_BACK,
+    StopKind.END_SIMULATION: AttackState.SIMULATED,
 }
 
 
@@ -216,7 +275,7 @@ def begin_stop(status: ExperimentRunStatus, action: StopAction) -> ExperimentRun
     before the rollback is requested). The action must be the one that `stop_actions` or
     `due_actions` gives for the attack: an irreversible attack is never rolled back and
     an attack that may have acted is never skipped."""
-    i = _index(status, action.name, OPEN_STATES | {AttackState.FAILED})
+    i = _index(status, action.name, OPEN_STATES | {AttackState.FAILED, AttackState.SIMULATING})
     if not _stoppable(status.attacks[i]):
         raise ValueError(f"attack {action.name} is {status.attacks[i].state}: nothing to stop")
     expected = _stop_kind(status.attacks[i])
@@ -298,6 +357,8 @@ def resume(status: ExperimentRunStatus, now: datetime) -> tuple[ExperimentRunSta
     - APPLYING and irreversible: APPLIED without applying it again (applied at `now`
       unless it has a time). It may have acted already: it is never applied twice.
     - ROLLING_BACK: APPLIED again, so that it is rolled back again (idempotent).
+    - A dry run's SIMULATING or SIMULATED attack: as it is. It was never applied and is
+      never applied now.
     """
     new = status.model_copy(deep=True)
     again = []

@@ -323,12 +323,11 @@ def agent_nodes_within_limit(facts: RunFacts) -> Refusal | None:
     )
 
 
-def agents_can_attack(facts: RunFacts) -> Refusal | None:
-    """The known node agents of the targets' nodes can do every node-level attack type of
-    the spec. An agent not known yet is waited for (the run fails later if it never
-    connects), not refused."""
+def agent_problems(facts: RunFacts) -> list[tuple[str, str]]:
+    """(node, problem) for each node-level attack type of the spec that the known agent of
+    a target's node cannot do, by node."""
     if facts.experiment is None:
-        return None
+        return []
     kinds = node_attack_types(facts.experiment)
     problems = []
     for node in sorted(set(facts.target_nodes)):
@@ -337,9 +336,17 @@ def agents_can_attack(facts: RunFacts) -> Refusal | None:
             continue
         for kind in kinds:
             if kind not in capabilities:
-                problems.append(f"the agent of node {node} does not know {kind}")
+                problems.append((node, f"the agent of node {node} does not know {kind}"))
             elif (why := capabilities[kind]) is not None:
-                problems.append(f"the agent of node {node} cannot do {kind}: {why}")
+                problems.append((node, f"the agent of node {node} cannot do {kind}: {why}"))
+    return problems
+
+
+def agents_can_attack(facts: RunFacts) -> Refusal | None:
+    """The known node agents of the targets' nodes can do every node-level attack type of
+    the spec. An agent not known yet is waited for (the run fails later if it never
+    connects), not refused."""
+    problems = [problem for _node, problem in agent_problems(facts)]
     if not problems:
         return None
     more = len(problems) - SHOWN_PROBLEMS
@@ -409,6 +416,9 @@ ADMISSION = _all_but(creator_still_member)
 PICKUP = _all_but(no_other_run_holds_lock)
 # Just before the attacks start: the run executes its own snapshot of the Experiment.
 ATTACK_START = _all_but(no_other_run_holds_lock, experiment_found)
+# The Experiment's preview (engine/preview.py): what admission would say of a run created
+# now, but the lock, which changes with every run (the switch's status.activeRun shows it).
+PREVIEW = _all_but(creator_still_member, no_other_run_holds_lock)
 
 
 def evaluate(chain: Sequence[Check], facts: RunFacts) -> Refusal | None:

@@ -13,7 +13,7 @@ lifecycle within the phases is in engine.attacks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -298,14 +298,19 @@ def enter(
         )
     if is_terminal(target):
         new.finished_at = now
-        # Attacks that never started are closed as skipped: a report has no open ends.
+        # Attacks that never started are closed as skipped, a dry run's as simulated: a
+        # report has no open ends.
         new.attacks = [
-            a.model_copy(update={"state": AttackState.SKIPPED})
-            if a.state == AttackState.PENDING
-            else a
+            a.model_copy(update={"state": _CLOSED[a.state]}) if a.state in _CLOSED else a
             for a in new.attacks
         ]
     return new
+
+
+_CLOSED = {
+    AttackState.PENDING: AttackState.SKIPPED,
+    AttackState.SIMULATING: AttackState.SIMULATED,
+}
 
 
 def _true_if(condition: bool) -> ConditionStatus:
@@ -331,11 +336,13 @@ def initial_status(
     agents: Sequence[str] = (),
     experiment_generation: int | None = None,
     started_by: UserInfo | None = None,
+    dry_run: bool = False,
 ) -> ExperimentRunStatus:
     """The status of a run just picked up: CREATED, attacks pending, tallies at zero,
     with the snapshot of the Experiment that the run executes, its targets, its node
-    agents and who started it."""
+    agents and who started it; a dry run says so (status.dryRun and its condition)."""
     status = ExperimentRunStatus(
+        dry_run=True if dry_run else None,
         started_at=now,
         attacks=attacks.pending(experiment),
         state_checks=[StateCheckTally(name=c.name) for c in experiment.state_checks],
@@ -345,12 +352,47 @@ def initial_status(
         agents=sorted(set(agents)),
         started_by=started_by.model_copy(deep=True) if started_by else None,
     )
-    return enter(
-        status,
-        Transition(Phase.CREATED, Reason.CREATED, "waiting for agents and state checks"),
-        now,
-        generation,
+    created = Transition(Phase.CREATED, Reason.CREATED, "waiting for agents and state checks")
+    if dry_run:
+        status = mark_dry_run(status, now, generation)
+        created = announce_dry_run(created)
+    return enter(status, created, now, generation)
+
+
+# What every message of a dry run starts with: its report says so on its first line.
+DRY_RUN_MARK = "dry run, nothing applied: "
+DRY_RUN_CONDITION_MESSAGE = (
+    "a dry run: every phase, state check and target as in a run, each attack journaled with "
+    "what it would do, nothing applied"
+)
+
+
+def announce_dry_run(transition: Transition) -> Transition:
+    """A dry run's transition: its message (Event, status, conditions) says that nothing is
+    applied; the start of the attacks says what happens instead."""
+    message = transition.message
+    if message.startswith(DRY_RUN_MARK):
+        return transition  # announced already (an end kept across a restart)
+    if transition.apply_attacks:
+        message = "warm-up over; each attack is journaled with what it would do"
+    return replace(transition, message=DRY_RUN_MARK + message)
+
+
+def mark_dry_run(
+    status: ExperimentRunStatus, now: datetime, generation: int | None
+) -> ExperimentRunStatus:
+    """The status of a dry run: status.dryRun and the condition DryRun, both True."""
+    new = status.model_copy(update={"dry_run": True})
+    new.conditions = set_condition(
+        new.conditions,
+        type=ConditionType.DRY_RUN,
+        status=ConditionStatus.TRUE,
+        reason="DryRun",
+        message=DRY_RUN_CONDITION_MESSAGE,
+        now=now,
+        generation=generation,
     )
+    return new
 
 
 def refuse(
@@ -361,15 +403,21 @@ def refuse(
     generation: int | None,
     *,
     started_by: UserInfo | None = None,
+    dry_run: bool = False,
 ) -> ExperimentRunStatus:
     """A run that may not execute at all: FAILED straight away, nothing attacked; who
-    started it is recorded when known."""
+    started it is recorded when known, and a dry run says so."""
     base = status or ExperimentRunStatus(started_at=now)
     if started_by is not None:
         base = base.model_copy(update={"started_by": started_by.model_copy(deep=True)})
+    created = Transition(Phase.CREATED, Reason.CREATED, "picked up")
+    failed = Transition(Phase.FAILED, reason, message)
+    if dry_run:
+        base = mark_dry_run(base, now, generation)
+        created, failed = announce_dry_run(created), announce_dry_run(failed)
     if base.phase is None:
-        base = enter(base, Transition(Phase.CREATED, Reason.CREATED, "picked up"), now, generation)
-    return enter(base, Transition(Phase.FAILED, reason, message), now, generation)
+        base = enter(base, created, now, generation)
+    return enter(base, failed, now, generation)
 
 
 def phase_entered(status: ExperimentRunStatus) -> datetime | None:

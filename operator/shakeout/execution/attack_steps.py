@@ -10,6 +10,7 @@ from shakeout import metrics
 from shakeout.api.experiment import Attack
 from shakeout.attacks.registry import RunAttacks
 from shakeout.engine import attacks as lifecycle
+from shakeout.engine import dryrun
 from shakeout.execution import clock
 from shakeout.execution.journal import RunJournal
 from shakeout.gather import agents
@@ -24,10 +25,13 @@ class AttackSteps:
         attacks: RunAttacks,
         uid: str,
         on_pending: Callable[[str], None] = lambda _message: None,
+        dry_run: bool = False,
     ) -> None:
         self.journal = journal
         self.attacks = attacks
         self.uid = uid
+        # A dry run journals what its attacks would do and applies none of them.
+        self.dry_run = dry_run
         # Told once per attack whose rollback is pending (the executor posts an Event).
         self.on_pending = on_pending
         # Each node agent's lease holder when the attacks went out: another holder later
@@ -69,11 +73,27 @@ class AttackSteps:
             rollback_data[attack.name] = outcome
         selection, pods = await targets
         node_level = any(a.node_level for a in spec.attacks)
+        agent_nodes = [p.node for p in pods if p.node] if node_level else []
+        if self.dry_run:
+            # The journal of what each attack would do: the end of a dry run's attacks.
+            names = sorted(p.name for p in pods)
+            nodes = sorted({p.node for p in pods if p.node})
+            plans = {
+                a.name: dryrun.plan(a, names, nodes, rollback_data[a.name]) for a in spec.attacks
+            }
+            await journal.write(
+                lifecycle.begin_simulation(
+                    journal.status,
+                    rollback_data,
+                    plans,
+                    selection.summary(),
+                    agent_nodes,
+                    now=clock.utcnow(),
+                )
+            )
+            return None
         status = lifecycle.begin_apply(
-            journal.status,
-            rollback_data,
-            selection.summary(),
-            [p.node for p in pods if p.node] if node_level else [],
+            journal.status, rollback_data, selection.summary(), agent_nodes
         )
         if node_level:
             self.agent_holders = agents.holders(status.agents)
@@ -143,7 +163,7 @@ class AttackSteps:
         being stopped applies nothing again: the stop rolls its attacks back as they are."""
         journal = self.journal
         status, again = lifecycle.resume(journal.status, clock.utcnow())
-        if again and not stopping:
+        if again and not stopping and not self.dry_run:
             # Re-applying a reversible attack is idempotent (each target's record is on
             # the target; a scale's rollback data is journaled).
             _, pods = await resolve_targets(journal.namespace, journal.snapshot, self.uid)

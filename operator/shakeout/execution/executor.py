@@ -20,7 +20,7 @@ from shakeout.api.labels import CANCELED_BY, STARTED_BY, ConditionType
 from shakeout.api.run import AttackState, ExperimentRunStatus, Phase, UserInfo
 from shakeout.attacks.registry import RunAttacks
 from shakeout.engine import attacks as lifecycle
-from shakeout.engine import checks, ends
+from shakeout.engine import checks, dryrun, ends
 from shakeout.engine import runs as engine
 from shakeout.engine.preconditions import ATTACK_START, PICKUP, Refusal, evaluate
 from shakeout.engine.runs import Reason, Transition, is_terminal
@@ -75,8 +75,14 @@ class RunExecutor:
         record = RollbackRecord(self.namespace, self.name, self.uid, ref)
         self.journal = RunJournal(self.namespace, self.name, status, record)
         self.attacks = RunAttacks(self.namespace, self.name, self.uid, signal.halt)
+        # A dry run applies nothing: decided once, from the immutable spec and the journal.
+        self.dry_run = dryrun.is_dry_run(bool(host.body["spec"].get("dryRun")), status)
         self.steps = AttackSteps(
-            self.journal, self.attacks, self.uid, on_pending=self.rollback_is_pending
+            self.journal,
+            self.attacks,
+            self.uid,
+            on_pending=self.rollback_is_pending,
+            dry_run=self.dry_run,
         )
         self.rollback_failure: str | None = None
         self.background: set[asyncio.Task[None]] = set()
@@ -105,7 +111,12 @@ class RunExecutor:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
+    def announced(self, transition: Transition) -> Transition:
+        """The transition as this run announces it: a dry run's says nothing is applied."""
+        return engine.announce_dry_run(transition) if self.dry_run else transition
+
     def event(self, transition: Transition) -> None:
+        transition = self.announced(transition)
         kind = "Warning" if transition.warning else "Normal"
         self.host.post_event(kind, transition.reason, transition.message)
 
@@ -129,7 +140,15 @@ class RunExecutor:
         started_by = self.recorded(STARTED_BY)
         now = clock.utcnow()
         await self.journal.write(
-            engine.refuse(self.status, reason, message, now, self.generation, started_by=started_by)
+            engine.refuse(
+                self.status,
+                reason,
+                message,
+                now,
+                self.generation,
+                started_by=started_by,
+                dry_run=self.dry_run,
+            )
         )
         metrics.RUNS.labels(Phase.FAILED, reason).inc()  # counted once it is recorded
         self.event(Transition(Phase.FAILED, reason, message))
@@ -172,6 +191,7 @@ class RunExecutor:
             agents=facts.target_nodes if node_level else (),
             experiment_generation=generation,
             started_by=creator,
+            dry_run=self.dry_run,
         )
         if engine.straight_to_attacks(spec):
             # Written together with the attacks' journal a moment later (the lock on the
@@ -313,6 +333,7 @@ class RunExecutor:
         await self.transition(transition)
 
     async def transition(self, transition: Transition) -> None:
+        transition = self.announced(transition)
         if transition.rollback:
             # The end goes into the journal with the first stop written (ends.begin_end).
             self.journal.status = ends.begin_end(self.status, transition)
@@ -322,7 +343,7 @@ class RunExecutor:
                 transition = Transition(Phase.FAILED, Reason.ROLLBACK_FAILED, retried)
         if transition.apply_attacks and (refusal := await self.attack_start_refusal()):
             # Nothing was applied: the run ends with the precondition's own reason.
-            transition = Transition(Phase.FAILED, refusal.reason, refusal.message)
+            transition = self.announced(Transition(Phase.FAILED, refusal.reason, refusal.message))
         status = engine.enter(
             self.status, transition, clock.utcnow(), self.generation, self.recorded(CANCELED_BY)
         )
@@ -368,7 +389,8 @@ class RunExecutor:
         self.record_end(transition)
         await self.journal.forget()
         await lock.release(self.uid)
-        self.in_background(self.attacks.clean_up(self.status.attacks))
+        # Only what may have touched the cluster (a dry run's attacks touched nothing).
+        self.in_background(self.attacks.clean_up(lifecycle.acted(self.status)))
         await self.update_experiment_last_run()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)

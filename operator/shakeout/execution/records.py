@@ -10,20 +10,19 @@ from __future__ import annotations
 import json
 
 from shakeout.api.labels import ROLLBACK_RECORD_LABEL
-from shakeout.api.run import AttackState, ExperimentRunStatus
+from shakeout.api.run import ExperimentRunStatus
+from shakeout.engine.attacks import acted
 from shakeout.gather.records import record_name
 from shakeout.kube.client import api
 from shakeout.kube.errors import Conflict
 from shakeout.kube.resources import CONFIG_MAPS
 from shakeout.options import OPTIONS
 
-# Attack states before anything was touched: a run with only these needs no record.
-UNTOUCHED = frozenset({AttackState.PENDING, AttackState.SKIPPED})
-
 
 def touched(status: ExperimentRunStatus) -> bool:
-    """Whether the journal says that some attack was (or is being) applied."""
-    return any(result.state not in UNTOUCHED for result in status.attacks)
+    """Whether the journal says that some attack was (or is being) applied: a run whose
+    attacks never started, or a dry run, needs no record (engine.attacks.acted)."""
+    return bool(acted(status))
 
 
 class RollbackRecord:

@@ -23,11 +23,11 @@ from shakeout.api.switch import CONTROL_PLANE_LABELS
 from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.policies import NamespaceFacts
 from shakeout.engine.preconditions import RunFacts, WorkloadFacts, workload_key
-from shakeout.engine.targets import Selection
+from shakeout.engine.targets import Selection, select
 from shakeout.gather import agents
 from shakeout.gather.authz import may_run_in
 from shakeout.gather.switch import lock_holder, switch_spec
-from shakeout.gather.targets import SelectorError, resolve_targets
+from shakeout.gather.targets import SelectorError, attackable_pods, resolve_targets
 from shakeout.kube.client import Obj, Pod, api
 from shakeout.kube.errors import KubeError
 from shakeout.kube.resources import NODES, SELF_SUBJECT_REVIEWS
@@ -178,12 +178,16 @@ async def gather_run_facts(
     creator: UserInfo | None = None,
     snapshot: ExperimentSpec | None = None,
     lock: bool = False,
+    every_candidate: bool = False,
 ) -> tuple[RunFacts, list[Pod], Obj | None, int | None]:
     """The facts of a run now, with the target pods, the switch object as read (for the
     lock's compare-and-swap) and the Experiment's generation.
 
     snapshot: the run's own copy of the Experiment (before the attacks start); without it
     the Experiment is read. lock: also read who holds the cluster-wide lock (admission).
+    every_candidate: the preview of an Experiment (engine/preview.py): the pods returned,
+    and the nodes in the facts, are every pod the blast radius can take, not one run's
+    pick (the selection's counts are a run's).
     """
     reads = await asyncio.gather(
         api().get_switch(),
@@ -205,7 +209,11 @@ async def gather_run_facts(
     selector_error = None
     if spec is not None:
         try:
-            selection, pods = await resolve_targets(namespace, spec, run_uid)
+            if every_candidate:
+                pods = await attackable_pods(namespace, spec.blast_radius)
+                selection = select([p.name for p in pods], spec.blast_radius.limit, run_uid)
+            else:
+                selection, pods = await resolve_targets(namespace, spec, run_uid)
         except SelectorError as err:
             selector_error = str(err)
     nodes = tuple(sorted({p.node for p in pods if p.node}))

@@ -31,27 +31,33 @@ def needs_detail(spec: ExperimentSpec) -> bool:
     return any(a.descriptor.needs_pod_detail for a in spec.attacks)
 
 
-async def resolve_target_pods(
-    namespace: str, blast_radius: BlastRadius, seed: str, detail: bool = True
-) -> tuple[Selection, list[Pod]]:
-    """List the matching pods that can be attacked (engine.targets.attackable) and pick the
-    targets.
-
-    Returns the pick and the target pods: whole (node, labels, owner) with `detail`, else
-    names only, listed as a Table (an order of magnitude fewer bytes to move and parse).
-    The API server filters by ATTACKABLE_FIELDS; whole pods are checked again here.
-    """
+async def attackable_pods(
+    namespace: str, blast_radius: BlastRadius, detail: bool = True
+) -> list[Pod]:
+    """The pods the blast radius matches that can be attacked (engine.targets.attackable):
+    whole (node, labels, owner) with `detail`, else names only, listed as a Table (an
+    order of magnitude fewer bytes to move and parse). The API server filters by
+    ATTACKABLE_FIELDS; whole pods are checked again here."""
     selector = selector_to_string(blast_radius.selector)
     try:
         if detail:
             pods = await api().list_pods(namespace, selector, cached=True, fields=ATTACKABLE_FIELDS)
-            live = [p for p in pods if attackable(p.phase, p.node, p.deleting)]
-        else:
-            pods = await api().list_pod_names(namespace, selector, fields=ATTACKABLE_FIELDS)
-            live = [p for p in pods if not p.deleting]
+            return [p for p in pods if attackable(p.phase, p.node, p.deleting)]
+        pods = await api().list_pod_names(namespace, selector, fields=ATTACKABLE_FIELDS)
+        return [p for p in pods if not p.deleting]
     except Invalid as err:
         # Stored before the schema checked label keys: refused, never retried forever.
         raise SelectorError(f"the API server refuses the selector {selector!r}") from err
+
+
+async def resolve_target_pods(
+    namespace: str, blast_radius: BlastRadius, seed: str, detail: bool = True
+) -> tuple[Selection, list[Pod]]:
+    """List the matching pods that can be attacked (attackable_pods) and pick the targets.
+
+    Returns the pick and the target pods (whole with `detail`, else names only).
+    """
+    live = await attackable_pods(namespace, blast_radius, detail)
     selection = select([p.name for p in live], blast_radius.limit, seed)
     chosen = set(selection.targets)
     return selection, [p for p in live if p.name in chosen]

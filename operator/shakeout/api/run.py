@@ -14,6 +14,8 @@ from shakeout.api.experiment import ExperimentSpec
 # Status keeps at most this many target names: a run over 5,000 pods must not push the
 # object towards etcd's size limit (Chaos Mesh overflowed it with per-pod records).
 MAX_TARGET_NAMES = 20
+# A check's series in the run's status: at most this many samples (the report's chart).
+MAX_CHECK_SAMPLES = 60
 # Node agents a run may involve: node-level attacks on more nodes are refused.
 MAX_AGENT_NODES = 500
 
@@ -162,6 +164,25 @@ class AttackResult(Model):
     message: str | None = Field(default=None, max_length=1024, description="Details.")
 
 
+class CheckOutcome(StrEnum):
+    """What one probe of a state check found."""
+
+    PASS = "Pass"  # noqa: S105 (not a password) the check held
+    FAIL = "Fail"  # the check did not hold: the system did not behave as the hypothesis says
+    ERROR = "Error"  # the check could not be evaluated (unreachable, bad query, no data)
+
+
+class CheckSample(Model):
+    """One probe of a state check, for the report's chart of the check over the run."""
+
+    at: datetime = Field(description="When the probe ran.")
+    outcome: CheckOutcome = Field(description="Pass, Fail or Error (could not be evaluated).")
+    value: float | None = Field(
+        default=None,
+        description="The number the check compared (its unit in the tally), if it has one.",
+    )
+
+
 class StateCheckTally(Model):
     """How often a state check succeeded and failed during the run."""
 
@@ -172,6 +193,17 @@ class StateCheckTally(Model):
         default=None, max_length=1024, description="What the last probe found."
     )
     last_time: datetime | None = Field(default=None, description="When it last ran.")
+    unit: str | None = Field(
+        default=None, max_length=32, description="The unit of the samples' values, e.g. ms."
+    )
+    samples: list[CheckSample] = Field(
+        default_factory=list,
+        max_length=MAX_CHECK_SAMPLES,
+        description=(
+            f"The check over the run, at most {MAX_CHECK_SAMPLES} samples: when more were "
+            "taken, evenly thinned, the first and the last kept."
+        ),
+    )
 
 
 class UserInfo(Model):

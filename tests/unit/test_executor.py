@@ -660,8 +660,10 @@ async def test_a_restart_in_the_rollback_of_a_failed_run_still_fails_it(
     check = {"name": "up", "type": "PodsReady", "intervalSeconds": 1}
     experiment = spec(SCALE, checks=[check])
     status = applied(journal(experiment, clock()), clock())
-    status = checks.record_check(status, "up", True, "3/3 ready", clock())
-    status = checks.record_check(status, "up", False, "1/3 blast-radius pods ready", clock())
+    status = checks.record_check(status, "up", checks.Probe.judged(True, "3/3 ready"), clock())
+    status = checks.record_check(
+        status, "up", checks.Probe.judged(False, "1/3 blast-radius pods ready"), clock()
+    )
     # What the operator journals with the first stop it writes: the end it decided.
     end = Transition(
         Phase.FAILED,

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from shakeout.api.checks import HttpGetCheck, StateCheck
+from shakeout.api.run import CheckOutcome
 from shakeout.gather import http_check
 from shakeout.gather.checks import run_check
 from shakeout.gather.http_check import MAX_BODY, Target, TargetRefusedError
@@ -264,10 +265,14 @@ def allow_server(monkeypatch: pytest.MonkeyPatch, server: Server) -> str:
 
 
 async def test_an_allowed_host_is_checked(fake: FakeApi, allow_server: str) -> None:
-    ok, message = await http_check.http_get(
+    probe = await http_check.http_get(
         check(url=f"{allow_server}/h?x=1", bodyContains="healthy"), NS
     )
+    ok, message = probe.ok, probe.message
     assert (ok, message) == (True, f"GET {allow_server}/h: 200")
+    assert probe.unit == "ms"
+    assert probe.value is not None
+    assert probe.value >= 0
 
 
 async def test_a_10_mib_body_is_read_up_to_64_kib(
@@ -278,9 +283,8 @@ async def test_a_10_mib_body_is_read_up_to_64_kib(
     )
     status, body, cut = await http_check.fetch(target, {}, 5)
     assert (status, len(body), cut) == (200, MAX_BODY, True)
-    ok, message = await http_check.http_get(
-        check(url=f"{allow_server}/big", bodyContains="NEEDLE"), NS
-    )
+    probe = await http_check.http_get(check(url=f"{allow_server}/big", bodyContains="NEEDLE"), NS)
+    ok, message = probe.ok, probe.message
     assert not ok
     assert "the first 64 KiB of the body lacks the expected text" in message
 
@@ -302,7 +306,8 @@ async def test_a_gzip_bomb_is_never_decompressed(
 async def test_a_redirect_is_reported_not_followed(
     fake: FakeApi, server: Server, allow_server: str
 ) -> None:
-    ok, message = await http_check.http_get(check(url=f"{allow_server}/redirect"), NS)
+    probe = await http_check.http_get(check(url=f"{allow_server}/redirect"), NS)
+    ok, message = probe.ok, probe.message
     assert not ok
     assert message == f"GET {allow_server}/redirect: status 302 (a redirect, not followed)"
     assert server.hits == ["/redirect"]  # the outside host was never asked
@@ -310,8 +315,10 @@ async def test_a_redirect_is_reported_not_followed(
 
 async def test_a_slow_answer_times_out(fake: FakeApi, server: Server, allow_server: str) -> None:
     start = time.monotonic()
-    ok, message = await http_check.http_get(check(url=f"{allow_server}/slow", timeoutSeconds=1), NS)
+    probe = await http_check.http_get(check(url=f"{allow_server}/slow", timeoutSeconds=1), NS)
+    ok, message = probe.ok, probe.message
     assert (ok, message) == (False, f"GET {allow_server}/slow: no answer within 1s")
+    assert probe.outcome == CheckOutcome.FAIL  # the system did not answer: refuted
     assert time.monotonic() - start < 3
 
 
@@ -342,23 +349,26 @@ async def test_a_header_is_read_from_a_secret(
             "data": {"value": base64.b64encode(f"Bearer {SECRET}".encode()).decode()},
         },
     )
-    ok, message = await http_check.http_get(
+    probe = await http_check.http_get(
         check(url=f"{allow_server}/auth", headers=[secret_header()]), NS
     )
+    ok, message = probe.ok, probe.message
     assert (ok, message) == (True, f"GET {allow_server}/auth: 200")
     assert server.seen_headers[-1]["Authorization"] == f"Bearer {SECRET}"
     # A missing Secret or key: refused, naming them, nothing sent.
     hits = len(server.hits)
-    ok, message = await http_check.http_get(
+    probe = await http_check.http_get(
         check(url=f"{allow_server}/auth", headers=[secret_header("other")]), NS
     )
+    ok, message = probe.ok, probe.message
     assert (ok, message) == (
         False,
         "refused: httpGet.headers[0]: Secret other key value: no such Secret",
     )
-    ok, message = await http_check.http_get(
+    probe = await http_check.http_get(
         check(url=f"{allow_server}/auth", headers=[secret_header(key="nokey")]), NS
     )
+    ok, message = probe.ok, probe.message
     assert not ok
     assert message.endswith("Secret token key nokey: no such key")
     assert len(server.hits) == hits
@@ -366,9 +376,10 @@ async def test_a_header_is_read_from_a_secret(
 
 async def test_a_secret_the_operator_may_not_read(fake: FakeApi, allow_server: str) -> None:
     fake.fail("GET", r"/secrets/", Forbidden("forbidden", 403))
-    ok, message = await http_check.http_get(
+    probe = await http_check.http_get(
         check(url=f"{allow_server}/auth", headers=[secret_header()]), NS
     )
+    ok, message = probe.ok, probe.message
     assert not ok
     assert "the operator may not read Secrets in team-a" in message
     assert SECRET not in message
@@ -378,9 +389,11 @@ async def test_the_state_check_reports_a_refusal(fake: FakeApi) -> None:
     state = StateCheck.model_validate(
         {"name": "g", "type": "HttpGet", "httpGet": {"url": "http://billing.team-b.svc:8080/"}}
     )
-    ok, message = await run_check(state, NS, "app=web")
+    probe = await run_check(state, NS, "app=web")
+    ok, message = probe.ok, probe.message
     assert not ok
     assert message.startswith("refused: httpGet.url: billing.team-b.svc is a Service")
+    assert probe.outcome == CheckOutcome.ERROR  # never asked: could not be evaluated
 
 
 @pytest.mark.parametrize(

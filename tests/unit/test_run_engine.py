@@ -9,7 +9,7 @@ import pytest
 
 from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.run import AttackState, Phase
-from shakeout.engine.checks import record_check
+from shakeout.engine.checks import Probe, record_check
 from shakeout.engine.checks import succeeded_once as checks_succeeded_once
 from shakeout.engine.runs import (
     Observation,
@@ -187,9 +187,9 @@ def test_refused_run_is_failed_with_reason_and_nothing_attacked() -> None:
 def test_check_tallies_and_first_success() -> None:
     status = initial_status(SPEC, T0, 1)
     assert not checks_succeeded_once(status, SPEC)
-    status = record_check(status, "up", False, "0/3", T0)
+    status = record_check(status, "up", Probe.judged(False, "0/3"), T0)
     assert not checks_succeeded_once(status, SPEC)
-    status = record_check(status, "up", True, "3/3", T0)
+    status = record_check(status, "up", Probe.judged(True, "3/3"), T0)
     assert checks_succeeded_once(status, SPEC)
     tally = status.state_checks[0]
     assert (tally.successes, tally.failures, tally.last_message) == (1, 1, "3/3")

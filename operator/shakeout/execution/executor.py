@@ -241,11 +241,11 @@ class RunExecutor:
         selector = selector_to_string(spec.blast_radius.selector)
         results = await asyncio.gather(*(run_check(c, self.namespace, selector) for c in due))
         status, failure = self.status, None
-        for check, (ok, message) in zip(due, results, strict=True):
+        for check, probe in zip(due, results, strict=True):
             self.next_check[check.name] = now + timedelta(seconds=check.interval_seconds)
-            status = checks.record_check(status, check.name, ok, message, now)
-            if not ok and failure is None:
-                failure = (check.name, message)
+            status = checks.record_check(status, check.name, probe, now)
+            if not probe.ok and failure is None:
+                failure = (check.name, probe.message)
         await self.journal.write(status)
         return failure
 

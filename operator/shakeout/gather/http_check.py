@@ -27,6 +27,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from shakeout.api.checks import HttpGetCheck
+from shakeout.engine.checks import Probe
 from shakeout.kube.client import api
 from shakeout.kube.errors import Forbidden, NotFound
 from shakeout.kube.resources import NODES, SECRETS, SERVICES
@@ -325,27 +326,35 @@ async def fetch(
         return resp.status, body[:MAX_BODY], cut
 
 
-async def http_get(params: HttpGetCheck, namespace: str) -> tuple[bool, str]:
-    """Run one HttpGet check of a run in `namespace`: (success, message)."""
+async def http_get(params: HttpGetCheck, namespace: str) -> Probe:
+    """Run one HttpGet check of a run in `namespace`. A target that is refused or a header
+    that cannot be read could not be evaluated (Error); no answer, or a wrong one, is a
+    Fail; the value is the answer's time in ms."""
     try:
         target = await resolve_target(params, namespace, OPTIONS.allowed_check_hosts)
         headers = await read_headers(params, namespace)
     except TargetRefusedError as err:
-        return False, f"refused: {err}"
+        return Probe.error(f"refused: {err}")
     except NotFound as err:
-        return False, f"{type(err).__name__}: {err}"
+        return Probe.error(f"{type(err).__name__}: {err}")
     what = f"GET {target.label}"
+    began = time.monotonic()
     try:
         status, body, cut = await fetch(target, headers, params.timeout_seconds)
     except TimeoutError:
-        return False, f"{what}: no answer within {params.timeout_seconds}s"
+        return Probe.judged(False, f"{what}: no answer within {params.timeout_seconds}s")
     except aiohttp.ClientError as err:
-        return False, f"{what}: {type(err).__name__}"
+        return Probe.judged(False, f"{what}: {type(err).__name__}")
+    took = round((time.monotonic() - began) * 1000, 1)
+
+    def judged(ok: bool, message: str) -> Probe:
+        return Probe.judged(ok, message, took, "ms")
+
     if 300 <= status < 400 and status != params.expected_status:
-        return False, f"{what}: status {status} (a redirect, not followed)"
+        return judged(False, f"{what}: status {status} (a redirect, not followed)")
     if status != params.expected_status:
-        return False, f"{what}: status {status}, expected {params.expected_status}"
+        return judged(False, f"{what}: status {status}, expected {params.expected_status}")
     if params.body_contains is not None and params.body_contains.encode() not in body:
         where = "the first 64 KiB of the body" if cut else "the body"
-        return False, f"{what}: {where} lacks the expected text"
-    return True, f"{what}: {status}"
+        return judged(False, f"{what}: {where} lacks the expected text")
+    return judged(True, f"{what}: {status}")

@@ -12,13 +12,13 @@ from typing import Any
 import yaml
 
 from shakeout.api.run import CheckOutcome
-from shakeout.cli.reports.facts import Judgement, RunFacts, Verdict, facts
+from shakeout.cli.reports.facts import Judgement, RunFacts, Verdict, facts, shown_time
 
 REPORT_VERSION = 1
 
 
 def _time(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+    return None if value is None else shown_time(value, "milliseconds")
 
 
 def _judgement(judgement: Judgement) -> dict[str, str]:

@@ -5,7 +5,7 @@ each check's series. Pure: the run in, frozen values out."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -110,6 +110,15 @@ class RunFacts:
             if entry.phase == phase:
                 return entry.time
         return None
+
+
+def shown_time(value: datetime | None, timespec: str = "seconds") -> str:
+    """A time as the reports show it: UTC, ISO 8601 with a Z, to the second for people
+    (the status keeps the precise time)."""
+    if value is None:
+        return "-"
+    utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return utc.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def facts(obj: dict[str, Any]) -> RunFacts:

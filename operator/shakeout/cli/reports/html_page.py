@@ -12,7 +12,7 @@ from typing import Any
 
 from shakeout.api.run import CheckSample
 from shakeout.cli.report import clean
-from shakeout.cli.reports.facts import CheckFacts, RunFacts, Verdict, facts
+from shakeout.cli.reports.facts import CheckFacts, RunFacts, Verdict, facts, shown_time
 
 # The chart's geometry, in SVG user units (the SVG scales to the page's width).
 WIDTH, HEIGHT = 720, 190
@@ -65,7 +65,7 @@ def esc(text: Any) -> str:
 
 
 def _time(value: datetime | None) -> str:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else "-"
+    return shown_time(value)
 
 
 def _seconds(value: float | None) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from shakeout.api.run import CheckOutcome
 from shakeout.cli.report import clean
-from shakeout.cli.reports.facts import Judgement, Verdict, facts
+from shakeout.cli.reports.facts import Judgement, Verdict, facts, shown_time
 
 # XML 1.0 cannot carry these at all, escaped or not.
 _NOT_XML = re.compile("[\ud800-\udfff\ufffe\uffff]")
@@ -69,7 +69,7 @@ def render_junit(obj: dict[str, Any]) -> str:
     )
     status = run.run.status
     if status is not None and status.started_at is not None:
-        suite.set("timestamp", status.started_at.isoformat().replace("+00:00", "Z"))
+        suite.set("timestamp", shown_time(status.started_at))
     properties = ET.SubElement(suite, "properties")
     for key, value in (
         ("experiment", run.experiment),

@@ -10,7 +10,7 @@ from typing import Any
 
 from shakeout.api.run import CheckOutcome
 from shakeout.cli.report import clean
-from shakeout.cli.reports.facts import CheckFacts, RunFacts, facts
+from shakeout.cli.reports.facts import CheckFacts, RunFacts, facts, shown_time
 
 # CommonMark lets a backslash escape any ASCII punctuation; these are the ones that start
 # markup inline or in a table. `&` and angle brackets become entities: no raw HTML.
@@ -25,7 +25,7 @@ def md(text: Any) -> str:
 
 
 def _time(value: datetime | None) -> str:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else "-"
+    return shown_time(value)
 
 
 def _seconds(value: float | None) -> str:

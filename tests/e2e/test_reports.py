@@ -15,6 +15,7 @@ import os
 import shutil
 import struct
 import subprocess
+from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -271,3 +272,64 @@ def test_the_chart_of_a_run_with_samples_in_the_browser(chromium: str, tmp_path:
     assert len(dom.find("polyline", "series")) == 3  # broken at the Error and the hole
     assert SCRIPT in dom.text
     assert not dom.find("script")
+
+
+def test_samples_stored_in_a_real_runs_status_are_charted_in_the_window(
+    ready: Cluster, chromium: str, tmp_path: Path
+) -> None:
+    """Samples as the executor writes them (issue 15 item 2 adds the recording), stored
+    here through the status subresource of a finished real run, so that the API server's
+    schema, the plugin and the browser see them as they will: one probe a second over the
+    run, Fail during the attacks, one Error without a value."""
+    deployment(ready, "rep4")
+    scale_experiment(ready, "rep4", "rep4", to=1, duration=3, warm_up=1, cool_down=2)
+    name = run_with_the_plugin(ready, "rep4")
+    status = json.loads(render(ready, name, "json"))["status"]
+    times = {e["phase"]: datetime.fromisoformat(e["time"]) for e in status["timeline"]}
+    start, stopped = times["ATTACKS_STARTED"], times["ATTACKS_STOPPED"]
+    first, last = times["CREATED"], times["COMPLETED"]
+    samples = []
+    at = first
+    while at <= last:
+        during = start < at < stopped
+        sample = {
+            "at": at.isoformat().replace("+00:00", "Z"),
+            "outcome": "Fail" if during else "Pass",
+            "value": 1.0 if during else 3.0,
+        }
+        samples.append(sample)
+        at += timedelta(milliseconds=500)
+    samples[len(samples) // 2] = {"at": samples[len(samples) // 2]["at"], "outcome": "Error"}
+    patch = [
+        {"op": "add", "path": "/status/stateChecks/0/unit", "value": "replicas"},
+        {"op": "add", "path": "/status/stateChecks/0/samples", "value": samples},
+    ]
+    ready.kubectl(
+        "patch",
+        "experimentrun",
+        name,
+        "-n",
+        TEAM,
+        "--subresource=status",
+        "--type=json",
+        "-p",
+        json.dumps(patch),
+    )
+    run = json.loads(render(ready, name, "json"))
+    assert len(run["status"]["stateChecks"][0]["samples"]) == len(samples)  # stored as sent
+
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    page = REPORTS / "report-stored-samples.html"
+    page.write_text(render(ready, name, "html"))
+    dom = browse(chromium, page, REPORTS / "report-stored-samples.png", tmp_path / "profile")
+    assert_charts(dom, run)
+    (window,) = dom.find("rect", "attack-window")
+    left, right = float(window["x"]), float(window["x"]) + float(window["width"])
+    fails = [float(c["cx"]) for c in dom.find("circle", "fail")]
+    passes = [float(c["cx"]) for c in dom.find("circle", "pass")]
+    assert fails, "no Fail sample charted"
+    assert all(left <= x <= right for x in fails)
+    assert any(x < left for x in passes)
+    assert any(x > right for x in passes)
+    assert len(dom.find("rect", "error")) == 1
+    assert "replicas" in dom.text

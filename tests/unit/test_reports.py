@@ -389,6 +389,12 @@ def test_a_dry_runs_junit_says_so_first_and_skips_its_attacks() -> None:
     assert (suite.tests, suite.failures, suite.skipped) == (5, 0, 2)
     props = {p.name: p.value for p in suite.properties()}
     assert props["dryRun"] == "true"
+    (skipped,) = cases["attack kill-one"].result
+    assert skipped.message == "dry run, nothing applied: would PodDelete"
+    noted = dry_run()
+    noted["status"]["attacks"][1]["message"] = "dry run: would delete 2 pod(s)"
+    _, cases = junit_cases(render_junit(noted))
+    assert cases["attack kill-one"].result[0].message == "dry run: would delete 2 pod(s)"
 
 
 def test_junit_carries_any_user_text_as_well_formed_xml(tmp_path: Path) -> None:

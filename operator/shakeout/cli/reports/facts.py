@@ -233,8 +233,11 @@ def _check(base: RunFacts, tally: StateCheckTally, check_type: str) -> CheckFact
 def _attack_judgement(attack: AttackResult, dry_run: bool) -> Judgement:
     state = attack.state
     if dry_run or state in (AttackState.SIMULATING, AttackState.SIMULATED):
+        plan = attack.message or "simulated"
+        # The operator's note of a dry run's attack already says it is one.
         return Judgement(
-            Verdict.SKIPPED, "dry run, nothing applied: " + (attack.message or "simulated")
+            Verdict.SKIPPED,
+            plan if plan.startswith("dry run") else f"dry run, nothing applied: {plan}",
         )
     if state == AttackState.FAILED:
         return Judgement(Verdict.FAILED, attack.message or "the attack failed")

@@ -185,6 +185,28 @@ def test_a_check_that_could_not_be_evaluated_is_an_error_not_a_failure() -> None
     }
 
 
+def test_a_run_ended_by_an_unevaluated_check_is_not_evaluated_rather_than_failed() -> None:
+    run = facts(
+        full_run(
+            reason="StateCheckNotEvaluated",
+            message="state check web-http could not be evaluated: connection refused",
+        )
+    )
+    assert run.judgement.verdict == Verdict.ERROR
+    assert run.headline.startswith("NOT EVALUATED: run team-a/web-resilience-x7k2p")
+
+
+def test_the_check_that_ended_the_run_is_found_when_the_message_names_it_otherwise() -> None:
+    status = full_run(message="web-http: 912 ms")["status"]
+    status["stateChecks"][0]["lastTime"] = at(40)
+    status["stateChecks"][1].update(failures=2, lastTime=at(30))  # failed earlier, recovered
+    run = facts(full_run(**status))
+    assert {c.name: c.judgement.verdict for c in run.checks} == {
+        "web-http": Verdict.FAILED,
+        "web-ready": Verdict.PASSED,
+    }
+
+
 def test_a_run_passes_only_when_completed() -> None:
     canceled = facts(full_run(phase="CANCELED", reason="Canceled", message="by carol"))
     assert canceled.judgement.verdict == Verdict.FAILED
@@ -375,7 +397,9 @@ def test_junit_marks_an_unevaluated_check_as_an_error() -> None:
     )
     suite, cases = junit_cases(render_junit(run))
     assert kinds(cases["check web-http"]) == ["Error"]
-    assert (suite.failures, suite.errors) == (2, 1)  # the run and kill-one; web-http
+    # Nothing says the system did not hold: the run is an error too, kill-one a failure.
+    assert kinds(cases["run verdict"]) == ["Error"]
+    assert (suite.failures, suite.errors) == (1, 2)
 
 
 def test_a_dry_runs_junit_says_so_first_and_skips_its_attacks() -> None:

@@ -167,7 +167,7 @@ def facts(obj: dict[str, Any]) -> RunFacts:
     headline = (
         DRY_RUN_HEADLINE
         if dry_run
-        else f"{_VERDICT_WORDS[judgement.verdict]}: run {namespace}/{name} of {base.experiment}"
+        else f"{_headline_word(judgement, phase)}: run {namespace}/{name} of {base.experiment}"
         f" is {phase}" + (f" ({status.reason})" if status is not None and status.reason else "")
     )
     return replace(
@@ -181,42 +181,49 @@ def facts(obj: dict[str, Any]) -> RunFacts:
     )
 
 
-_VERDICT_WORDS = {
-    Verdict.PASSED: "PASSED",
-    Verdict.FAILED: "FAILED",
-    Verdict.ERROR: "NOT FINISHED",
-    Verdict.SKIPPED: "SKIPPED",
-}
+def _headline_word(judgement: Judgement, phase: str) -> str:
+    if judgement.verdict == Verdict.PASSED:
+        return "PASSED"
+    if judgement.verdict == Verdict.FAILED:
+        return "FAILED"
+    return "NOT EVALUATED" if phase in TERMINAL_PHASES else "NOT FINISHED"
 
 
 def _run_judgement(run: ExperimentRun, phase: str) -> Judgement:
     """A run passes only when COMPLETED: a canceled run proved nothing, and a pipeline
-    that gates on the report must not pass it."""
+    that gates on the report must not pass it. A run that ended because a check could not
+    be evaluated is an error, not a failure: nothing says the system did not hold."""
     status = run.status
     reason = (status.reason if status else None) or ""
     message = (status.message if status else None) or ""
-    detail = f"{phase} ({reason}): {message}" if reason else f"{phase}: {message}"
+    detail = (f"{phase} ({reason}): {message}" if reason else f"{phase}: {message}").rstrip(": ")
     if phase == Phase.COMPLETED:
         return Judgement(Verdict.PASSED, "")
+    if phase in TERMINAL_PHASES and reason == CHECK_NOT_EVALUATED:
+        return Judgement(Verdict.ERROR, detail)
     if phase in TERMINAL_PHASES:
-        return Judgement(Verdict.FAILED, detail.rstrip(": "))
+        return Judgement(Verdict.FAILED, detail)
     return Judgement(Verdict.ERROR, f"the run is not over: {phase}")
 
 
-def _failed_the_run(run: ExperimentRun, name: str) -> str | None:
-    """The run's reason when this check ended the run (the executor's message names it:
-    `state check NAME ...`), else None."""
+def _culprit(run: ExperimentRun) -> str | None:
+    """The check that ended the run, if one did: the one the executor's message names
+    (`state check NAME ...`), else, should the message say it otherwise, the check that
+    failed last."""
     status = run.status
     if status is None or status.reason not in (CHECK_REFUTED, CHECK_NOT_EVALUATED):
         return None
-    if not (status.message or "").startswith(f"state check {name} "):
-        return None
-    return status.reason
+    for tally in status.state_checks:
+        if (status.message or "").startswith(f"state check {tally.name} "):
+            return tally.name
+    failed = [t for t in status.state_checks if t.failures > 0 and t.last_time is not None]
+    return max(failed, key=lambda t: t.last_time or datetime.min).name if failed else None
 
 
 def _check(base: RunFacts, tally: StateCheckTally, check_type: str) -> CheckFacts:
     samples = tuple(sorted(tally.samples, key=lambda s: s.at))
-    reason = _failed_the_run(base.run, tally.name)
+    status = base.run.status
+    reason = status.reason if status and _culprit(base.run) == tally.name else None
     last = tally.last_message or ""
     if reason == CHECK_REFUTED:
         judgement = Judgement(Verdict.FAILED, f"the check did not hold: {last}")

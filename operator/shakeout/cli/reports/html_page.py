@@ -35,7 +35,7 @@ dl.summary { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14p
 dl.summary dt { color: #555; } dl.summary dd { margin: 0; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eee;
-         vertical-align: top; }
+         vertical-align: top; overflow-wrap: anywhere; }
 th { color: #555; font-weight: 600; }
 .verdict { font-weight: 700; } .verdict.passed { color: #2e7d32; }
 .verdict.failed { color: #c62828; } .verdict.error { color: #ef6c00; }
@@ -56,6 +56,8 @@ svg.chart .sample.error, svg.chart .outcome.error { fill: #ef6c00; }
 .findings { white-space: pre-wrap; background: #fafafa; padding: 8px 10px;
             border-left: 3px solid #bbb; }
 footer { margin-top: 32px; color: #777; font-size: 12px; }
+dd, p, li { overflow-wrap: anywhere; }
+@media print { section.check, table tr { break-inside: avoid; } }
 """
 
 

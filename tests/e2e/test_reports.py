@@ -189,6 +189,9 @@ def test_a_completed_runs_reports_in_the_browser_and_a_junit_parser(
     )
     assert "Action required: Yes" in dom.text
 
+    # Every format kept beside the screenshot, to look at when a test fails.
+    for output, suffix in (("markdown", "md"), ("junit", "xml"), ("json", "json")):
+        (REPORTS / f"report-completed.{suffix}").write_text(render(ready, name, output))
     suite, cases = junit(render(ready, name, "junit"))
     assert cases == {"run verdict": [], "check ready": [], "attack scale": []}
     assert (suite.tests, suite.failures, suite.errors, suite.skipped) == (3, 0, 0, 0)

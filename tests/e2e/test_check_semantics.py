@@ -155,6 +155,54 @@ def server() -> Iterator[int]:
     httpd.server_close()
 
 
+def blind_experiment(server: int, **spec: Any) -> Obj:
+    """A scale-down of Deployment blind checked by an HttpGet of this process' server, with a
+    header from the Secret blind-probe."""
+    experiment: Obj = {
+        "apiVersion": "shakeout.dev/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "blind", "namespace": TEAM},
+        "spec": {
+            "blastRadius": {"selector": {"matchLabels": {"app": "blind"}}},
+            "attacks": [
+                {
+                    "name": "shrink",
+                    "type": "ScaleWorkload",
+                    "durationSeconds": 60,
+                    "scaleWorkload": {
+                        "workload": {"kind": "Deployment", "name": "blind"},
+                        "replicas": 1,
+                    },
+                }
+            ],
+            "stateChecks": [
+                {
+                    "name": "health",
+                    "type": "HttpGet",
+                    "intervalSeconds": 1,
+                    "failureThreshold": 2,
+                    "httpGet": {
+                        "url": f"http://127.0.0.1:{server}/healthz",
+                        "headers": [
+                            {
+                                "name": "Authorization",
+                                "valueFrom": {
+                                    "secretKeyRef": {
+                                        "name": "blind-probe",
+                                        "key": "authorization",
+                                    }
+                                },
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+    experiment["spec"].update(spec)
+    return experiment
+
+
 def test_a_check_that_cannot_be_evaluated_mid_run_ends_it_with_its_own_reason(
     ready: Cluster, server: int
 ) -> None:
@@ -171,50 +219,7 @@ def test_a_check_that_cannot_be_evaluated_mid_run_ends_it_with_its_own_reason(
         },
         user="alice",
     )
-    ready.apply(
-        {
-            "apiVersion": "shakeout.dev/v1alpha1",
-            "kind": "Experiment",
-            "metadata": {"name": "blind", "namespace": TEAM},
-            "spec": {
-                "blastRadius": {"selector": {"matchLabels": {"app": "blind"}}},
-                "attacks": [
-                    {
-                        "name": "shrink",
-                        "type": "ScaleWorkload",
-                        "durationSeconds": 60,
-                        "scaleWorkload": {
-                            "workload": {"kind": "Deployment", "name": "blind"},
-                            "replicas": 1,
-                        },
-                    }
-                ],
-                "stateChecks": [
-                    {
-                        "name": "health",
-                        "type": "HttpGet",
-                        "intervalSeconds": 1,
-                        "failureThreshold": 2,
-                        "httpGet": {
-                            "url": f"http://127.0.0.1:{server}/healthz",
-                            "headers": [
-                                {
-                                    "name": "Authorization",
-                                    "valueFrom": {
-                                        "secretKeyRef": {
-                                            "name": "blind-probe",
-                                            "key": "authorization",
-                                        }
-                                    },
-                                }
-                            ],
-                        },
-                    }
-                ],
-            },
-        },
-        user="alice",
-    )
+    ready.apply(blind_experiment(server), user="alice")
     name, _ = create_run(ready, "blind")
     status = wait_phase(ready, name, {"ATTACKS_STARTED", *TERMINAL}, timeout=60)
     assert status["phase"] == "ATTACKS_STARTED", status
@@ -240,6 +245,28 @@ def test_a_check_that_cannot_be_evaluated_mid_run_ends_it_with_its_own_reason(
     assert replicas(ready, "blind") == 3
     posted = eventually(lambda: warning_events(ready, name), what="the end's Warning Event")
     assert NOT_EVALUATED_ADVICE in posted["StateCheckNotEvaluated"]
+    ready.kubectl("delete", "experiment", "blind", "-n", TEAM)
+
+
+def test_a_run_that_waited_only_on_checks_that_cannot_be_evaluated_says_so(
+    ready: Cluster, server: int
+) -> None:
+    """No Secret for the check's header from the start: the run never prepares, and its
+    end says that the checks, not the system, are what is wrong. Nothing is attacked."""
+    deployment(ready, "blind", replicas=3)
+    ready.kubectl("delete", "secret", "blind-probe", "-n", TEAM, "--ignore-not-found")
+    ready.apply(blind_experiment(server, preparationTimeoutSeconds=3), user="alice")
+    name, _ = create_run(ready, "blind")
+    status = wait_phase(ready, name, TERMINAL, timeout=60)
+    assert (status["phase"], status["reason"]) == ("FAILED", "StateCheckNotEvaluated"), status
+    assert status["message"] == (
+        "not prepared after 3s: state checks could not be evaluated: health (refused: "
+        "httpGet.headers[0]: Secret blind-probe key authorization: no such Secret); "
+        "the run says nothing about the system: fix the check or what it asks (its target, "
+        "its server, its Secret, its query) and run again"
+    )
+    assert status["attacks"][0]["state"] == "Skipped"
+    assert replicas(ready, "blind") == 3
     ready.kubectl("delete", "experiment", "blind", "-n", TEAM)
 
 

@@ -10,6 +10,7 @@ import pytest
 from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.run import AttackState, Phase
 from shakeout.engine.checks import (
+    NOT_EVALUATED_ADVICE,
     CheckAssessment,
     CheckVerdict,
     Finding,
@@ -270,3 +271,18 @@ def test_check_tallies_and_first_success() -> None:
 def test_straight_to_attacks(changes: dict[str, object], straight: bool) -> None:
     spec = ExperimentSpec.model_validate({**SPEC.model_dump(by_alias=True), **changes})
     assert straight_to_attacks(spec) is straight
+
+
+def test_a_preparation_that_waited_on_checks_that_cannot_be_evaluated_says_so() -> None:
+    ended = decide(obs(Phase.CREATED, checks=UNEVALUATED, after=60))
+    assert ended is not None
+    assert ended.message == (
+        "not prepared after 60s: state checks could not be evaluated: "
+        f"up (refused: no such Secret); {NOT_EVALUATED_ADVICE}"
+    )
+    waited = decide(obs(Phase.CREATED, checks=WAITING, after=60))
+    assert waited is not None
+    assert waited.message == (
+        "not prepared after 60s: waited for state checks to hold (successThreshold successes "
+        "in a row): up (0/3 ready)"
+    )

@@ -310,8 +310,9 @@ class ExperimentSpec(Model):
         ge=1,
         le=3600,
         description=(
-            "A run that is not PREPARED after this long (agents not connected, no check "
-            "success) fails with reason PreparationTimedOut."
+            "A run that is not PREPARED after this long (agents not connected, a check that "
+            "does not hold) fails with reason PreparationTimedOut, or StateCheckNotEvaluated "
+            "when every check it waited for could not be evaluated."
         ),
     )
     agent_timeout_seconds: int = Field(

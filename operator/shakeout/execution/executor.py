@@ -239,8 +239,8 @@ class RunExecutor:
         spec = self.journal.snapshot
         applying = [c for c in spec.state_checks if checks.applies(c, phase)]
         for check in spec.state_checks:
-            if check not in applying:
-                self.next_check.pop(check.name, None)
+            if not checks.applies(check, phase):
+                self.next_check.pop(check.name, None)  # due at once when it applies again
         due = [c for c in applying if self.next_check.get(c.name, now) <= now]
         if not due:
             return

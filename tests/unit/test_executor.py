@@ -1267,3 +1267,30 @@ async def test_a_check_runs_only_in_its_phases_and_at_once_when_it_starts_to_app
     assert {p for n, p in script.probed if n == "up"} <= {Phase.CREATED, Phase.PREPARED}
     # Never probed before the cool-down, then at once although its interval is 60 s.
     assert {p for n, p in script.probed if n == "after"} == {Phase.ATTACKS_STOPPED}
+
+
+async def test_a_degradation_journaled_before_a_restart_must_still_recover(
+    fake: FakeApi, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check degraded under the attacks, then the operator died. After the restart its
+    probes cannot be evaluated (neither pass nor fail): the degradation recorded in status
+    before the crash still has to be recovered from, so the run fails at the cool-down's end."""
+    unreachable = checks.Probe.error("GET service web:80/: connection refused")
+    script = ScriptedChecks(monkeypatch, unreachable, [unreachable])
+    experiment = degrading({**DEGRADING, "failureThreshold": 100})
+    up = ExperimentSpec.model_validate(experiment).state_checks[0]
+    status = applied(journal(experiment, clock()), clock() - timedelta(seconds=10))
+    degraded_at = clock()
+    status = checks.record_check(status, up, DEGRADED, degraded_at, Phase.ATTACKS_STARTED)
+    executor, _ = crashed(fake, experiment, status, replicas=0, deleted=0)
+    script.executor = executor
+
+    await drive(executor)
+
+    final = status_of(fake)
+    assert (final["phase"], final["reason"]) == (Phase.FAILED, Reason.STATE_CHECK_FAILED), final
+    assert final["message"].startswith("state check up did not recover within coolDownSeconds")
+    tally = final["stateChecks"][0]
+    assert datetime.fromisoformat(tally["degradedAt"]) == degraded_at, "kept from before"
+    assert tally["errors"] >= 1
+    assert fake.replicas(NS, "web") == 3

@@ -117,6 +117,7 @@ def full_run(**status_changes: Any) -> dict[str, Any]:
                 "name": "web-http",
                 "successes": 12,
                 "failures": 5,
+                "errors": 1,
                 "lastMessage": "GET service web:8080/healthz took 912 ms",
                 "lastTime": at(40),
                 "unit": "ms",
@@ -204,6 +205,22 @@ def test_the_check_that_ended_the_run_is_found_when_the_message_names_it_otherwi
     assert {c.name: c.judgement.verdict for c in run.checks} == {
         "web-http": Verdict.FAILED,
         "web-ready": Verdict.PASSED,
+    }
+
+
+def test_checks_that_could_not_be_evaluated_while_preparing_are_each_an_error() -> None:
+    """A run that waited only on checks that could not be evaluated names them all."""
+    run = facts(
+        full_run(
+            phase="FAILED",
+            reason="StateCheckNotEvaluated",
+            message="not prepared within 120s: state checks could not be evaluated: "
+            "web-http (connection refused), web-ready (forbidden)",
+        )
+    )
+    assert {c.name: c.judgement.verdict for c in run.checks} == {
+        "web-http": Verdict.ERROR,
+        "web-ready": Verdict.ERROR,
     }
 
 

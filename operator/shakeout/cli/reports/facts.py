@@ -206,24 +206,35 @@ def _run_judgement(run: ExperimentRun, phase: str) -> Judgement:
     return Judgement(Verdict.ERROR, f"the run is not over: {phase}")
 
 
-def _culprit(run: ExperimentRun) -> str | None:
-    """The check that ended the run, if one did: the one the executor's message names
-    (`state check NAME ...`), else, should the message say it otherwise, the check that
-    failed last."""
+def _culprits(run: ExperimentRun) -> set[str]:
+    """The checks that ended the run, if checks did: the one the executor's message names
+    (`state check NAME ...`); else those a message of several names (`state checks could
+    not be evaluated: A (...), B (...)`); else, should a message say it otherwise, the
+    check that failed (or could not be evaluated) last."""
     status = run.status
     if status is None or status.reason not in (CHECK_REFUTED, CHECK_NOT_EVALUATED):
-        return None
-    for tally in status.state_checks:
-        if (status.message or "").startswith(f"state check {tally.name} "):
-            return tally.name
-    failed = [t for t in status.state_checks if t.failures > 0 and t.last_time is not None]
-    return max(failed, key=lambda t: t.last_time or datetime.min).name if failed else None
+        return set()
+    message = status.message or ""
+    tallies = status.state_checks
+    for tally in tallies:
+        if message.startswith(f"state check {tally.name} "):
+            return {tally.name}
+    listed = {t.name for t in tallies if f" {t.name} (" in message}
+    if listed:
+        return listed
+    evaluated = status.reason == CHECK_REFUTED
+    bad = [
+        t
+        for t in tallies
+        if (t.failures if evaluated else t.errors) > 0 and t.last_time is not None
+    ]
+    return {max(bad, key=lambda t: t.last_time or datetime.min).name} if bad else set()
 
 
 def _check(base: RunFacts, tally: StateCheckTally, check_type: str) -> CheckFacts:
     samples = tuple(sorted(tally.samples, key=lambda s: s.at))
     status = base.run.status
-    reason = status.reason if status and _culprit(base.run) == tally.name else None
+    reason = status.reason if status and tally.name in _culprits(base.run) else None
     last = tally.last_message or ""
     if reason == CHECK_REFUTED:
         judgement = Judgement(Verdict.FAILED, f"the check did not hold: {last}")

@@ -180,13 +180,17 @@ def _check(run: RunFacts, check: CheckFacts) -> str:
         f'<section class="check" data-check="{esc(check.name)}">'
         f"<h3>{esc(check.name)}{kind}: "
         f'<span class="verdict {verdict}">{verdict}</span></h3>'
-        f"<p>{tally.successes} successes, {tally.failures} failures"
+        f"<p>{tally.successes} successes, {tally.failures} failures, "
+        f"{tally.errors} could not be evaluated"
         + (f"; last: {esc(tally.last_message)}" if tally.last_message else "")
         + (f" at {_time(tally.last_time)}" if tally.last_time else "")
         + "</p>"
     )
     if check.judgement.message and check.judgement.verdict != Verdict.PASSED:
         head += f"<p>{esc(check.judgement.message)}</p>"
+    if check.values and tally.unit:
+        # In words above the chart: a unit such as "ready replicas" does not fit the axis.
+        head += f'<p class="unit">Values in {esc(tally.unit)}.</p>'
     if not check.samples:
         return (
             head + '<p class="no-samples">No samples recorded for this check: the run holds '
@@ -246,11 +250,11 @@ def chart(run: RunFacts, check: CheckFacts) -> str:
             out.append(f'<polyline class="series" points="{points}"/>')
         out.append(
             f'<text class="axis" x="{LEFT - 6}" y="{TOP + 9}" text-anchor="end">'
-            f"{esc(_number(max(values)) + unit)}</text>"
+            f"{esc(_number(max(values)))}</text>"
         )
         out.append(
             f'<text class="axis" x="{LEFT - 6}" y="{PLOT_BOTTOM}" text-anchor="end">'
-            f"{esc(_number(min(values)) + unit)}</text>"
+            f"{esc(_number(min(values)))}</text>"
         )
     else:
         out.append(

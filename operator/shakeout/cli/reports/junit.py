@@ -35,7 +35,8 @@ def render_junit(obj: dict[str, Any]) -> str:
     ]
     for check in run.checks:
         system_out = (
-            f"{check.tally.successes} successes, {check.tally.failures} failures; "
+            f"{check.tally.successes} successes, {check.tally.failures} failures, "
+            f"{check.tally.errors} could not be evaluated; "
             f"samples: {check.count(CheckOutcome.PASS)} pass, "
             f"{check.count(CheckOutcome.FAIL)} fail, {check.count(CheckOutcome.ERROR)} error"
             + (f"; last: {check.tally.last_message}" if check.tally.last_message else "")

@@ -89,7 +89,7 @@ def _checks(run: RunFacts) -> list[str]:
     if not run.checks:
         return [*lines, "No state check reported."]
     lines += _table(
-        ["Check", "Type", "Verdict", "Successes", "Failures", "Values", "Last"],
+        ["Check", "Type", "Verdict", "Successes", "Failures", "Errors", "Values", "Last"],
         [
             [
                 md(c.name),
@@ -97,6 +97,7 @@ def _checks(run: RunFacts) -> list[str]:
                 c.judgement.verdict.value,
                 str(c.tally.successes),
                 str(c.tally.failures),
+                str(c.tally.errors),
                 _values(c),
                 md(c.tally.last_message or ""),
             ]

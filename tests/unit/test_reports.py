@@ -224,6 +224,18 @@ def test_checks_that_could_not_be_evaluated_while_preparing_are_each_an_error() 
     }
 
 
+def test_a_check_that_degraded_and_recovered_passes_and_says_when() -> None:
+    run = full_run(phase="COMPLETED", reason="Completed", message="fine")
+    run["status"]["stateChecks"][0].update(degradedAt=at(12), recoveredAt=at(22))
+    assert facts(run).checks[0].judgement.verdict == Verdict.PASSED
+    page = Page(render_html(run))
+    assert "Degraded at 2026-11-30T10:00:12Z; recovered at 2026-11-30T10:00:22Z." in page.texts
+    _, cases = junit_cases(render_junit(run))
+    assert kinds(cases["check web-http"]) == []
+    out = cases["check web-http"].system_out
+    assert "degraded at 2026-11-30T10:00:12Z, recovered at 2026-11-30T10:00:22Z" in out
+
+
 def test_a_run_passes_only_when_completed() -> None:
     canceled = facts(full_run(phase="CANCELED", reason="Canceled", message="by carol"))
     assert canceled.judgement.verdict == Verdict.FAILED

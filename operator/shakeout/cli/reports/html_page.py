@@ -188,6 +188,17 @@ def _check(run: RunFacts, check: CheckFacts) -> str:
     )
     if check.judgement.message and check.judgement.verdict != Verdict.PASSED:
         head += f"<p>{esc(check.judgement.message)}</p>"
+    if tally.degraded_at is not None:
+        # mayDegradeDuringAttacks: the degradation and its recovery are the point.
+        head += (
+            f'<p class="degraded">Degraded at {_time(tally.degraded_at)}; '
+            + (
+                f"recovered at {_time(tally.recovered_at)}."
+                if tally.recovered_at
+                else "not recovered."
+            )
+            + "</p>"
+        )
     if check.values and tally.unit:
         # In words above the chart: a unit such as "ready replicas" does not fit the axis.
         head += f'<p class="unit">Values in {esc(tally.unit)}.</p>'

@@ -39,6 +39,16 @@ def render_junit(obj: dict[str, Any]) -> str:
             f"{check.tally.errors} could not be evaluated; "
             f"samples: {check.count(CheckOutcome.PASS)} pass, "
             f"{check.count(CheckOutcome.FAIL)} fail, {check.count(CheckOutcome.ERROR)} error"
+            + (
+                f"; degraded at {shown_time(check.tally.degraded_at)}"
+                if check.tally.degraded_at
+                else ""
+            )
+            + (
+                f", recovered at {shown_time(check.tally.recovered_at)}"
+                if check.tally.recovered_at
+                else ""
+            )
             + (f"; last: {check.tally.last_message}" if check.tally.last_message else "")
         )
         cases.append(

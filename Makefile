@@ -66,6 +66,13 @@ test-e2e: $(STAMP) controlplane host-tools ## tests on the real control plane (s
 	mkdir -p $(REPORTS)
 	$(BIN)/pytest tests/e2e -q --junitxml=$(REPORTS)/e2e.xml
 
+.PHONY: report-tools
+report-tools: ## Chromium, the browser the HTML report's e2e test opens (installs the Debian package as root)
+	bash tools/report-tools.sh
+
+# The e2e tier opens the HTML report in a real browser (tests/e2e/test_reports.py).
+test-e2e: report-tools
+
 real-node-tools: ## containerd, runc, CNI plugins, iptables, buildah... for the real node (installs Debian packages as root)
 	bash tools/real-node-tools.sh
 

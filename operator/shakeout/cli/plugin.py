@@ -23,6 +23,7 @@ from shakeout.api.run import TERMINAL_PHASES, ExperimentRun, Phase
 from shakeout.api.switch import SWITCH_NAME, ChaosSwitch
 from shakeout.cli.preview import render
 from shakeout.cli.report import report, runs_table
+from shakeout.cli.reports import RENDERERS
 
 RUNS = ExperimentRun.PLURAL
 EXPERIMENTS = Experiment.PLURAL
@@ -198,7 +199,11 @@ def _list(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     run = Cluster(args.namespace).run(args.run)
-    _emit(run, args.output, report(run))
+    if args.output is None:
+        print(report(run))
+    else:
+        # Each renderer ends its text with a newline of its own.
+        sys.stdout.write(RENDERERS[args.output](run))
     return 0
 
 
@@ -297,7 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
     p = command("report", _report, "one run's report")
     p.add_argument("run")
-    p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=["markdown", "html", "junit", "json", "yaml"],
+        default=None,
+        help=(
+            "a report to hand on: markdown, html (one self-contained page with a chart of "
+            "each check), junit (a test case per check and attack, for CI gates), json or "
+            "yaml (the run plus the computed report); default: text for the terminal"
+        ),
+    )
     p = command(
         "preview",
         _preview,

@@ -55,10 +55,11 @@ def test_make_run_shows_the_attacks_in_the_real_shops_answers() -> None:
     assert target, out
     victim = target[1]
     # The state check called the real pods through their Service and never failed.
-    check = re.search(r"shop-answers\s+(\d+)\s+(\d+)\s+GET service shop:80/: 200", out)
+    check = re.search(r"shop-answers\s+(\d+)\s+(\d+)\s+(\d+)\s+GET service shop:80/: 200", out)
     assert check, out
     assert int(check[1]) >= 5
     assert int(check[2]) == 0
+    assert int(check[3]) == 0
     # While the attacks were applied the target answered far slower than its peers; before
     # and after, like them.
     lines = out.splitlines()

@@ -139,13 +139,15 @@ def report(run: Obj) -> str:
         lines += ["  " + line for line in table(rows).splitlines()]
     if checks := status.get("stateChecks"):
         lines += ["", "State checks:"]
-        rows = [["NAME", "SUCCESSES", "FAILURES", "LAST"]]
+        # ERRORS: probes that could not be evaluated (they say nothing about the system).
+        rows = [["NAME", "SUCCESSES", "FAILURES", "ERRORS", "LAST"]]
         for c in checks:
             rows.append(
                 [
                     c["name"],
                     str(c.get("successes", 0)),
                     str(c.get("failures", 0)),
+                    str(c.get("errors", 0)),
                     c.get("lastMessage", ""),
                 ]
             )

@@ -272,14 +272,29 @@ class PrometheusCheck(Model):
     )
 
 
-LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", max_length=128)]
+LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$"
+BAD_LABEL_NAME = "alert.matchLabels: a label name is letters, digits and _, not first a digit"
 
 
 class AlertCheck(Model):
     """No alert whose labels include all of matchLabels is firing (pending ones do not
     count), as the Prometheus' /api/v1/alerts lists them."""
 
-    match_labels: dict[LabelName, Annotated[str, StringConstraints(max_length=1024)]] = Field(
+    # Label names are checked by CEL: structural schemas have no patternProperties.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.matchLabels.all(k, size(k) <= 128 && k.matches('"
+                    + _cel_string(LABEL_NAME)
+                    + "'))",
+                    BAD_LABEL_NAME,
+                )
+            ]
+        }
+    )
+
+    match_labels: dict[str, Annotated[str, StringConstraints(max_length=1024)]] = Field(
         min_length=1,
         max_length=16,
         description="Labels an alert must all carry (exact values) to count, e.g. "
@@ -294,6 +309,12 @@ class AlertCheck(Model):
     timeout_seconds: int = Field(
         default=5, ge=1, le=60, description="A request that takes longer could not be evaluated."
     )
+
+    @model_validator(mode="after")
+    def _label_names(self) -> AlertCheck:
+        if not all(re.match(LABEL_NAME, k) for k in self.match_labels):
+            raise ValueError(BAD_LABEL_NAME)
+        return self
 
 
 # The parameter field of each check type: a PodsReady check has defaults for all of its.

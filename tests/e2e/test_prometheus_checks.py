@@ -5,12 +5,14 @@ Prometheus metrics), built and run here as a host process on 127.0.0.1 (kwok nod
 containers), scraped every second by the sandbox's Prometheus through a file_sd target, and
 kept busy by a client thread. The checks ask for its share of failed answers, in PromQL.
 
-What degrades the workload: the test itself, through the workload's knob
+What degrades the workload, in most tests: the test itself, through the workload's knob
 (`POST /config?error_rate=0.5`: an exact half of its answers become 503s) as soon as the
-run reaches ATTACKS_STARTED, and back to 0 afterwards. The run's own attack (a
+run reaches ATTACKS_STARTED, and back to 0 afterwards. Their run's own attack (a
 ScaleWorkload on a kwok Deployment) is real but cannot touch a host process; the knob plays
 the effect an attack on the workload would have. The run does not know: it sees only what
-the real Prometheus answers, as in a cluster.
+the real Prometheus answers, as in a cluster. The last test has no knob: the workload runs
+in a network namespace a kwok pod names, a real node agent applies the run's
+NetworkBlackhole to it, and the check sees the real Prometheus lose its target (`up` 0).
 
 The admin's setting is the ChaosSwitch's spec.metricChecks.prometheusUrl (the sandbox's
 Prometheus on loopback); the session's operator is used as it is.
@@ -38,6 +40,7 @@ from typing import Any
 import pytest
 
 from shakeout.sandbox.cluster import Sandbox, SandboxError
+from tests.e2e.agents import AGENT_NAMESPACE, AGENT_NODE, Netns, NodeAgent
 from tests.e2e.conftest import REPO, Cluster, eventually
 from tests.e2e.runs import TEAM, create_run, deployment, wait_phase
 from tests.unit.test_docs import examples
@@ -355,3 +358,97 @@ def test_the_worked_example_of_the_docs_runs(
     assert tallies["error-ratio"]["failures"] == 0, tallies
     assert tallies["error-ratio"]["successes"] >= 1
     assert tallies["no-shop-alert"]["lastMessage"].endswith("none firing"), tallies
+
+
+# -- a real attack on a real metric ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def agent(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
+    """A real `shakeout agent` for the kwok node AGENT_NODE (tests/e2e/agents.py)."""
+    if crds.kubectl("get", "namespace", AGENT_NAMESPACE, check=False).returncode != 0:
+        crds.kubectl("create", "namespace", AGENT_NAMESPACE)
+    node_agent = NodeAgent(crds, tmp_path_factory.mktemp("agent"))
+    node_agent.start()
+    try:
+        yield node_agent
+    finally:
+        node_agent.stop()
+
+
+def test_a_real_blackhole_on_the_workloads_pod_fails_the_run_on_its_metric(
+    ready: Cluster,
+    prometheus: tuple[Sandbox, str],
+    workload_binary: Path,
+    agent: NodeAgent,
+) -> None:
+    """No knob here: the workload runs inside a network namespace that a kwok pod names
+    (shakeout.dev/netns), the node agent applies the run's NetworkBlackhole to it, and the
+    real Prometheus, scraping it from the host, sees its target go down (`up` 0). The check
+    held before the attack, fails under it, and the blackhole is rolled back."""
+    box, url = prometheus
+    if not agent.running():
+        agent.start()
+    job = f"shop-{uuid.uuid4().hex[:6]}"
+    up = f'up{{job="{job}"}}'
+    ns = Netns.create()
+    try:
+        ns.start(str(workload_binary), "-listen=0.0.0.0:8080", f"-name={job}")
+        box.scrape(job, f"{ns.ip}:8080", {"job": job})
+        eventually(
+            lambda: [r for r in query(url, up) if r["value"][1] == "1"],
+            timeout=60,
+            what=f"{job} scraped in its network namespace",
+        )
+        ready.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": job,
+                    "namespace": TEAM,
+                    "labels": {"app": job},
+                    "annotations": {"shakeout.dev/netns": ns.name},
+                },
+                "spec": {"nodeName": AGENT_NODE, "containers": [{"name": "c", "image": "shop"}]},
+            }
+        )
+        eventually(
+            lambda: ready.get("pod", job, "-n", TEAM).get("status", {}).get("phase") == "Running",
+            what=f"pod {job} Running",
+        )
+        check = {
+            "type": "Prometheus",
+            "prometheus": {"query": up, "comparison": "GreaterOrEqual", "threshold": 1},
+        }
+        spec = experiment(job, check)
+        spec["spec"]["attacks"] = [
+            {"name": "cut-off", "type": "NetworkBlackhole", "durationSeconds": 20}
+        ]
+        ready.apply(spec, user="alice")
+        run, _ = create_run(ready, job, user="alice")
+        reached = wait_phase(ready, run, {"ATTACKS_STARTED", *TERMINAL}, timeout=90)
+        assert reached["phase"] == "ATTACKS_STARTED", reached
+        status = wait_phase(ready, run, TERMINAL, timeout=120)
+        assert (status["phase"], status.get("reason")) == ("FAILED", "StateCheckFailed"), status
+        found = tally(status)
+        assert found["successes"] >= 1  # it held before the attack
+        assert f"query '{up}' at " in found["lastMessage"], found
+        assert (
+            f'value 0 of {{__name__="up",instance="{ns.ip}:8080",job="{job}"}}, must be >= 1'
+            in (found["lastMessage"])
+        ), found
+        # Rolled back: the namespace's nftables fault is gone, the target is up again.
+        eventually(
+            lambda: "shakeout_" not in ns.exec("nft", "list", "tables").stdout,
+            what="the blackhole rolled back",
+        )
+        eventually(
+            lambda: [r for r in query(url, up) if r["value"][1] == "1"],
+            timeout=60,
+            what=f"{job} up again",
+        )
+    finally:
+        box.unscrape(job)
+        ready.kubectl("delete", "pod", job, "-n", TEAM, "--wait=false", check=False)
+        ns.delete()

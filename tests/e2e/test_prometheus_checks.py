@@ -452,3 +452,20 @@ def test_a_real_blackhole_on_the_workloads_pod_fails_the_run_on_its_metric(
         box.unscrape(job)
         ready.kubectl("delete", "pod", job, "-n", TEAM, "--wait=false", check=False)
         ns.delete()
+
+
+def test_only_an_admin_chooses_the_server_and_never_a_metadata_address(ready: Cluster) -> None:
+    """spec.metricChecks is a rail: alice (team-a, edit) may flip spec.enabled but not
+    point the operator at a server of her choice; the API server refuses link-local and
+    credential-bearing URLs even from an admin."""
+    body = {"spec": {"metricChecks": {"prometheusUrl": "http://attacker.example:9090"}}}
+    refused = ready.merge_patch("chaosswitch", "default", body, user="alice", check=False)
+    assert refused.returncode != 0
+    assert "set-rails" in refused.stderr or "forbidden" in refused.stderr.lower(), refused.stderr
+    for url in ("http://169.254.169.254/latest", "http://user:pw@prometheus:9090"):
+        bad = {"spec": {"metricChecks": {"prometheusUrl": url}}}
+        result = ready.merge_patch("chaosswitch", "default", bad, check=False)
+        assert result.returncode != 0, url
+        assert "metricChecks.prometheusUrl" in result.stderr, result.stderr
+    switch = ready.get("chaosswitch", "default")
+    assert "metricChecks" not in switch["spec"], switch["spec"]

@@ -369,3 +369,10 @@ def test_an_alert_check_needs_a_label() -> None:
         ).timeout_seconds
         == 5
     )
+
+
+async def test_a_port_out_of_range_is_refused_not_crashed(fake: FakeApi) -> None:
+    switch_with(fake, {"prometheusUrl": "http://127.0.0.1:99999"})
+    probe = await run_check(promql(), "team-a", "")
+    assert probe.outcome == CheckOutcome.ERROR
+    assert "prometheusUrl: bad port" in probe.message

@@ -102,7 +102,10 @@ async def server_target(
         raise TargetRefusedError(NOT_CONFIGURED)
     parts = urlsplit(allowed.prometheus_url)
     host = (parts.hostname or "").lower()
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as err:  # the schema's pattern allows five digits: 99999
+        raise TargetRefusedError(f"prometheusUrl: bad port ({err})") from None
     try:
         addresses = await resolve_host(host, port)
     except OSError as err:

@@ -27,6 +27,7 @@ from shakeout.sandbox.binaries import cache_root
 from shakeout.sandbox.cluster import Sandbox, SandboxError
 from shakeout.sandbox.hoststate import HostState
 from tests.e2e.conftest import Cluster, eventually
+from tests.real.pods import fetch_from_pod
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "realnode-test"
@@ -109,13 +110,8 @@ def _get(c: Cluster, *args: str) -> dict[str, Any]:
 
 
 def _fetch_from_client(c: Cluster, host: str, port: int) -> str:
-    """An HTTP GET from the client pod with busybox nc (3 s timeout)."""
-    result = c.kubectl(
-        "exec", "client", "-n", NS, "--", "sh", "-c",
-        f'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 3 {host} {port}',
-        check=False, timeout=30,
-    )  # fmt: skip
-    return result.stdout
+    """An HTTP GET from the client pod (3 s timeout): the answer or ''."""
+    return fetch_from_pod(c, NS, "client", host, port, wait=3)
 
 
 def _dropped(real: RealNode) -> float:

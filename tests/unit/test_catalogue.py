@@ -141,12 +141,12 @@ def test_an_inconsistent_descriptor_is_refused(change: dict[str, Any], problem: 
 
 # -- CEL and pydantic agree -------------------------------------------------------------
 
-_TOKEN = re.compile(r"\s*(has\(self\.\w+\)|self\.\w+|'[^']*'|==|!=|\|\||&&|!|\(|\))")
+_TOKEN = re.compile(r"\s*(has\(self\.\w+\)|self\.\w+|'[^']*'|==|!=|\|\||&&|!|\(|\)|in\b)")
 
 
 def cel_holds(rule: str, obj: dict[str, Any]) -> bool:
     """Evaluate one of the parameter rules (has(), field access, string literals, ==, !=,
-    ||, &&, ! and parentheses) on a JSON object; any other CEL fails the test."""
+    in, ||, &&, ! and parentheses) on a JSON object; any other CEL fails the test."""
     tokens, at = [], 0
     while at < len(rule):
         match = _TOKEN.match(rule, at)

@@ -660,9 +660,13 @@ async def test_a_restart_in_the_rollback_of_a_failed_run_still_fails_it(
     check = {"name": "up", "type": "PodsReady", "intervalSeconds": 1}
     experiment = spec(SCALE, checks=[check])
     status = applied(journal(experiment, clock()), clock())
-    status = checks.record_check(status, "up", checks.Probe.judged(True, "3/3 ready"), clock())
+    up = ExperimentSpec.model_validate(experiment).state_checks[0]
+    attacking = Phase.ATTACKS_STARTED
     status = checks.record_check(
-        status, "up", checks.Probe.judged(False, "1/3 blast-radius pods ready"), clock()
+        status, up, checks.Probe.judged(True, "3/3 ready"), clock(), attacking
+    )
+    status = checks.record_check(
+        status, up, checks.Probe.judged(False, "1/3 blast-radius pods ready"), clock(), attacking
     )
     # What the operator journals with the first stop it writes: the end it decided.
     end = Transition(
@@ -1126,3 +1130,167 @@ async def test_an_attack_on_a_missing_workload_fails_the_run(fake: FakeApi) -> N
     assert fake.find("DELETE", r"/pods/") == []
     assert lock_holder(fake) is None
     assert events(host)[-1][0] == "Warning"
+
+
+# -- state-check semantics: the executor gathers, the engine judges ---------------------------
+
+
+class ScriptedChecks:
+    """Probes that answer by the run's phase, as a workload that degrades under the attacks
+    would: `attacked` during them, then `after` for each probe of the cool-down in turn
+    (the last one repeated), Pass before. Records in which phase each check was probed."""
+
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        attacked: checks.Probe,
+        after: list[checks.Probe],
+    ) -> None:
+        self.executor: RunExecutor | None = None
+        self.attacked, self.after = attacked, after
+        self.probed: list[tuple[str, str]] = []
+        monkeypatch.setattr(executor_module, "run_check", self.run_check)
+
+    async def run_check(self, check: Any, namespace: str, selector: str) -> checks.Probe:
+        assert self.executor is not None
+        phase = str(self.executor.status.phase)
+        self.probed.append((check.name, phase))
+        if phase == Phase.ATTACKS_STARTED:
+            return self.attacked
+        if phase == Phase.ATTACKS_STOPPED:
+            seen = sum(p == Phase.ATTACKS_STOPPED for n, p in self.probed if n == check.name)
+            return self.after[min(seen, len(self.after)) - 1]
+        return checks.Probe.judged(True, "3/3 ready", 3, "ready replicas")
+
+
+DEGRADING: Obj = {
+    "name": "up",
+    "type": "PodsReady",
+    "intervalSeconds": 1,
+    "mayDegradeDuringAttacks": True,
+}
+DEGRADED = checks.Probe.judged(False, "1/3 ready", 1, "ready replicas")
+HOLDS = checks.Probe.judged(True, "3/3 ready", 3, "ready replicas")
+
+
+def degrading(check: Obj = DEGRADING, cool_down: int = 4) -> Obj:
+    return {**spec({**SCALE, "durationSeconds": 3}, checks=[check]), "coolDownSeconds": cool_down}
+
+
+async def test_a_check_allowed_to_degrade_that_recovers_in_the_cool_down_completes_the_run(
+    fake: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = ScriptedChecks(monkeypatch, DEGRADED, [DEGRADED, HOLDS])
+    executor, _ = start(fake, degrading())
+    script.executor = executor
+
+    await drive(executor)
+
+    status = status_of(fake)
+    assert (status["phase"], status["reason"]) == (Phase.COMPLETED, Reason.COMPLETED), status
+    tally = status["stateChecks"][0]
+    assert tally["failures"] >= 2
+    assert tally["degradedAt"] < tally["recoveredAt"]
+    assert tally["unit"] == "ready replicas"
+    assert {s["outcome"] for s in tally["samples"]} == {"Pass", "Fail"}
+    assert fake.replicas(NS, "web") == 3
+
+
+async def test_a_check_allowed_to_degrade_that_does_not_recover_fails_the_run(
+    fake: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = ScriptedChecks(monkeypatch, DEGRADED, [DEGRADED])
+    executor, host = start(fake, degrading())
+    script.executor = executor
+
+    await drive(executor)
+
+    status = status_of(fake)
+    assert (status["phase"], status["reason"]) == (Phase.FAILED, Reason.STATE_CHECK_FAILED)
+    assert status["message"].startswith(
+        "state check up did not recover within coolDownSeconds (4s): it degraded during the attacks"
+    ), status["message"]
+    assert ("up", Phase.ATTACKS_STOPPED) in script.probed
+    assert status["stateChecks"][0].get("recoveredAt") is None
+    assert fake.replicas(NS, "web") == 3
+    assert events(host)[-1] == ("Warning", Reason.STATE_CHECK_FAILED)
+
+
+async def test_a_check_that_cannot_be_evaluated_ends_the_run_with_its_own_reason(
+    fake: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unreadable = checks.Probe.error(
+        "refused: httpGet.headers[0]: Secret token key t: no such Secret"
+    )
+    script = ScriptedChecks(monkeypatch, unreadable, [HOLDS])
+    check = {"name": "up", "type": "PodsReady", "intervalSeconds": 1, "failureThreshold": 2}
+    executor, host = start(fake, degrading(check))
+    script.executor = executor
+
+    await drive(executor)
+
+    status = status_of(fake)
+    assert (status["phase"], status["reason"]) == (Phase.FAILED, Reason.STATE_CHECK_NOT_EVALUATED)
+    assert status["message"].startswith(
+        f"state check up could not be evaluated: {unreadable.message} (2 in a row"
+    )
+    assert checks.NOT_EVALUATED_ADVICE in status["message"]
+    assert status["attacks"][0]["state"] == "RolledBack"
+    assert fake.replicas(NS, "web") == 3
+    assert events(host)[-1] == ("Warning", Reason.STATE_CHECK_NOT_EVALUATED)
+    tally = status["stateChecks"][0]
+    assert (tally["errors"], tally["failures"]) == (2, 0)
+
+
+async def test_a_check_runs_only_in_its_phases_and_at_once_when_it_starts_to_apply(
+    fake: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = ScriptedChecks(monkeypatch, DEGRADED, [HOLDS])
+    after = {
+        "name": "after",
+        "type": "PodsReady",
+        "intervalSeconds": 60,
+        "phases": ["AfterAttacks"],
+    }
+    experiment = degrading({"name": "up", "type": "PodsReady", "intervalSeconds": 1}, cool_down=2)
+    experiment["stateChecks"] = [
+        {**experiment["stateChecks"][0], "phases": ["BeforeAttacks"]},
+        after,
+    ]
+    executor, _ = start(fake, experiment)
+    script.executor = executor
+
+    await drive(executor)
+
+    status = status_of(fake)
+    assert (status["phase"], status["reason"]) == (Phase.COMPLETED, Reason.COMPLETED), status
+    assert {p for n, p in script.probed if n == "up"} <= {Phase.CREATED, Phase.PREPARED}
+    # Never probed before the cool-down, then at once although its interval is 60 s.
+    assert {p for n, p in script.probed if n == "after"} == {Phase.ATTACKS_STOPPED}
+
+
+async def test_a_degradation_journaled_before_a_restart_must_still_recover(
+    fake: FakeApi, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check degraded under the attacks, then the operator died. After the restart its
+    probes cannot be evaluated (neither pass nor fail): the degradation recorded in status
+    before the crash still has to be recovered from, so the run fails at the cool-down's end."""
+    unreachable = checks.Probe.error("GET service web:80/: connection refused")
+    script = ScriptedChecks(monkeypatch, unreachable, [unreachable])
+    experiment = degrading({**DEGRADING, "failureThreshold": 100})
+    up = ExperimentSpec.model_validate(experiment).state_checks[0]
+    status = applied(journal(experiment, clock()), clock() - timedelta(seconds=10))
+    degraded_at = clock()
+    status = checks.record_check(status, up, DEGRADED, degraded_at, Phase.ATTACKS_STARTED)
+    executor, _ = crashed(fake, experiment, status, replicas=0, deleted=0)
+    script.executor = executor
+
+    await drive(executor)
+
+    final = status_of(fake)
+    assert (final["phase"], final["reason"]) == (Phase.FAILED, Reason.STATE_CHECK_FAILED), final
+    assert final["message"].startswith("state check up did not recover within coolDownSeconds")
+    tally = final["stateChecks"][0]
+    assert datetime.fromisoformat(tally["degradedAt"]) == degraded_at, "kept from before"
+    assert tally["errors"] >= 1
+    assert fake.replicas(NS, "web") == 3

@@ -9,8 +9,16 @@ import pytest
 
 from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.run import AttackState, Phase
-from shakeout.engine.checks import Probe, record_check
-from shakeout.engine.checks import succeeded_once as checks_succeeded_once
+from shakeout.engine.checks import (
+    NOT_EVALUATED_ADVICE,
+    CheckAssessment,
+    CheckVerdict,
+    Finding,
+    Probe,
+    WaitingCheck,
+    assess,
+    record_check,
+)
 from shakeout.engine.runs import (
     Observation,
     Reason,
@@ -45,6 +53,22 @@ SPEC = ExperimentSpec.model_validate(
 )
 
 
+# A check that applies before the attacks and does not hold yet.
+WAITING = CheckAssessment(waiting=(WaitingCheck("up", "0/3 ready", unevaluated=False),))
+
+
+UNEVALUATED = CheckAssessment(
+    waiting=(WaitingCheck("up", "refused: no such Secret", unevaluated=True),)
+)
+NOT_RECOVERED = CheckAssessment(
+    not_recovered=CheckVerdict("up", Finding.NOT_RECOVERED, "did not recover")
+)
+
+
+def failed(message: str, finding: Finding = Finding.REFUTED) -> CheckAssessment:
+    return CheckAssessment(verdict=CheckVerdict("up", finding, message))
+
+
 def obs(phase: Phase, after: float = 0, **kw: object) -> Observation:
     base = Observation(
         now=T0 + timedelta(seconds=after), phase=phase, phase_entered=T0, experiment=SPEC
@@ -55,7 +79,7 @@ def obs(phase: Phase, after: float = 0, **kw: object) -> Observation:
 @pytest.mark.parametrize(
     ("observation", "phase", "reason"),
     [
-        (obs(Phase.CREATED, checks_succeeded_once=False), None, None),
+        (obs(Phase.CREATED, checks=WAITING), None, None),
         (obs(Phase.CREATED), Phase.PREPARED, Reason.PREPARED),
         (obs(Phase.CREATED, agents_missing=("n1",), after=29), None, None),
         (
@@ -63,18 +87,50 @@ def obs(phase: Phase, after: float = 0, **kw: object) -> Observation:
             Phase.FAILED,
             Reason.AGENTS_NOT_CONNECTED,
         ),
-        (obs(Phase.CREATED, checks_succeeded_once=False, after=59), None, None),
+        (obs(Phase.CREATED, checks=WAITING, after=59), None, None),
         (
-            obs(Phase.CREATED, checks_succeeded_once=False, after=60),
+            obs(Phase.CREATED, checks=WAITING, after=60),
             Phase.FAILED,
             Reason.PREPARATION_TIMED_OUT,
         ),
         # In CREATED a failing check is waited out, not fatal.
-        (obs(Phase.CREATED, checks_succeeded_once=False, check_failure=("up", "x")), None, None),
+        (
+            obs(Phase.CREATED, checks=replace(WAITING, verdict=failed("x").verdict)),
+            None,
+            None,
+        ),
+        # Waiting only on checks that could not be evaluated: the reason says so.
+        (
+            obs(Phase.CREATED, checks=UNEVALUATED, after=60),
+            Phase.FAILED,
+            Reason.STATE_CHECK_NOT_EVALUATED,
+        ),
+        (
+            obs(Phase.CREATED, checks=replace(UNEVALUATED, waiting=WAITING.waiting), after=60),
+            Phase.FAILED,
+            Reason.PREPARATION_TIMED_OUT,
+        ),
         (obs(Phase.PREPARED, after=4), None, None),
+        (
+            obs(Phase.PREPARED, checks=failed("x", Finding.NOT_EVALUATED)),
+            Phase.FAILED,
+            Reason.STATE_CHECK_NOT_EVALUATED,
+        ),
+        (
+            obs(Phase.ATTACKS_STARTED, checks=failed("x", Finding.NOT_EVALUATED)),
+            Phase.FAILED,
+            Reason.STATE_CHECK_NOT_EVALUATED,
+        ),
+        # A check allowed to degrade has until the end of the cool-down to recover.
+        (obs(Phase.ATTACKS_STOPPED, checks=NOT_RECOVERED, after=4), None, None),
+        (
+            obs(Phase.ATTACKS_STOPPED, checks=NOT_RECOVERED, after=5),
+            Phase.FAILED,
+            Reason.STATE_CHECK_FAILED,
+        ),
         (obs(Phase.PREPARED, after=5), Phase.ATTACKS_STARTED, Reason.ATTACKS_STARTED),
         (
-            obs(Phase.PREPARED, check_failure=("up", "0/3 ready")),
+            obs(Phase.PREPARED, checks=failed("0/3 ready")),
             Phase.FAILED,
             Reason.STATE_CHECK_FAILED,
         ),
@@ -94,7 +150,7 @@ def obs(phase: Phase, after: float = 0, **kw: object) -> Observation:
         (obs(Phase.ATTACKS_STOPPED, after=4), None, None),
         (obs(Phase.ATTACKS_STOPPED, after=5), Phase.COMPLETED, Reason.COMPLETED),
         (
-            obs(Phase.ATTACKS_STOPPED, check_failure=("up", "x")),
+            obs(Phase.ATTACKS_STOPPED, checks=failed("x")),
             Phase.FAILED,
             Reason.STATE_CHECK_FAILED,
         ),
@@ -185,12 +241,13 @@ def test_refused_run_is_failed_with_reason_and_nothing_attacked() -> None:
 
 
 def test_check_tallies_and_first_success() -> None:
+    check = SPEC.state_checks[0]
     status = initial_status(SPEC, T0, 1)
-    assert not checks_succeeded_once(status, SPEC)
-    status = record_check(status, "up", Probe.judged(False, "0/3"), T0)
-    assert not checks_succeeded_once(status, SPEC)
-    status = record_check(status, "up", Probe.judged(True, "3/3"), T0)
-    assert checks_succeeded_once(status, SPEC)
+    assert not assess(status, SPEC, Phase.CREATED).prepared
+    status = record_check(status, check, Probe.judged(False, "0/3"), T0, Phase.CREATED)
+    assert not assess(status, SPEC, Phase.CREATED).prepared
+    status = record_check(status, check, Probe.judged(True, "3/3"), T0, Phase.CREATED)
+    assert assess(status, SPEC, Phase.CREATED).prepared
     tally = status.state_checks[0]
     assert (tally.successes, tally.failures, tally.last_message) == (1, 1, "3/3")
 
@@ -214,3 +271,18 @@ def test_check_tallies_and_first_success() -> None:
 def test_straight_to_attacks(changes: dict[str, object], straight: bool) -> None:
     spec = ExperimentSpec.model_validate({**SPEC.model_dump(by_alias=True), **changes})
     assert straight_to_attacks(spec) is straight
+
+
+def test_a_preparation_that_waited_on_checks_that_cannot_be_evaluated_says_so() -> None:
+    ended = decide(obs(Phase.CREATED, checks=UNEVALUATED, after=60))
+    assert ended is not None
+    assert ended.message == (
+        "not prepared after 60s: state checks could not be evaluated: "
+        f"up (refused: no such Secret); {NOT_EVALUATED_ADVICE}"
+    )
+    waited = decide(obs(Phase.CREATED, checks=WAITING, after=60))
+    assert waited is not None
+    assert waited.message == (
+        "not prepared after 60s: waited for state checks to hold (successThreshold successes "
+        "in a row): up (0/3 ready)"
+    )

@@ -327,11 +327,42 @@ CHECK_PARAMETERS: tuple[ParameterField, ...] = (
 )
 
 
+class CheckPhase(StrEnum):
+    """When a state check applies, in the run's terms."""
+
+    # CREATED and PREPARED (the warm-up): its successes prepare the run.
+    BEFORE_ATTACKS = "BeforeAttacks"
+    # ATTACKS_STARTED: from the start of the attacks until every one has stopped.
+    DURING_ATTACKS = "DuringAttacks"
+    # ATTACKS_STOPPED: the cool-down.
+    AFTER_ATTACKS = "AfterAttacks"
+    # All of the above.
+    THROUGHOUT = "Throughout"
+
+
+THROUGHOUT_ALONE = "phases: Throughout covers every phase; give it alone"
+DEGRADE_NEEDS_PHASES = (
+    "mayDegradeDuringAttacks: the check must apply during and after the attacks "
+    "(phases DuringAttacks and AfterAttacks, or Throughout): it recovers in the cool-down"
+)
+
+
 class StateCheck(Model):
-    """A check of the system's health, run every intervalSeconds during the whole run."""
+    """A check of the system's health, run every intervalSeconds in the phases it applies to."""
 
     model_config = ConfigDict(
-        json_schema_extra={"x-kubernetes-validations": parameter_rules(CHECK_PARAMETERS)}
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                *parameter_rules(CHECK_PARAMETERS),
+                cel(
+                    "!has(self.mayDegradeDuringAttacks) || !self.mayDegradeDuringAttacks || "
+                    "!has(self.phases) || 'Throughout' in self.phases || "
+                    "('DuringAttacks' in self.phases && 'AfterAttacks' in self.phases)",
+                    DEGRADE_NEEDS_PHASES,
+                    fieldPath=".mayDegradeDuringAttacks",
+                ),
+            ]
+        }
     )
 
     name: str = Field(
@@ -343,6 +374,53 @@ class StateCheck(Model):
         description="WorkloadReady, PodsReady, HttpGet, Prometheus or Alert."
     )
     interval_seconds: int = Field(default=5, ge=1, le=3600, description="How often the check runs.")
+    phases: list[CheckPhase] = Field(
+        default=[CheckPhase.THROUGHOUT],
+        min_length=1,
+        max_length=3,
+        description=(
+            "When the check applies: BeforeAttacks (CREATED and the warm-up; only these "
+            "checks prepare the run), DuringAttacks, AfterAttacks (the cool-down), or "
+            "Throughout (the default). Outside them it is not run and not judged."
+        ),
+        json_schema_extra={
+            "x-kubernetes-list-type": "set",
+            "x-kubernetes-validations": [
+                cel("!('Throughout' in self) || size(self) == 1", THROUGHOUT_ALONE)
+            ],
+        },
+    )
+    failure_threshold: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description=(
+            "This many failures in a row fail the run (StateCheckFailed: the hypothesis was "
+            "refuted), and this many probes in a row that could not be evaluated end it too "
+            "(StateCheckNotEvaluated). A probe that could not be evaluated neither counts as "
+            "nor interrupts a run of failures or successes. Before PREPARED failures are "
+            "waited out."
+        ),
+    )
+    success_threshold: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description=(
+            "This many successes in a row make the check hold: to prepare the run (checks "
+            "that apply before the attacks), and to recover after the attacks "
+            "(mayDegradeDuringAttacks)."
+        ),
+    )
+    may_degrade_during_attacks: bool = Field(
+        default=False,
+        description=(
+            "The check may fail from the start of the attacks until it holds again "
+            "(successThreshold successes in a row, the last in the cool-down); if it failed "
+            "and does not hold again before coolDownSeconds are over, the run fails "
+            "(StateCheckFailed). Needs the check to apply during and after the attacks."
+        ),
+    )
     workload_ready: WorkloadReadyCheck | None = Field(
         default=None, description="Parameters of a WorkloadReady check."
     )
@@ -361,4 +439,18 @@ class StateCheck(Model):
     def _parameters_match_type(self) -> StateCheck:
         if (problem := parameter_problem(self, self.type, CHECK_PARAMETERS)) is not None:
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _phases_fit(self) -> StateCheck:
+        phases = set(self.phases)
+        if len(phases) != len(self.phases):
+            raise ValueError("phases: each phase once")
+        if CheckPhase.THROUGHOUT in phases and len(phases) > 1:
+            raise ValueError(THROUGHOUT_ALONE)
+        if self.may_degrade_during_attacks and not (
+            {CheckPhase.DURING_ATTACKS, CheckPhase.AFTER_ATTACKS} <= phases
+            or CheckPhase.THROUGHOUT in phases
+        ):
+            raise ValueError(DEGRADE_NEEDS_PHASES)
         return self

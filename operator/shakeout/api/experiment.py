@@ -33,6 +33,11 @@ from shakeout.api.checks import StateCheck
 from shakeout.api.common import DNS_LABEL, Condition, LabelSelector, Model, Resource, cel
 
 MAX_DURATION_SECONDS = 24 * 3600
+# A check that may degrade during the attacks must be probed in the cool-down to recover.
+DEGRADE_NEEDS_COOL_DOWN = (
+    "coolDownSeconds: a state check with mayDegradeDuringAttacks recovers in the cool-down: "
+    "give coolDownSeconds of at least its intervalSeconds"
+)
 
 
 class TargetLimit(Model):
@@ -257,6 +262,14 @@ class ExperimentSpec(Model):
                     "state check names must be unique",
                     fieldPath=".stateChecks",
                 ),
+                cel(
+                    "!has(self.stateChecks) || self.stateChecks.all(c, "
+                    "!has(c.mayDegradeDuringAttacks) || !c.mayDegradeDuringAttacks || "
+                    "(has(self.coolDownSeconds) && has(c.intervalSeconds) && "
+                    "self.coolDownSeconds >= c.intervalSeconds))",
+                    DEGRADE_NEEDS_COOL_DOWN,
+                    fieldPath=".coolDownSeconds",
+                ),
             ]
         }
     )
@@ -274,8 +287,10 @@ class ExperimentSpec(Model):
         default_factory=list,
         max_length=8,
         description=(
-            "Checks of the system's health. The run starts its attacks after each check "
-            "reported at least one success, and fails as soon as one reports a failure."
+            "Checks of the system's health. The run starts its attacks once each check that "
+            "applies before them holds (successThreshold successes in a row), and fails when "
+            "one fails failureThreshold times in a row (StateCheckFailed) or cannot be "
+            "evaluated that many times in a row (StateCheckNotEvaluated)."
         ),
     )
     warm_up_seconds: int = Field(
@@ -295,8 +310,9 @@ class ExperimentSpec(Model):
         ge=1,
         le=3600,
         description=(
-            "A run that is not PREPARED after this long (agents not connected, no check "
-            "success) fails with reason PreparationTimedOut."
+            "A run that is not PREPARED after this long (agents not connected, a check that "
+            "does not hold) fails with reason PreparationTimedOut, or StateCheckNotEvaluated "
+            "when every check it waited for could not be evaluated."
         ),
     )
     agent_timeout_seconds: int = Field(
@@ -323,6 +339,11 @@ class ExperimentSpec(Model):
                 raise ValueError(f"{what} names must be unique")
         if sum(a.type == AttackType.NETWORK_ISOLATION for a in self.attacks) > 1:
             raise ValueError("at most one NetworkIsolation attack (its direction can be Both)")
+        if any(
+            c.may_degrade_during_attacks and self.cool_down_seconds < c.interval_seconds
+            for c in self.state_checks
+        ):
+            raise ValueError(DEGRADE_NEEDS_COOL_DOWN)
         return self
 
 

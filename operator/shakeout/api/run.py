@@ -184,11 +184,47 @@ class CheckSample(Model):
 
 
 class StateCheckTally(Model):
-    """How often a state check succeeded and failed during the run."""
+    """How often a state check succeeded, failed and could not be evaluated during the run,
+    its current runs of each, and its samples."""
 
     name: str = Field(description="Name of the check.")
-    successes: int = Field(default=0, ge=0, description="Successful probes.")
-    failures: int = Field(default=0, ge=0, description="Failed probes.")
+    successes: int = Field(default=0, ge=0, description="Successful probes (Pass).")
+    failures: int = Field(
+        default=0, ge=0, description="Failed probes (Fail: the check did not hold)."
+    )
+    errors: int = Field(
+        default=0,
+        ge=0,
+        description="Probes that could not be evaluated (Error: unreachable, refused, bad query).",
+    )
+    consecutive_successes: int = Field(
+        default=0,
+        ge=0,
+        description="Successes since the last failure (an Error neither counts nor interrupts).",
+    )
+    consecutive_failures: int = Field(
+        default=0,
+        ge=0,
+        description="Failures since the last success (an Error neither counts nor interrupts).",
+    )
+    consecutive_errors: int = Field(
+        default=0, ge=0, description="Probes in a row, up to the last, that could not be evaluated."
+    )
+    degraded_at: datetime | None = Field(
+        default=None,
+        description=(
+            "mayDegradeDuringAttacks: when the check first failed between the start of the "
+            "attacks and its recovery."
+        ),
+    )
+    recovered_at: datetime | None = Field(
+        default=None,
+        description=(
+            "mayDegradeDuringAttacks: when the check held again after the attacks "
+            "(successThreshold successes in a row, the last in the cool-down); from then on "
+            "it is judged like any other check."
+        ),
+    )
     last_message: str | None = Field(
         default=None, max_length=1024, description="What the last probe found."
     )

@@ -16,6 +16,7 @@ STOPPING_ENDS: dict[Reason, Phase] = {
     Reason.ATTACK_FAILED: Phase.FAILED,
     Reason.AGENT_DISCONNECTED: Phase.FAILED,
     Reason.STATE_CHECK_FAILED: Phase.FAILED,
+    Reason.STATE_CHECK_NOT_EVALUATED: Phase.FAILED,
 }
 
 

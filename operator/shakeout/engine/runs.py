@@ -31,6 +31,7 @@ from shakeout.api.run import (
     UserInfo,
 )
 from shakeout.engine import attacks
+from shakeout.engine.checks import ALL_FINE, NOT_EVALUATED_ADVICE, CheckAssessment, Finding
 from shakeout.engine.conditions import set_condition
 
 ORDER = [
@@ -55,7 +56,12 @@ class Reason(StrEnum):
     CANCELED = "Canceled"
     STOPPED_ALL = "StoppedAll"
     RUN_DELETED = "RunDeleted"
+    # A state check failed failureThreshold times in a row, or did not recover within the
+    # cool-down: the hypothesis was refuted.
     STATE_CHECK_FAILED = "StateCheckFailed"
+    # A state check could not be evaluated failureThreshold times in a row (unreachable,
+    # refused, bad query): the run says nothing about the system.
+    STATE_CHECK_NOT_EVALUATED = "StateCheckNotEvaluated"
     ATTACK_FAILED = "AttackFailed"
     # A rollback failed and had to be retried (until it succeeded: see RollbackPending).
     ROLLBACK_FAILED = "RollbackFailed"
@@ -107,10 +113,8 @@ class Observation:
     shutting_down: bool = False
     # Nodes whose agents take part in the run and hold no live lease.
     agents_missing: tuple[str, ...] = ()
-    # A state check that failed in this instant: (name, message).
-    check_failure: tuple[str, str] | None = None
-    # Every state check has reported at least one success.
-    checks_succeeded_once: bool = True
+    # What the state checks' tallies say (engine.checks.assess).
+    checks: CheckAssessment = ALL_FINE
     attack_failure: str | None = None
     rollback_failure: str | None = None
     attacks_finished: bool = False
@@ -173,15 +177,18 @@ def _abort(obs: Observation) -> Transition | None:
             "it rolls back its own attacks, the operator rolled back the rest",
             rollback=True,
         )
-    if obs.check_failure and obs.phase != Phase.CREATED:
-        name, message = obs.check_failure
+    if (verdict := obs.checks.verdict) is not None and obs.phase != Phase.CREATED:
         return Transition(
-            Phase.FAILED,
-            Reason.STATE_CHECK_FAILED,
-            f"state check {name} failed: {message}",
-            rollback=True,
+            Phase.FAILED, _CHECK_REASONS[verdict.finding], verdict.message, rollback=True
         )
     return None
+
+
+_CHECK_REASONS = {
+    Finding.REFUTED: Reason.STATE_CHECK_FAILED,
+    Finding.NOT_RECOVERED: Reason.STATE_CHECK_FAILED,
+    Finding.NOT_EVALUATED: Reason.STATE_CHECK_NOT_EVALUATED,
+}
 
 
 def decide(obs: Observation) -> Transition | None:
@@ -193,7 +200,7 @@ def decide(obs: Observation) -> Transition | None:
     spent = obs.now - obs.phase_entered
     exp = obs.experiment
     if obs.phase == Phase.CREATED:
-        if obs.agents_connected and obs.checks_succeeded_once:
+        if obs.agents_connected and obs.checks.prepared:
             return Transition(
                 Phase.PREPARED,
                 Reason.PREPARED,
@@ -207,12 +214,7 @@ def decide(obs: Observation) -> Transition | None:
                 f"{exp.agent_timeout_seconds}s (agentTimeoutSeconds)",
             )
         if spent >= timedelta(seconds=exp.preparation_timeout_seconds):
-            waiting = "agents" if not obs.agents_connected else "a success of every state check"
-            return Transition(
-                Phase.FAILED,
-                Reason.PREPARATION_TIMED_OUT,
-                f"not prepared after {exp.preparation_timeout_seconds}s: waited for {waiting}",
-            )
+            return _not_prepared(obs)
         return None
     if obs.phase == Phase.PREPARED:
         if spent >= timedelta(seconds=exp.warm_up_seconds):
@@ -232,12 +234,38 @@ def decide(obs: Observation) -> Transition | None:
             )
         return None
     if obs.phase == Phase.ATTACKS_STOPPED and spent >= timedelta(seconds=exp.cool_down_seconds):
+        if (late := obs.checks.not_recovered) is not None:
+            return Transition(
+                Phase.FAILED, _CHECK_REASONS[late.finding], late.message, rollback=True
+            )
         return Transition(
             Phase.COMPLETED,
             Reason.COMPLETED,
             "all attacks executed, cool-down over, no state check failed",
         )
     return None
+
+
+def _not_prepared(obs: Observation) -> Transition:
+    """The end of a run that did not prepare in time. When every check it waited for could
+    not be evaluated, it waited on the checks, not on the system: the reason says so."""
+    after = f"not prepared after {obs.experiment.preparation_timeout_seconds}s"
+    if not obs.agents_connected:
+        return Transition(Phase.FAILED, Reason.PREPARATION_TIMED_OUT, f"{after}: waited for agents")
+    checks = obs.checks
+    if checks.waiting_unevaluated:
+        return Transition(
+            Phase.FAILED,
+            Reason.STATE_CHECK_NOT_EVALUATED,
+            f"{after}: state checks could not be evaluated: {checks.waiting_shown()}; "
+            f"{NOT_EVALUATED_ADVICE}",
+        )
+    return Transition(
+        Phase.FAILED,
+        Reason.PREPARATION_TIMED_OUT,
+        f"{after}: waited for state checks to hold (successThreshold successes in a row): "
+        f"{checks.waiting_shown()}",
+    )
 
 
 def enter(

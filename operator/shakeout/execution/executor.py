@@ -233,21 +233,24 @@ class RunExecutor:
             or not await switch_enabled()
         )
 
-    async def run_checks(self, now: datetime) -> tuple[str, str] | None:
+    async def run_checks(self, now: datetime, phase: Phase) -> None:
+        """Probe the state checks that apply in `phase` and are due, and record what they
+        found. A check that did not apply in the phase before is due at once."""
         spec = self.journal.snapshot
-        due = [c for c in spec.state_checks if self.next_check.get(c.name, now) <= now]
+        applying = [c for c in spec.state_checks if checks.applies(c, phase)]
+        for check in spec.state_checks:
+            if not checks.applies(check, phase):
+                self.next_check.pop(check.name, None)  # due at once when it applies again
+        due = [c for c in applying if self.next_check.get(c.name, now) <= now]
         if not due:
-            return None
+            return
         selector = selector_to_string(spec.blast_radius.selector)
         results = await asyncio.gather(*(run_check(c, self.namespace, selector) for c in due))
-        status, failure = self.status, None
+        status = self.status
         for check, probe in zip(due, results, strict=True):
             self.next_check[check.name] = now + timedelta(seconds=check.interval_seconds)
-            status = checks.record_check(status, check.name, probe, now)
-            if not probe.ok and failure is None:
-                failure = (check.name, probe.message)
+            status = checks.record_check(status, check, probe, now, phase)
         await self.journal.write(status)
-        return failure
 
     async def agents_missing(self, phase: Phase) -> tuple[str, ...]:
         """Node agents of this run without a live lease, or that lost the run's faults."""
@@ -299,7 +302,8 @@ class RunExecutor:
             await self.transition(end)  # decided before a restart: finish it
             return
         now = clock.utcnow()
-        check_failure = await self.run_checks(now)
+        assert self.status.phase is not None
+        await self.run_checks(now, Phase(self.status.phase))
         if self.status.phase == Phase.ATTACKS_STARTED and lifecycle.failure(self.status) is None:
             for action in lifecycle.due_actions(self.status, now):
                 if not await self.steps.stop(action):
@@ -317,8 +321,7 @@ class RunExecutor:
             switch_enabled=await switch_enabled(),
             deleting=self.host.deleting(),
             shutting_down=self.host.shutting_down(),
-            check_failure=check_failure,
-            checks_succeeded_once=checks.succeeded_once(self.status, snapshot),
+            checks=checks.assess(self.status, snapshot, phase),
             agents_missing=await self.agents_missing(phase),
             attack_failure=None if self.rollback_failure else lifecycle.failure(self.status),
             rollback_failure=self.rollback_failure,

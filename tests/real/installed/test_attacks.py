@@ -33,6 +33,7 @@ from shakeout.agent.node.locate import find_dir_named
 from shakeout.sandbox import realnode
 from tests.e2e.conftest import Cluster, eventually
 from tests.real.installed.conftest import SYSTEM, get
+from tests.real.pods import fetch_from_pod
 
 NS = "real-attacks"
 REPLICAS = 3
@@ -198,13 +199,8 @@ def answering_names(c: Cluster, requests: int = 40) -> set[str]:
 
 
 def from_client(c: Cluster, ip: str, port: int = 8080) -> str:
-    """An HTTP GET from the client pod (busybox nc, 2 s timeout): the answer or ''."""
-    result = c.kubectl(
-        "exec", "client", "-n", NS, "--", "sh", "-c",
-        f'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 2 {ip} {port}',
-        check=False, timeout=30,
-    )  # fmt: skip
-    return result.stdout
+    """An HTTP GET from the client pod (2 s timeout): the answer or ''."""
+    return fetch_from_pod(c, NS, "client", ip, port)
 
 
 def connects(ip: str, port: int = 8080, timeout: float = 1.0) -> bool:

@@ -294,6 +294,43 @@ def test_an_alert_check_fails_the_run_once_the_alert_fires(
     assert f'alertname="{rule}"' in found["lastMessage"]
 
 
+@pytest.mark.parametrize("recovers", [True, False], ids=["recovers", "stays-degraded"])
+def test_a_promql_check_allowed_to_degrade_must_recover_in_the_cool_down(
+    ready: Cluster, workload: Workload, recovers: bool
+) -> None:
+    """mayDegradeDuringAttacks on the real metric: half of the answers fail from
+    ATTACKS_STARTED; the knob goes back to 0 at ATTACKS_STOPPED (recovers) or not at all
+    (stays-degraded). The run completes only when the ratio holds again in the cool-down."""
+    name = workload.job
+    deployment(ready, name, replicas=1)
+    check = {**promql_check(name), "mayDegradeDuringAttacks": True, "successThreshold": 2}
+    spec = experiment(name, check, duration=8)
+    spec["spec"]["coolDownSeconds"] = 20
+    ready.apply(spec, user="alice")
+    run, _ = create_run(ready, name, user="alice")
+    try:
+        reached = wait_phase(ready, run, {"ATTACKS_STARTED", *TERMINAL}, timeout=90)
+        assert reached["phase"] == "ATTACKS_STARTED", reached
+        workload.set_error_rate(0.5)
+        reached = wait_phase(ready, run, {"ATTACKS_STOPPED", *TERMINAL}, timeout=60)
+        assert reached["phase"] == "ATTACKS_STOPPED", reached
+        if recovers:
+            workload.set_error_rate(0)
+        status = wait_phase(ready, run, TERMINAL, timeout=90)
+    finally:
+        workload.set_error_rate(0)
+    found = tally(status)
+    assert found["failures"] >= 1, found  # it did degrade under the attack
+    assert found.get("degradedAt"), found
+    if recovers:
+        assert status["phase"] == "COMPLETED", status
+        assert found.get("recoveredAt"), found
+    else:
+        assert (status["phase"], status.get("reason")) == ("FAILED", "StateCheckFailed"), status
+        assert not found.get("recoveredAt"), found
+        assert "must be <= 0.05" in found["lastMessage"], found
+
+
 def test_prometheus_stopped_mid_run_ends_it_as_not_evaluated(
     ready: Cluster, workload: Workload, prometheus: tuple[Sandbox, str]
 ) -> None:

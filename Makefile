@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REPORTS := .cache/test-reports
 
-.PHONY: help venv controlplane crds verify lint format typecheck lint-imports check-crds bench bench-full \
+.PHONY: help venv controlplane prometheus crds verify lint format typecheck lint-imports check-crds bench bench-full \
         test test-unit test-go test-node test-e2e test-real-node test-image image host-tools \
         real-node-tools reliability sandbox-up real-node-up sandbox-down sandbox-status run clean
 
@@ -26,6 +26,9 @@ venv: $(STAMP) ## create .venv with shakeout and the dev tools
 
 controlplane: ## build etcd, kube-apiserver, KCM, scheduler, kubectl, kwok (cached by version)
 	bash tools/controlplane/build.sh
+
+prometheus: ## build Prometheus for the sandbox's metric checks (cached by version; docs/sandbox.md)
+	bash tools/controlplane/build.sh --prometheus >/dev/null
 
 crds: $(STAMP) ## regenerate crds/ from the pydantic models
 	$(BIN)/shakeout crds --output-dir crds
@@ -62,7 +65,7 @@ test-node: $(STAMP) host-tools ## node-agent faults on real network namespaces (
 	mkdir -p $(REPORTS)
 	$(BIN)/pytest tests/node -q --junitxml=$(REPORTS)/node.xml
 
-test-e2e: $(STAMP) controlplane host-tools ## tests on the real control plane (starts and stops the sandbox)
+test-e2e: $(STAMP) controlplane prometheus host-tools ## tests on the real control plane (starts and stops the sandbox)
 	mkdir -p $(REPORTS)
 	$(BIN)/pytest tests/e2e -q --junitxml=$(REPORTS)/e2e.xml
 
@@ -90,7 +93,7 @@ reliability: $(STAMP) controlplane host-tools ## the reliability suite at full c
 	  tests/e2e/test_node_agents.py tests/e2e/test_fuzz_input.py \
 	  --junitxml=$(REPORTS)/reliability.xml
 
-sandbox-up: $(STAMP) controlplane ## start the local control plane; prints the admin kubeconfig
+sandbox-up: $(STAMP) controlplane ## start the local control plane (and Prometheus when built); prints the admin kubeconfig
 	$(BIN)/shakeout sandbox up --no-build
 
 real-node-up: $(STAMP) controlplane real-node-tools ## the same plus one real node beside the kwok nodes (root)

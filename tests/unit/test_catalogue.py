@@ -194,6 +194,8 @@ VALID_PARAMETERS: dict[str, dict[str, Any]] = {
     "workloadReady": {"workload": {"kind": "Deployment", "name": "web"}, "minReady": 1},
     "podsReady": {},
     "httpGet": {"url": "http://web/healthz"},
+    "prometheus": {"query": "up", "comparison": "Equal", "threshold": 1},
+    "alert": {"matchLabels": {"alertname": "Down"}},
 }
 
 

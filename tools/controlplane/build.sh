@@ -9,7 +9,10 @@
 # kube-proxy (the same k8s module and version as the control plane), the NetworkPolicy
 # engine sigs.k8s.io/kube-network-policies (netpol/), and our pause program (pause/).
 #
-#   tools/controlplane/build.sh [--real-node]   build what is missing, print the bin dirs
+# With --prometheus, also Prometheus (prometheus/, github.com/prometheus/prometheus), which
+# `shakeout sandbox up --prometheus` runs for the metric checks (docs/sandbox.md).
+#
+#   tools/controlplane/build.sh [--real-node] [--prometheus]   build what is missing, print the bin dirs
 #   tools/controlplane/build.sh --print         only print where the binaries live
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -28,11 +31,13 @@ NODE_DIR=$BIN/k8s-node-$K8S_VERSION
 NETPOL_DIR=$BIN/kube-network-policies-$NETPOL_VERSION
 PAUSE_SRC=$(cat "$HERE"/pause/{main.go,go.mod} | sha256sum | cut -c1-12)
 PAUSE_DIR=$BIN/pause-$PAUSE_SRC
+PROMETHEUS_DIR=$BIN/prometheus-$PROMETHEUS_VERSION
 
 print_dirs() {
   printf 'K8S_BIN=%s\nETCD_BIN=%s\nKWOK_BIN=%s\nKSTATUS_BIN=%s\n' \
     "$K8S_DIR" "$ETCD_DIR" "$KWOK_DIR" "$KSTATUS_DIR"
   printf 'NODE_BIN=%s\nNETPOL_BIN=%s\nPAUSE_BIN=%s\n' "$NODE_DIR" "$NETPOL_DIR" "$PAUSE_DIR"
+  printf 'PROMETHEUS_BIN=%s\n' "$PROMETHEUS_DIR"
 }
 
 if [[ "${1:-}" == "--print" ]]; then
@@ -102,6 +107,25 @@ build_pause() {
   go build -trimpath -ldflags "-s -w" -o "$PAUSE_DIR.tmp/pause" .
 }
 
+# Prometheus v3 is tagged v0.3xx.y as a Go module (v3.16.0 is v0.316.0). Tags:
+# remove_all_sd drops every service-discovery plugin but static, file and http
+# (prometheus/plugins/*.go: `//go:build !remove_all_sd || enable_<name>_sd`), so the cloud
+# SDKs (AWS, Azure, GCE, ...) are not compiled; leaving out builtinassets keeps the
+# React UI out of the binary (web/ui/ui.go serves it from disk, we never open it). The
+# sandbox scrapes static targets and queries the HTTP API only.
+build_prometheus() {
+  cd "$HERE/prometheus"
+  local pinned
+  pinned=$(go list -m -f '{{.Version}}' github.com/prometheus/prometheus)
+  if [[ "$pinned" != "$PROMETHEUS_VERSION" ]]; then
+    log "prometheus: versions.env says $PROMETHEUS_VERSION but prometheus/go.mod has $pinned"
+    return 1
+  fi
+  mkdir -p "$PROMETHEUS_DIR.tmp"
+  go build -trimpath -tags remove_all_sd -ldflags "-s -w" -o "$PROMETHEUS_DIR.tmp/prometheus" \
+    github.com/prometheus/prometheus/cmd/prometheus
+}
+
 build_etcd() {
   cd "$HERE/etcd"
   mkdir -p "$ETCD_DIR.tmp"
@@ -152,7 +176,18 @@ component kwok "$KWOK_DIR" "$KWOK_VERSION" build_kwok
 KSTATUS_SRC=$(cat "$HERE"/kstatus/{main.go,go.mod,go.sum} | sha256sum | cut -c1-12)
 component kstatus "$KSTATUS_DIR" "$KSTATUS_CLI_UTILS+src.$KSTATUS_SRC" build_kstatus
 component kubernetes "$K8S_DIR" "$K8S_VERSION" build_k8s
-if [[ "${1:-}" == "--real-node" ]]; then
+want_real_node=0 want_prometheus=0
+for arg in "$@"; do
+  case $arg in
+    --real-node) want_real_node=1 ;;
+    --prometheus) want_prometheus=1 ;;
+    *) log "unknown argument: $arg"; exit 2 ;;
+  esac
+done
+if (( want_prometheus )); then
+  component prometheus "$PROMETHEUS_DIR" "$PROMETHEUS_VERSION" build_prometheus
+fi
+if (( want_real_node )); then
   component pause "$PAUSE_DIR" "src.$PAUSE_SRC" build_pause
   component kubelet+kube-proxy "$NODE_DIR" "$K8S_VERSION" build_k8s_node
   component kube-network-policies "$NETPOL_DIR" "$NETPOL_VERSION" build_netpol

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from shakeout.api.attacks import ParameterField, WorkloadRef, parameter_problem, parameter_rules
 from shakeout.api.common import DNS_LABEL, DNS_SUBDOMAIN, Model, cel
@@ -20,6 +21,8 @@ class StateCheckType(StrEnum):
     WORKLOAD_READY = "WorkloadReady"
     PODS_READY = "PodsReady"
     HTTP_GET = "HttpGet"
+    PROMETHEUS = "Prometheus"
+    ALERT = "Alert"
 
 
 class HttpScheme(StrEnum):
@@ -201,11 +204,126 @@ class HttpGetCheck(Model):
         return self
 
 
+class PrometheusService(Model):
+    """A Prometheus server as a Service, in a namespace the cluster admin allows
+    (ChaosSwitch spec.metricChecks.serviceNamespaces): the operator resolves it to its
+    ClusterIP through the API."""
+
+    namespace: str = Field(
+        description="Namespace of the Service: one the admin allows.",
+        max_length=63,
+        pattern=DNS_LABEL,
+    )
+    name: str = Field(description="Name of the Service.", max_length=63, pattern=DNS_LABEL)
+    port: int = Field(default=9090, ge=1, le=65535, description="A port the Service declares.")
+    scheme: HttpScheme = Field(default=HttpScheme.HTTP, description="http or https.")
+    path_prefix: str = Field(
+        default="",
+        max_length=256,
+        pattern=r"^(/[-._a-zA-Z0-9]+)*$",
+        description="The server's route prefix (--web.route-prefix), e.g. /prometheus; "
+        "empty: none.",
+    )
+
+
+class Comparison(StrEnum):
+    LESS_THAN = "LessThan"
+    LESS_OR_EQUAL = "LessOrEqual"
+    GREATER_THAN = "GreaterThan"
+    GREATER_OR_EQUAL = "GreaterOrEqual"
+    EQUAL = "Equal"
+    NOT_EQUAL = "NotEqual"
+
+
+# What a threshold may be: finite, and within what a float64 holds exactly enough to compare.
+THRESHOLD_BOUND = 1e15
+
+
+class PrometheusCheck(Model):
+    """A PromQL expression whose value must satisfy a comparison.
+
+    The query is an instant query at the time of the probe; every series of the result
+    must satisfy `<value> <comparison> <threshold>`. A result with no series could not
+    be evaluated (Error): write `... or vector(0)` when absence means zero.
+    """
+
+    query: str = Field(
+        description="The PromQL expression: an instant vector or a scalar.",
+        min_length=1,
+        max_length=4096,
+    )
+    comparison: Comparison = Field(
+        description="What must hold between each value of the result and the threshold: "
+        "LessThan, LessOrEqual, GreaterThan, GreaterOrEqual, Equal or NotEqual."
+    )
+    threshold: float = Field(
+        ge=-THRESHOLD_BOUND,
+        le=THRESHOLD_BOUND,
+        allow_inf_nan=False,
+        description="The number each value is compared with.",
+    )
+    service: PrometheusService | None = Field(
+        default=None,
+        description="The Prometheus to ask, as a Service in a namespace the admin allows; "
+        "unset: the cluster's Prometheus (ChaosSwitch spec.metricChecks.prometheusUrl).",
+    )
+    timeout_seconds: int = Field(
+        default=5, ge=1, le=60, description="A query that takes longer could not be evaluated."
+    )
+
+
+LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$"
+BAD_LABEL_NAME = "alert.matchLabels: a label name is letters, digits and _, not first a digit"
+
+
+class AlertCheck(Model):
+    """No alert whose labels include all of matchLabels is firing (pending ones do not
+    count), as the Prometheus' /api/v1/alerts lists them."""
+
+    # Label names are checked by CEL: structural schemas have no patternProperties.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.matchLabels.all(k, size(k) <= 128 && k.matches('"
+                    + _cel_string(LABEL_NAME)
+                    + "'))",
+                    BAD_LABEL_NAME,
+                )
+            ]
+        }
+    )
+
+    match_labels: dict[str, Annotated[str, StringConstraints(max_length=1024)]] = Field(
+        min_length=1,
+        max_length=16,
+        description="Labels an alert must all carry (exact values) to count, e.g. "
+        "{alertname: HighErrorRate}. At least one: a catch-all would also count the "
+        "always-firing Watchdog alerts many setups have.",
+    )
+    service: PrometheusService | None = Field(
+        default=None,
+        description="The Prometheus to ask, as a Service in a namespace the admin allows; "
+        "unset: the cluster's Prometheus (ChaosSwitch spec.metricChecks.prometheusUrl).",
+    )
+    timeout_seconds: int = Field(
+        default=5, ge=1, le=60, description="A request that takes longer could not be evaluated."
+    )
+
+    @model_validator(mode="after")
+    def _label_names(self) -> AlertCheck:
+        if not all(re.match(LABEL_NAME, k) for k in self.match_labels):
+            raise ValueError(BAD_LABEL_NAME)
+        return self
+
+
 # The parameter field of each check type: a PodsReady check has defaults for all of its.
 CHECK_PARAMETERS: tuple[ParameterField, ...] = (
     ParameterField(StateCheckType.WORKLOAD_READY, "workload_ready", required=True),
     ParameterField(StateCheckType.PODS_READY, "pods_ready", required=False),
     ParameterField(StateCheckType.HTTP_GET, "http_get", required=True),
+    ParameterField(StateCheckType.PROMETHEUS, "prometheus", required=True),
+    ParameterField(StateCheckType.ALERT, "alert", required=True),
 )
 
 
@@ -252,7 +370,9 @@ class StateCheck(Model):
         max_length=63,
         pattern=DNS_LABEL,
     )
-    type: StateCheckType = Field(description="WorkloadReady, PodsReady or HttpGet.")
+    type: StateCheckType = Field(
+        description="WorkloadReady, PodsReady, HttpGet, Prometheus or Alert."
+    )
     interval_seconds: int = Field(default=5, ge=1, le=3600, description="How often the check runs.")
     phases: list[CheckPhase] = Field(
         default=[CheckPhase.THROUGHOUT],
@@ -310,6 +430,10 @@ class StateCheck(Model):
     http_get: HttpGetCheck | None = Field(
         default=None, description="Parameters of an HttpGet check."
     )
+    prometheus: PrometheusCheck | None = Field(
+        default=None, description="Parameters of a Prometheus (PromQL) check."
+    )
+    alert: AlertCheck | None = Field(default=None, description="Parameters of an Alert check.")
 
     @model_validator(mode="after")
     def _parameters_match_type(self) -> StateCheck:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from shakeout.api.common import DNS_LABEL, Condition, Model, Resource, cel
 from shakeout.api.labels import CHANGED_AT, CHANGED_BY, CHANGED_GENERATION
@@ -92,6 +93,58 @@ class TargetCaps(Model):
     )
 
 
+# A cluster-wide Prometheus URL: http(s), a host, an optional port and path prefix; no
+# credentials, query or fragment. Link-local (cloud metadata) hosts are refused besides.
+PROMETHEUS_URL = r"^https?://[-.a-zA-Z0-9]+(:[0-9]{1,5})?(/[-._a-zA-Z0-9]+)*/?$"
+PROMETHEUS_URL_LINK_LOCAL = r"^https?://169[.]254[.]"
+LINK_LOCAL_REFUSED = "metricChecks.prometheusUrl: link-local addresses are refused"
+
+
+class MetricChecks(Model):
+    """Which Prometheus servers the Prometheus and Alert state checks may ask: the admin's
+    choice, never a team's (a check names a server only within what is allowed here)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.prometheusUrl) || !self.prometheusUrl.matches('"
+                    + PROMETHEUS_URL_LINK_LOCAL.replace("\\", "\\\\")
+                    + "')",
+                    LINK_LOCAL_REFUSED,
+                )
+            ]
+        }
+    )
+
+    prometheus_url: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=PROMETHEUS_URL,
+        description=(
+            "The cluster's Prometheus, for checks that name no Service: "
+            "http(s)://HOST[:PORT][/PREFIX], no credentials (e.g. "
+            "http://prometheus.monitoring.svc:9090). Unset: such checks cannot be evaluated."
+        ),
+    )
+    service_namespaces: list[NamespaceName] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "The namespaces whose Services a check may name as its Prometheus "
+            "(service.namespace); empty: none, only prometheusUrl."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _no_metadata_host(self) -> MetricChecks:
+        if self.prometheus_url is not None and re.match(
+            PROMETHEUS_URL_LINK_LOCAL, self.prometheus_url
+        ):
+            raise ValueError(LINK_LOCAL_REFUSED)
+        return self
+
+
 class ChaosSwitchSpec(Model):
     """Whether experimenting is enabled, and the cluster-wide safety rails."""
 
@@ -128,6 +181,14 @@ class ChaosSwitchSpec(Model):
             "A run may last at most this long: its Experiment's warm-up, longest attack and "
             "cool-down together (the run lock is held that long); unset: no cap beyond the "
             "Experiment's own limits."
+        ),
+    )
+
+    metric_checks: MetricChecks | None = Field(
+        default=None,
+        description=(
+            "Which Prometheus servers Prometheus and Alert state checks may query; unset: "
+            "none (such checks cannot be evaluated)."
         ),
     )
 

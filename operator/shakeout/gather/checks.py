@@ -1,5 +1,6 @@
 """State checks, executed by the operator: workload readiness, pod readiness, HTTP GET
-(what an HTTP GET may reach, and how it is bounded: gather/http_check.py)."""
+(what an HTTP GET may reach, and how it is bounded: gather/http_check.py), PromQL and
+firing alerts (which Prometheus they may ask: gather/prometheus.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 from shakeout.api.checks import StateCheck, StateCheckType
 from shakeout.engine.checks import Probe
 from shakeout.gather.http_check import http_get
+from shakeout.gather.prometheus import firing_alerts, prometheus_query
 from shakeout.kube.client import api
 
 
@@ -18,6 +20,12 @@ async def run_check(check: StateCheck, namespace: str, selector: str) -> Probe:
             return await _workload_ready(check, namespace)
         if check.type == StateCheckType.PODS_READY:
             return await _pods_ready(check, namespace, selector)
+        if check.type == StateCheckType.PROMETHEUS:
+            assert check.prometheus is not None
+            return await prometheus_query(check.prometheus)
+        if check.type == StateCheckType.ALERT:
+            assert check.alert is not None
+            return await firing_alerts(check.alert)
         return await _http_get(check, namespace)
     except Exception as err:  # noqa: BLE001  (a probe that errs could not evaluate, with the reason)
         return Probe.error(f"{type(err).__name__}: {err}"[:1024])

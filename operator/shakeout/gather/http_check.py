@@ -141,13 +141,13 @@ async def cluster_addresses() -> frozenset[IPAddress]:
                 found.add(_mapped(ip))
     configuration = getattr(getattr(client, "api_client", None), "configuration", None)
     if configuration is not None and (host := urlsplit(configuration.host).hostname):
-        found |= await _resolve(host, 443)
+        found |= await resolve_host(host, 443)
     result = frozenset(found)
     _cluster_cache = (now, result)
     return result
 
 
-async def _resolve(host: str, port: int) -> set[IPAddress]:
+async def resolve_host(host: str, port: int) -> set[IPAddress]:
     if (ip := _ip(host)) is not None:
         return {_mapped(ip)}
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -163,7 +163,7 @@ async def resolve_target(
     """The checked target of an HttpGet check of a run in `namespace`; raises TargetRefusedError."""
     if params.service is not None:
         svc = params.service
-        return await _service_target(
+        return await service_target(
             svc.name,
             svc.port,
             svc.path,
@@ -191,7 +191,7 @@ async def resolve_target(
                 f"{svc_namespace}; a check reaches only Services of the run's namespace "
                 f"({namespace}) or hosts an admin allows"
             )
-        return await _service_target(
+        return await service_target(
             name, port, path, scheme=parts.scheme, namespace=namespace, field="httpGet.url"
         )
     if (host, port) not in allowed and (host, None) not in allowed:
@@ -202,7 +202,7 @@ async def resolve_target(
             "host an admin allows (--allow-check-host)"
         )
     try:
-        addresses = await _resolve(host, port)
+        addresses = await resolve_host(host, port)
     except OSError as err:
         raise TargetRefusedError(f"httpGet.url: {host} does not resolve ({err})") from None
     for addr in addresses:
@@ -212,9 +212,11 @@ async def resolve_target(
     return Target(parts.scheme, host, port, path, tuple(sorted(map(str, addresses))), label)
 
 
-async def _service_target(
+async def service_target(
     name: str, port: int, path: str, *, scheme: str, namespace: str, field: str
 ) -> Target:
+    """A Service of `namespace` as a checked target (its ClusterIPs, never loopback, the API
+    server's or a node's); raises TargetRefusedError naming `field`. Metric checks use it too."""
     items = await api().list_objects(SERVICES, namespace, fields=f"metadata.name={name}")
     if not items:
         raise TargetRefusedError(f"{field}: Service {name} not found in namespace {namespace}")

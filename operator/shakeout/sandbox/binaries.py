@@ -33,6 +33,9 @@ class Binaries:
     kube_proxy: Path | None = None
     netpol: Path | None = None
     pause: Path | None = None
+    # Prometheus for the metric checks: built only with `build.sh --prometheus`; the
+    # sandbox runs it whenever it is built (docs/sandbox.md, "Prometheus").
+    prometheus: Path | None = None
 
     @property
     def has_nodes(self) -> bool:
@@ -133,4 +136,5 @@ def find() -> Binaries:
         kube_proxy=built("NODE_BIN", "kube-proxy"),
         netpol=built("NETPOL_BIN", "kube-network-policies"),
         pause=built("PAUSE_BIN", "pause"),
+        prometheus=built("PROMETHEUS_BIN", "prometheus"),
     )

@@ -24,6 +24,7 @@ import yaml
 
 from shakeout.sandbox import binaries as bins
 from shakeout.sandbox import processes, realnode
+from shakeout.sandbox import prometheus as prom
 from shakeout.sandbox.components import (
     ARGUMENTS,
     COMPONENTS,
@@ -88,7 +89,8 @@ class Sandbox:
         return {name: processes.alive(pid, name) for name, pid in st.pids.items()}
 
     def is_up(self) -> bool:
-        running = self.running()
+        """The control plane runs (Prometheus is an extra: stopped, the sandbox is still up)."""
+        running = {n: ok for n, ok in self.running().items() if n != prom.NAME}
         return bool(running) and all(running.values()) and self._ready()
 
     def _kubeconfig_path(self, user: str) -> Path:
@@ -214,10 +216,84 @@ class Sandbox:
                 "nodes (pods will stay Pending)"
             )
             self.apply(_bootstrap_objects([]))
+        if binaries.prometheus is not None:
+            self._start_prometheus(st, binaries.prometheus, log)
+        else:
+            log(
+                "Prometheus not built (`make prometheus`): metric checks have no server on "
+                "this sandbox"
+            )
         st.started_seconds = round(time.monotonic() - began, 2)
         st.save(self.state_file)
         log(f"sandbox up in {st.started_seconds}s at {self.server()}")
         return st
+
+    # -- Prometheus ------------------------------------------------------------
+
+    def prometheus_url(self) -> str:
+        """http://127.0.0.1:PORT of the sandbox's Prometheus (SandboxError if it has none)."""
+        st = self.state()
+        if st is None or prom.NAME not in st.ports:
+            raise SandboxError(
+                "the sandbox runs no Prometheus: build it with `make prometheus`, then "
+                "`shakeout sandbox up` (or Sandbox.start_prometheus on a running sandbox)"
+            )
+        return f"http://{LOOPBACK}:{st.ports[prom.NAME]}"
+
+    def prometheus_layout(self) -> prom.Layout:
+        return prom.Layout(self.dir)
+
+    def _start_prometheus(self, st: State, binary: Path, log: Callable[[str], None]) -> None:
+        if prom.NAME not in st.ports:
+            st.ports.update(processes.free_ports((prom.NAME,), LOOPBACK))
+        port = st.ports[prom.NAME]
+        layout = self.prometheus_layout()
+        layout.write_config(port)
+        log(f"starting prometheus on {LOOPBACK}:{port}")
+        st.pids[prom.NAME] = self._spawn(prom.NAME, prom.arguments(binary, layout, port))
+        st.save(self.state_file)
+        url = f"http://{LOOPBACK}:{port}"
+        self._wait("prometheus ready", lambda: prom.ready(url), 60, st)
+
+    def start_prometheus(self, log: Callable[[str], None] = print) -> str:
+        """Start Prometheus on a running sandbox (again, on the same port, with the same data
+        and targets), unless it runs; its URL."""
+        st = self.state()
+        if st is None:
+            raise SandboxError("the sandbox is not up")
+        binary = bins.find().prometheus
+        if binary is None:
+            raise SandboxError("Prometheus is not built: `make prometheus`")
+        pid = st.pids.get(prom.NAME)
+        if pid is None or not processes.alive(pid, prom.NAME):
+            self._start_prometheus(st, binary, log)
+        return self.prometheus_url()
+
+    def stop_prometheus(self) -> None:
+        """Stop Prometheus alone (the control plane keeps running): an outage of the server
+        the metric checks ask."""
+        st = self.state()
+        pid = st.pids.get(prom.NAME) if st is not None else None
+        if pid is not None and processes.alive(pid, prom.NAME):
+            processes.stop(pid, prom.NAME)
+
+    def scrape(self, name: str, address: str, labels: dict[str, str] | None = None) -> None:
+        """Have the sandbox's Prometheus scrape http://ADDRESS/metrics (labels: job= etc.)."""
+        prom.add_target(self.prometheus_layout(), name, address, labels)
+
+    def unscrape(self, name: str) -> None:
+        prom.remove_target(self.prometheus_layout(), name)
+
+    def set_alert_rules(self, name: str, rules: dict[str, Any] | None) -> None:
+        """Write (None: remove) the rule file NAME.yml and have Prometheus re-read its rules."""
+        path = self.prometheus_layout().rules / f"{name}.yml"
+        if rules is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(yaml.safe_dump(rules, sort_keys=False))
+        st = self.state()
+        if st is not None and (pid := st.pids.get(prom.NAME)) is not None:
+            prom.reload(pid)
 
     def _site(self, st: State) -> Site:
         return Site(self.dir, self.pki, st.ports, self._kubeconfig_path(ADMIN.name), st.real_node)
@@ -339,7 +415,7 @@ class Sandbox:
                     log(f"stopping {name} (pid {pid})")
                     processes.stop(pid, name)
         if not keep_data and self.dir.exists():
-            for sub in ("etcd", "pki", "kubeconfigs", "apiserver-certs", "state.json"):
+            for sub in ("etcd", "pki", "kubeconfigs", "apiserver-certs", prom.NAME, "state.json"):
                 path = self.dir / sub
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
@@ -390,6 +466,15 @@ class Sandbox:
             "components": self.running(),
             "nodes": st.nodes,
             "realNode": real or None,
+            "prometheus": (
+                {
+                    "url": f"http://{LOOPBACK}:{st.ports[prom.NAME]}",
+                    "targets": str(self.prometheus_layout().targets),
+                    "rules": str(self.prometheus_layout().rules),
+                }
+                if prom.NAME in st.ports
+                else None
+            ),
             "kubeconfig": str(self._kubeconfig_path(ADMIN.name)),
             "kubectl": st.kubectl,
             "startedSeconds": st.started_seconds,

@@ -20,8 +20,16 @@ REAL_NODE_IP = "10.99.0.1"
 POD_CIDR = "10.244.0.0/16"
 # The loopback ports a sandbox listens on, picked free at each start.
 PORTS = ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler")
-# Stop order: dependants first, etcd last.
-COMPONENTS = ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+# Stop order: dependants first, etcd last. Prometheus depends on nothing but is stopped
+# first: it only watches.
+COMPONENTS = (
+    "prometheus",
+    "kwok",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kube-apiserver",
+    "etcd",
+)
 # The probes and metrics of the controller manager and the scheduler need no credentials.
 ALWAYS_ALLOW = "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"
 

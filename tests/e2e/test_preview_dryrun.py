@@ -322,6 +322,12 @@ def nft_tables(ns: Netns) -> str:
     return ns.exec("nft", "list", "tables").stdout
 
 
+def node_attacks_of(c: Cluster, run: str) -> list[dict[str, Any]]:
+    """The NodeAttacks the operator handed out for this run."""
+    items = c.get("nodeattacks", "-n", TEAM)["items"]
+    return [a for a in items if a["spec"]["runName"] == run]
+
+
 def test_a_dry_run_of_a_node_level_attack_hands_nothing_to_the_agent(
     ready: Cluster, agent: NodeAgent, target: Netns
 ) -> None:
@@ -361,17 +367,18 @@ def test_a_dry_run_of_a_node_level_attack_hands_nothing_to_the_agent(
             f"dry run: would hand NetworkBlackhole of 1 pod(s): {app} to the node agents of "
             f"1 node(s): {AGENT_NODE}"
         )
-        assert ready.get("nodeattacks", "-n", TEAM)["items"] == []
+        # Earlier tests' runs may have left NodeAttacks in the namespace: only this run's count.
+        assert node_attacks_of(ready, f"{app}-dry") == []
         assert "shakeout_" not in nft_tables(target)
         status = wait_phase(ready, f"{app}-dry", TERMINAL)
         assert (status["phase"], status["attacks"][0]["state"]) == ("COMPLETED", "Simulated")
-        assert ready.get("nodeattacks", "-n", TEAM)["items"] == []
+        assert node_attacks_of(ready, f"{app}-dry") == []
         assert "shakeout_" not in nft_tables(target)
 
         # The same Experiment for real: the agent applies it where the dry run did not.
         real, _ = create_run(ready, app)
         eventually(lambda: "shakeout_" in nft_tables(target), what="the real run's blackhole")
-        assert ready.get("nodeattacks", "-n", TEAM)["items"]
+        assert node_attacks_of(ready, real)
         status = wait_phase(ready, real, TERMINAL)
         assert status["phase"] == "COMPLETED", status
     finally:

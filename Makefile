@@ -73,7 +73,7 @@ RELIABILITY_SUITE = tests/e2e/test_reliability.py tests/e2e/test_outage.py tests
 
 test-e2e: $(STAMP) controlplane prometheus host-tools ## tests on the real control plane (starts and stops the sandbox; the reliability suite apart)
 	mkdir -p $(REPORTS)
-	$(BIN)/pytest tests/e2e -q $(RELIABILITY_SUITE:%=--ignore=%) --junitxml=$(REPORTS)/e2e.xml
+	$(BIN)/pytest tests/e2e -q -m "not long" $(RELIABILITY_SUITE:%=--ignore=%) --junitxml=$(REPORTS)/e2e.xml
 
 .PHONY: report-tools
 report-tools: ## Chromium, the browser the HTML report's e2e test opens (installs the Debian package as root)
@@ -98,9 +98,10 @@ reliability: $(STAMP) controlplane host-tools ## the reliability suite at full c
 	  $(RELIABILITY_SUITE) tests/e2e/test_node_agents.py \
 	  --junitxml=$(REPORTS)/reliability.xml
 
-reliability-quick: $(STAMP) controlplane host-tools ## the reliability suite at its quick counts (about 5 minutes; not in make test)
+reliability-quick: $(STAMP) controlplane prometheus host-tools ## the reliability suite at its quick counts and the e2e tests marked long (about 8 minutes; not in make test)
 	mkdir -p $(REPORTS)
 	$(BIN)/pytest -q $(RELIABILITY_SUITE) --junitxml=$(REPORTS)/reliability-quick.xml
+	$(BIN)/pytest -q -m long tests/e2e --junitxml=$(REPORTS)/e2e-long.xml
 
 sandbox-up: $(STAMP) controlplane ## start the local control plane (and Prometheus when built); prints the admin kubeconfig
 	$(BIN)/shakeout sandbox up --no-build

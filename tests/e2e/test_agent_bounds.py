@@ -87,6 +87,9 @@ def epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
+# Long (a minute): the keeper's own notAfter is unit-tested, and agent loss with the
+# operator up is covered by test_node_agents.py in make test.
+@pytest.mark.long
 def test_a_node_fault_ends_at_its_not_after_with_the_operator_down(
     live_agent: NodeAgent, target: Netns, ready: Cluster, operator_down: Operator
 ) -> None:

@@ -40,9 +40,10 @@ from typing import Any
 import pytest
 
 from shakeout.sandbox.cluster import Sandbox, SandboxError
-from tests.e2e.agents import AGENT_NAMESPACE, AGENT_NODE, Netns, NodeAgent
+from tests.e2e.agents import AGENT_NAMESPACE, Netns, NodeAgent
 from tests.e2e.conftest import REPO, Cluster, eventually
 from tests.e2e.runs import TEAM, create_run, deployment, wait_phase
+from tests.e2e.test_node_agents import target_pod
 from tests.unit.test_docs import examples
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELED"}
@@ -294,6 +295,9 @@ def test_an_alert_check_fails_the_run_once_the_alert_fires(
     assert f'alertname="{rule}"' in found["lastMessage"]
 
 
+# Long (over a minute): degrade-and-recover is covered in make test by
+# test_check_semantics.py; this shows it on a PromQL check.
+@pytest.mark.long
 @pytest.mark.parametrize("recovers", [True, False], ids=["recovers", "stays-degraded"])
 def test_a_promql_check_allowed_to_degrade_must_recover_in_the_cool_down(
     ready: Cluster, workload: Workload, recovers: bool
@@ -439,23 +443,7 @@ def test_a_real_blackhole_on_the_workloads_pod_fails_the_run_on_its_metric(
             timeout=60,
             what=f"{job} scraped in its network namespace",
         )
-        ready.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": job,
-                    "namespace": TEAM,
-                    "labels": {"app": job},
-                    "annotations": {"shakeout.dev/netns": ns.name},
-                },
-                "spec": {"nodeName": AGENT_NODE, "containers": [{"name": "c", "image": "shop"}]},
-            }
-        )
-        eventually(
-            lambda: ready.get("pod", job, "-n", TEAM).get("status", {}).get("phase") == "Running",
-            what=f"pod {job} Running",
-        )
+        target_pod(ready, job, ns)  # a kwok pod whose network is that namespace
         check = {
             "type": "Prometheus",
             "prometheus": {"query": up, "comparison": "GreaterOrEqual", "threshold": 1},

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from shakeout.agent.node.locate import find_dir_named
+from shakeout.agent.node.locate import pod_component_matches
 from shakeout.sandbox import realnode
 from tests.e2e.conftest import Cluster, eventually
 from tests.real.installed.conftest import SYSTEM, get
@@ -236,18 +236,14 @@ CGROUP = "/sys/fs/cgroup"
 
 
 def pod_cgroup(uid: str, controller: str) -> str:
-    """The pod's cgroup directory of a v1 controller (or the v2 one): kubelet names it
-    pod<uid> (cgroupfs driver) or ...-pod<uid with _>.slice (systemd driver)."""
+    """The pod's cgroup directory of a v1 controller (or the v2 one), named as kubelet names
+    it with either cgroup driver (locate.pod_component_matches, the agent's own rule)."""
     base = os.path.join(CGROUP, controller)
     if not os.path.isdir(base):
         base = CGROUP  # cgroup v2: one hierarchy
-    for name in (f"pod{uid}", f"pod{uid.replace('-', '_')}"):
-        found = find_dir_named(base, name)
-        if found:
-            return found
     for root, dirs, _files in os.walk(base):
         for d in dirs:
-            if d.endswith(f"pod{uid.replace('-', '_')}.slice"):
+            if pod_component_matches(d, uid):
                 return os.path.join(root, d)
     raise AssertionError(f"no cgroup of pod {uid} under {base}")
 

@@ -92,8 +92,47 @@ def test_a_valid_experiment_is_stored_with_defaults(crds: Cluster, namespace: st
             "spec.attacks[0].type",
             "Unsupported value",
         ),
+        (
+            {
+                "attacks": [
+                    {"name": "a", "type": "PodDelete", "after": ["nope"]},
+                ]
+            },
+            "spec.attacks",
+            "may name only attacks listed before it",
+        ),
+        (
+            {
+                "attacks": [
+                    {"name": "a", "type": "PodDelete", "after": ["b"]},
+                    {"name": "b", "type": "PodDelete", "after": ["a"]},
+                ]
+            },
+            "spec.attacks",
+            "no unknown names, no cycles",
+        ),
+        (
+            {"allowedWindows": [{"name": "w", "startTime": "09:00"}]},
+            "spec.allowedWindows[0].endTime",
+            "give both startTime and endTime",
+        ),
+        (
+            {"allowedWindows": [{"name": "w", "days": ["Mon"]}, {"name": "w", "days": ["Tue"]}]},
+            "spec.allowedWindows",
+            "window names must be unique",
+        ),
+        (
+            {"allowedWindows": [{"name": "w", "startTime": "25:00", "endTime": "26:00"}]},
+            "spec.allowedWindows[0].startTime",
+            "should match",
+        ),
     ],
     ids=[
+        "after-unknown",
+        "after-cycle",
+        "window-half-open",
+        "window-twice",
+        "window-bad-time",
         "percent-150",
         "empty-selector",
         "limit-neither",

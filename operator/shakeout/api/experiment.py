@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, get_args
+from typing import Annotated, Any, ClassVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from shakeout.api.attacks import (
     CATALOGUE,
@@ -31,8 +31,13 @@ from shakeout.api.attacks import (
 )
 from shakeout.api.checks import StateCheck
 from shakeout.api.common import DNS_LABEL, Condition, LabelSelector, Model, Resource, cel
+from shakeout.api.windows import TimeWindow, unique_window_names
 
 MAX_DURATION_SECONDS = 24 * 3600
+AFTER_EARLIER_ONLY = (
+    "attacks[].after: may name only attacks listed before it in attacks (no unknown "
+    "names, no cycles)"
+)
 # A check that may degrade during the attacks must be probed in the cool-down to recover.
 DEGRADE_NEEDS_COOL_DOWN = (
     "coolDownSeconds: a state check with mayDegradeDuringAttacks recovers in the cool-down: "
@@ -108,8 +113,11 @@ def _type_description() -> str:
 # type's descriptor (api/attacks.py): the CEL rules of the CRD and Attack's validator are
 # both made from the catalogue, and the fields are checked against it on import. (A model's
 # docstring is its description in the CRD, hence a comment.)
+AttackName = Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)]
+
+
 class Attack(Model):
-    """One attack: what happens to the targets, for how long."""
+    """One attack: what happens to the targets, for how long, and when it starts."""
 
     model_config = ConfigDict(
         json_schema_extra={"x-kubernetes-validations": parameter_rules(PARAMETER_FIELDS)}
@@ -126,6 +134,33 @@ class Attack(Model):
         ge=1,
         le=MAX_DURATION_SECONDS,
         description="How long the attack runs before it is stopped and rolled back.",
+    )
+    start_after_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_DURATION_SECONDS,
+        description=(
+            "Seconds the attack waits before it starts: counted from ATTACKS_STARTED, or, "
+            "with `after`, from when the last of those attacks ended. 0 with no `after`: "
+            "it starts with the attacks (all such attacks start together)."
+        ),
+    )
+    after: list[AttackName] = Field(
+        default_factory=list,
+        max_length=15,
+        description=(
+            "Names of attacks listed before this one in `attacks`: this attack starts once "
+            "each of them has ended (rolled back or closed). Only earlier attacks may be "
+            "named, so the steps read top to bottom and cannot form a cycle."
+        ),
+    )
+    blast_radius: BlastRadius | None = Field(
+        default=None,
+        description=(
+            "This attack's own targets: a selector and limit over the pods of the run's "
+            "namespace. Unset: the Experiment's blastRadius. The cluster's caps apply to "
+            "the union of every attack's targets."
+        ),
     )
     pod_delete: PodDeleteParameters | None = _parameters(AttackType.POD_DELETE)
     scale_workload: ScaleWorkloadParameters | None = _parameters(AttackType.SCALE_WORKLOAD)
@@ -174,7 +209,7 @@ def _check_parameter_fields() -> None:
     """Each descriptor's parameters_field is an Attack field of its parameters_model (or
     None), and every parameter field of Attack belongs to a descriptor: a type added to the
     catalogue without its field, or a field without its descriptor, fails on import."""
-    fixed = {"name", "type", "duration_seconds"}
+    fixed = {"name", "type", "duration_seconds", "start_after_seconds", "after", "blast_radius"}
     declared = {
         d.parameters_field: {d.parameters_model, type(None)}
         for d in CATALOGUE.values()
@@ -238,6 +273,16 @@ class Schedule(Model):
         le=100,
         description="How many finished scheduled runs are kept; older ones are deleted.",
     )
+    max_wait_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_DURATION_SECONDS,
+        description=(
+            "A scheduled run that finds another run holding what it needs (the cluster's "
+            "or its namespace's turn, or one of its pods, nodes or workloads) waits for it "
+            "up to this long, then is recorded FAILED with the reason. 0: it fails at once."
+        ),
+    )
 
 
 class ExperimentSpec(Model):
@@ -251,6 +296,13 @@ class ExperimentSpec(Model):
                     "attack names must be unique",
                     fieldPath=".attacks",
                 ),
+                cel(
+                    "self.attacks.all(i, a, !has(a.after) || a.after.all(n, "
+                    "self.attacks.exists(j, b, j < i && b.name == n)))",
+                    AFTER_EARLIER_ONLY,
+                    fieldPath=".attacks",
+                ),
+                unique_window_names("allowedWindows"),
                 cel(
                     "self.attacks.filter(a, a.type == 'NetworkIsolation').size() <= 1",
                     "at most one NetworkIsolation attack (its direction can be Both)",
@@ -281,7 +333,11 @@ class ExperimentSpec(Model):
     attacks: list[Attack] = Field(
         min_length=1,
         max_length=16,
-        description="The attacks, started together when the warm-up ends.",
+        description=(
+            "The attacks. Each starts when the warm-up ends, unless it sets "
+            "startAfterSeconds or after (attack steps); ATTACKS_STOPPED is entered when the "
+            "last one has ended."
+        ),
     )
     state_checks: list[StateCheck] = Field(
         default_factory=list,
@@ -328,6 +384,16 @@ class ExperimentSpec(Model):
     schedule: Schedule | None = Field(
         default=None, description="Optional cron schedule that creates runs on its own."
     )
+    allowed_windows: list[TimeWindow] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "When runs of this Experiment may execute: a run must start inside one of "
+            "these windows (a manual run outside them is refused, a scheduled one is "
+            "recorded FAILED OutsideWindow). Empty: any time outside the cluster's "
+            "blackout windows."
+        ),
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentSpec:
@@ -337,6 +403,13 @@ class ExperimentSpec(Model):
         ):
             if len(set(names)) != len(names):
                 raise ValueError(f"{what} names must be unique")
+        names = [a.name for a in self.attacks]
+        for i, attack in enumerate(self.attacks):
+            if any(n not in names[:i] for n in attack.after):
+                raise ValueError(AFTER_EARLIER_ONLY + f": attack {attack.name}")
+        windows = [w.name for w in self.allowed_windows]
+        if len(set(windows)) != len(windows):
+            raise ValueError("allowedWindows: window names must be unique")
         if sum(a.type == AttackType.NETWORK_ISOLATION for a in self.attacks) > 1:
             raise ValueError("at most one NetworkIsolation attack (its direction can be Both)")
         if any(

@@ -12,6 +12,7 @@ from pydantic import ConfigDict, Field, StringConstraints, ValidationError, mode
 
 from shakeout.api.common import DNS_LABEL, Condition, Model, Resource, cel
 from shakeout.api.labels import CHANGED_AT, CHANGED_BY, CHANGED_GENERATION
+from shakeout.api.windows import TimeWindow, unique_window_names
 
 SWITCH_NAME = "default"
 
@@ -22,6 +23,13 @@ HISTORY_LENGTH = 20
 
 PROTECTED_LABEL = "shakeout.dev/protected"
 OPT_IN_LABEL = "shakeout.dev/chaos"
+
+
+class Concurrency(StrEnum):
+    """How many runs may execute at once."""
+
+    CLUSTER = "Cluster"  # one run in the whole cluster (the default)
+    NAMESPACE = "Namespace"  # one run per namespace
 
 
 class NamespaceMode(StrEnum):
@@ -148,6 +156,10 @@ class MetricChecks(Model):
 class ChaosSwitchSpec(Model):
     """Whether experimenting is enabled, and the cluster-wide safety rails."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [unique_window_names("blackoutWindows")]}
+    )
+
     enabled: bool = Field(
         description=(
             "true: runs may execute (Continue). false: every running run is canceled with "
@@ -184,6 +196,23 @@ class ChaosSwitchSpec(Model):
         ),
     )
 
+    concurrency: Concurrency = Field(
+        default=Concurrency.CLUSTER,
+        description=(
+            "Cluster (the default): one run executes in the whole cluster at a time. "
+            "Namespace: one run per namespace at a time. In either mode no two live runs "
+            "may hold the same pod, node or workload; Stop All stops every run."
+        ),
+    )
+    blackout_windows: list[TimeWindow] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "When no run may execute, cluster-wide (holidays, change freezes, peak hours): "
+            "a run is refused inside one, and a run still going when one begins is "
+            "canceled with rollback."
+        ),
+    )
     metric_checks: MetricChecks | None = Field(
         default=None,
         description=(
@@ -191,6 +220,13 @@ class ChaosSwitchSpec(Model):
             "none (such checks cannot be evaluated)."
         ),
     )
+
+    @model_validator(mode="after")
+    def _unique_windows(self) -> ChaosSwitchSpec:
+        names = [w.name for w in self.blackout_windows]
+        if len(set(names)) != len(names):
+            raise ValueError("blackoutWindows: window names must be unique")
+        return self
 
 
 class RunRef(Model):
@@ -347,7 +383,9 @@ def history_entry(body: Mapping[str, Any], now: datetime) -> SwitchHistoryEntry 
     else:
         flipped = status.get("lastChange")
         enabled_changed = not isinstance(flipped, Mapping) or flipped.get("enabled") != enabled
-        rails = sorted(k for k in spec if k != "enabled")
+        # Every rail set to other than its default (an unset list is not a rail set).
+        default = _normal_spec({"enabled": enabled})
+        rails = sorted(k for k in spec if k != "enabled" and spec.get(k) != default.get(k))
     try:
         after = ChaosSwitchSpec.model_validate(spec)
     except ValidationError:

@@ -73,6 +73,12 @@ class Reason(StrEnum):
     EXPERIMENT_INVALID = "ExperimentInvalid"
     EXPERIMENTING_DISABLED = "ExperimentingDisabled"
     ANOTHER_RUN_ACTIVE = "AnotherRunActive"
+    # Another live run holds one of this run's pods, nodes or workloads.
+    TARGETS_HELD = "TargetsHeld"
+    # Outside every allowedWindow of the Experiment, or inside a blackout window.
+    OUTSIDE_WINDOW = "OutsideWindow"
+    # A blackout window began while the run was going: canceled with rollback.
+    BLACKOUT_BEGAN = "BlackoutBegan"
     NO_TARGETS = "NoTargets"
     NAMESPACE_PROTECTED = "NamespaceProtected"
     OVER_TARGET_CAP = "OverTargetCap"

@@ -19,6 +19,7 @@ from tests.e2e.runs import (
     replicas,
     run_status,
     scale_experiment,
+    schedule_now,
     set_switch,
     wait_phase,
 )
@@ -276,19 +277,14 @@ def test_a_scheduled_run_while_disabled_is_recorded_failed_and_not_caught_up(
     deployment(ready, "cron1", replicas=1)
     scale_experiment(ready, "cron1", "cron1", to=0, duration=1)
     set_switch(ready, False)
-    ready.merge_patch(
-        "experiment",
-        "cron1",
-        json.dumps({"spec": {"schedule": {"cron": "* * * * *"}}}),
-        namespace=TEAM,
-    )
+    schedule_now(ready, "cron1")
 
     def scheduled() -> list[dict[str, object]]:
         return ready.get("experimentruns", "-n", TEAM, "-l", "shakeout.dev/experiment=cron1")[
             "items"
         ]
 
-    runs = eventually(scheduled, timeout=75, interval=1, what="a scheduled run")
+    runs = eventually(scheduled, timeout=20, interval=0.5, what="a scheduled run")
     name = runs[0]["metadata"]["name"]
     status = wait_phase(ready, name, {"FAILED", "COMPLETED", "CANCELED"}, timeout=20)
     assert (status["phase"], status["reason"]) == ("FAILED", "ExperimentingDisabled")

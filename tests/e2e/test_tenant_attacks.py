@@ -15,6 +15,7 @@ from tests.e2e.runs import (
     create_run,
     deployment,
     scale_experiment,
+    schedule_now,
     wait_phase,
 )
 
@@ -91,18 +92,13 @@ def test_a_hand_written_creator_is_not_trusted_without_the_mutating_webhook(
 def test_deleting_an_experiment_keeps_its_scheduled_runs(ready: Cluster) -> None:
     deployment(ready, "cron9", replicas=1)
     scale_experiment(ready, "cron9", "cron9", to=1, duration=1, min_ready=0)
-    ready.merge_patch(
-        "experiment",
-        "cron9",
-        json.dumps({"spec": {"schedule": {"cron": "* * * * *"}}}),
-        namespace=TEAM,
-    )
+    schedule_now(ready, "cron9")
 
     def scheduled() -> list[dict[str, Any]]:
         selector = "shakeout.dev/experiment=cron9"
         return list(ready.get("experimentruns", "-n", TEAM, "-l", selector)["items"])
 
-    runs = eventually(scheduled, timeout=75, interval=1, what="a scheduled run")
+    runs = eventually(scheduled, timeout=20, interval=0.5, what="a scheduled run")
     name = runs[0]["metadata"]["name"]
     assert "ownerReferences" not in runs[0]["metadata"]
     assert runs[0]["metadata"]["annotations"].get(STARTED_BY)  # the operator, recorded

@@ -49,6 +49,7 @@ from shakeout.engine.policies import (
     scale_cap_refusal,
 )
 from shakeout.engine.runs import Reason
+from shakeout.engine.steps import schedule_seconds
 from shakeout.engine.targets import Selection
 
 SHOWN_PROBLEMS = 3
@@ -119,6 +120,8 @@ class RunFacts:
     scheduled_target_nodes: tuple[str, ...] = ()
     # The control-plane nodes among them (read only when the spec has a NodeCordon).
     control_plane_nodes: frozenset[str] = frozenset()
+    # The attacks whose own blastRadius resolves to no pods (engine/steps.py).
+    attacks_without_targets: tuple[str, ...] = ()
 
     @property
     def experiment_ref(self) -> str:
@@ -204,10 +207,9 @@ def cluster_scope_allowed(facts: RunFacts) -> Refusal | None:
 
 
 def run_seconds(spec: ExperimentSpec) -> int:
-    """How long a run of the spec lasts at most: its warm-up, its longest attack (they start
-    together) and its cool-down."""
-    longest = max((a.duration_seconds for a in spec.attacks), default=0)
-    return spec.warm_up_seconds + longest + spec.cool_down_seconds
+    """How long a run of the spec lasts at most: its warm-up, its attack steps (the longest
+    chain of offsets and durations; with no steps, the longest attack) and its cool-down."""
+    return spec.warm_up_seconds + schedule_seconds(spec) + spec.cool_down_seconds
 
 
 def run_within_length(facts: RunFacts) -> Refusal | None:
@@ -220,7 +222,14 @@ def run_within_length(facts: RunFacts) -> Refusal | None:
 
 
 def blast_radius_has_targets(facts: RunFacts) -> Refusal | None:
-    """The blast radius resolves to at least one pod."""
+    """The blast radius resolves to at least one pod, and so does each attack's own."""
+    if facts.attacks_without_targets:
+        return Refusal(
+            Reason.NO_TARGETS,
+            f"the blast radius of attack(s) {', '.join(facts.attacks_without_targets)} of "
+            f"Experiment {facts.experiment_ref} resolves to no pods: check their "
+            "blastRadius.selector and limit against the labels of the pods",
+        )
     selection = facts.selection
     if selection is None or selection.targets:
         return None

@@ -22,6 +22,7 @@ from shakeout.attacks.registry import RunAttacks
 from shakeout.engine import attacks as lifecycle
 from shakeout.engine import checks, dryrun, ends
 from shakeout.engine import runs as engine
+from shakeout.engine import steps as step_schedule
 from shakeout.engine.preconditions import ATTACK_START, PICKUP, Refusal, evaluate
 from shakeout.engine.runs import Reason, Transition, is_terminal
 from shakeout.engine.targets import selector_to_string
@@ -273,8 +274,28 @@ class RunExecutor:
         due = lifecycle.next_due(self.status, now)
         if self.status.phase == Phase.ATTACKS_STARTED and due is not None:
             deadlines.append(due)
+        if (start := step_schedule.next_start(self.status, now)) is not None:
+            deadlines.append(start)  # the next attack step
         seconds = min([(d - now).total_seconds() for d in deadlines] + [MAX_IDLE])
         return max(0.05, seconds)
+
+    async def start_step(self, names: list[str]) -> None:
+        """Start the attacks of a later step (engine/steps.py), when nothing stops the run:
+        the preconditions once more (the caps over the union, the switch, the agents), then
+        journal, apply, record. A refusal fails the run and rolls back what started."""
+        self.checked_at = None  # the step's targets are resolved now, and checked
+        if (refusal := await self.attack_start_refusal()) is not None:
+            await self.transition(
+                Transition(Phase.FAILED, refusal.reason, refusal.message, rollback=True)
+            )
+            return
+        self.host.post_event(
+            "Normal", Reason.ATTACKS_STARTED, f"attack step started: {', '.join(names)}"
+        )
+        if (problem := await self.steps.apply(names)) is not None:
+            await self.transition(
+                Transition(Phase.FAILED, Reason.ATTACK_FAILED, problem, rollback=True)
+            )
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -328,6 +349,9 @@ class RunExecutor:
             attacks_finished=lifecycle.attacks_finished(self.status),
         )
         transition = engine.decide(observation)
+        if transition is None and (due := step_schedule.due_starts(self.status, clock.utcnow())):
+            await self.start_step(due)
+            return
         if transition is None:
             await self.journal.flush()
             with contextlib.suppress(TimeoutError):

@@ -23,11 +23,17 @@ from shakeout.api.switch import CONTROL_PLANE_LABELS
 from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.policies import NamespaceFacts
 from shakeout.engine.preconditions import RunFacts, WorkloadFacts, workload_key
+from shakeout.engine.steps import has_own_blast_radius
 from shakeout.engine.targets import Selection, select
 from shakeout.gather import agents
 from shakeout.gather.authz import may_run_in
 from shakeout.gather.switch import lock_holder, switch_spec
-from shakeout.gather.targets import SelectorError, attackable_pods, resolve_targets
+from shakeout.gather.targets import (
+    SelectorError,
+    attackable_pods,
+    resolve_attack_targets,
+    resolve_targets,
+)
 from shakeout.kube.client import Obj, Pod, api
 from shakeout.kube.errors import KubeError
 from shakeout.kube.resources import NODES, SELF_SUBJECT_REVIEWS
@@ -207,9 +213,16 @@ async def gather_run_facts(
     selection: Selection | None = None
     pods: list[Pod] = []
     selector_error = None
+    empty: tuple[str, ...] = ()
     if spec is not None:
         try:
-            if every_candidate:
+            if has_own_blast_radius(spec):
+                # Every attack's targets, the caps over their union (engine/steps.py).
+                resolved = await resolve_attack_targets(namespace, spec, run_uid)
+                selection = resolved.union
+                empty = tuple(n for n, (s, _) in resolved.by_attack.items() if not s.targets)
+                pods = resolved.candidates if every_candidate else resolved.pods
+            elif every_candidate:
                 pods = await attackable_pods(namespace, spec.blast_radius)
                 selection = select([p.name for p in pods], spec.blast_radius.limit, run_uid)
             else:
@@ -242,6 +255,7 @@ async def gather_run_facts(
         workloads=workloads,
         scheduled_target_nodes=tuple(sorted({n for p in pods if (n := p.scheduled_node)})),
         control_plane_nodes=control_plane,
+        attacks_without_targets=empty,
     )
     return facts, pods, switch, generation
 

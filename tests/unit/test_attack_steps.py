@@ -13,6 +13,9 @@ import pytest
 from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.run import AttackState, ExperimentRunStatus, Phase, TimelineEntry
 from shakeout.api.switch import ChaosSwitchSpec
+from shakeout.cli.reports.html_page import render_html
+from shakeout.cli.reports.junit import render_junit
+from shakeout.cli.reports.markdown import render_markdown
 from shakeout.engine import attacks as lifecycle
 from shakeout.engine import steps
 from shakeout.engine.policies import NamespaceFacts
@@ -41,6 +44,8 @@ from tests.unit.test_executor import (
     status_of,
     wait_for,
 )
+from tests.unit.test_reports import at as report_at
+from tests.unit.test_reports import full_run
 
 Obj = dict[str, Any]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -461,3 +466,55 @@ def test_the_pickup_refuses_an_attack_without_targets_before_the_caps() -> None:
     refusal = evaluate(PICKUP, facts)
     assert refusal is not None
     assert refusal.reason == Reason.NO_TARGETS
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def stepped_run() -> Obj:
+    """A completed run of three steps, listed out of order, the last never started."""
+
+    def attack(name: str, start: int | None, end: int | None, pods: list[str]) -> Obj:
+        return {
+            "name": name,
+            "type": "PodDelete",
+            "reversible": False,
+            "state": "Completed" if start is not None else "Skipped",
+            "appliedAt": report_at(start) if start is not None else None,
+            "endedAt": report_at(end) if end is not None else None,
+            "targetNames": pods,
+        }
+
+    return full_run(
+        attacks=[
+            attack("late", 16, 18, ["db-0"]),
+            attack("first", 10, 13, ["web-1", "web-2"]),
+            attack("never", None, None, []),
+        ]
+    )
+
+
+def test_the_markdown_timeline_lists_the_steps_in_the_order_they_started() -> None:
+    text = render_markdown(stepped_run())
+    table = text.split("Attacks over time:", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    cells = [[c.strip() for c in row.split("|")[1:-1]] for row in rows[1:]]
+    assert [(c[0], c[2], c[4]) for c in cells] == [
+        ("first", "+0 s", "web-1, web-2"),
+        ("late", "+6 s", "db-0"),
+    ]
+    assert cells[1][3] == report_at(18).replace("+00:00", "Z")
+
+
+def test_the_html_and_junit_reports_show_each_attacks_times_and_targets() -> None:
+    page = render_html(stepped_run())
+    steps_table = page.split('id="attack-steps"', 1)[1].split("</table>", 1)[0]
+    assert steps_table.index('data-attack-step="first"') < steps_table.index(
+        'data-attack-step="late"'
+    )
+    assert "never" not in steps_table
+    assert "+6 s" in steps_table
+    assert "db-0" in steps_table
+    junit = render_junit(stepped_run())
+    assert "targets: db-0" in junit
+    assert f"started {report_at(16).replace('+00:00', 'Z')}" in junit

@@ -518,3 +518,35 @@ def test_the_html_and_junit_reports_show_each_attacks_times_and_targets() -> Non
     junit = render_junit(stepped_run())
     assert "targets: db-0" in junit
     assert f"started {report_at(16).replace('+00:00', 'Z')}" in junit
+
+
+async def test_agents_are_needed_on_the_nodes_of_node_level_attacks_only(world: FakeApi) -> None:
+    """A PodDelete of its own pods on node-1 and a CpuStress of web's on node-1 and node-2:
+    the agents of the stress' nodes are needed, not those of every target."""
+    from shakeout.gather.facts import gather_run_facts
+
+    world.add_pod(NS, "web-3", {"app": "web"}, node="node-2")
+    world.add_pod(NS, "db-0", {"app": "db"}, node="node-3")
+    experiment = {
+        **PER_ATTACK,
+        "attacks": [
+            {"name": "stress", "type": "CpuStress", "durationSeconds": 1},
+            {
+                "name": "kill-db",
+                "type": "PodDelete",
+                "blastRadius": {"selector": {"matchLabels": {"app": "db"}}},
+            },
+        ],
+    }
+    world.add_experiment(NS, "exp", experiment)
+
+    facts, pods, _switch, _generation = await gather_run_facts(
+        NS, "exp", "uid-1", protected_namespaces=frozenset()
+    )
+
+    assert facts.target_nodes == ("node-1", "node-2")
+    assert facts.selection == Selection(
+        matched=5, targets=("db-0", "web-0", "web-1", "web-2", "web-3")
+    )
+    assert sorted(p.name for p in pods) == ["db-0", "web-0", "web-1", "web-2", "web-3"]
+    assert facts.attacks_without_targets == ()

@@ -214,6 +214,10 @@ async def gather_run_facts(
     pods: list[Pod] = []
     selector_error = None
     empty: tuple[str, ...] = ()
+    # The pods whose nodes need agents, and those whose nodes a NodeCordon takes: every
+    # target, unless attacks have their own blast radius (then those attacks' only).
+    agent_pods: list[Pod] | None = None
+    cordon_pods: list[Pod] | None = None
     if spec is not None:
         try:
             if has_own_blast_radius(spec):
@@ -222,6 +226,11 @@ async def gather_run_facts(
                 selection = resolved.union
                 empty = tuple(n for n, (s, _) in resolved.by_attack.items() if not s.targets)
                 pods = resolved.candidates if every_candidate else resolved.pods
+                if not every_candidate:
+                    agent_pods = resolved.pods_of(a.name for a in spec.attacks if a.node_level)
+                    cordon_pods = resolved.pods_of(
+                        a.name for a in spec.attacks if a.type == AttackType.NODE_CORDON
+                    )
             elif every_candidate:
                 pods = await attackable_pods(namespace, spec.blast_radius)
                 selection = select([p.name for p in pods], spec.blast_radius.limit, run_uid)
@@ -229,7 +238,8 @@ async def gather_run_facts(
                 selection, pods = await resolve_targets(namespace, spec, run_uid)
         except SelectorError as err:
             selector_error = str(err)
-    nodes = tuple(sorted({p.node for p in pods if p.node}))
+    nodes = tuple(sorted({p.node for p in (pods if agent_pods is None else agent_pods) if p.node}))
+    cordoned = pods if cordon_pods is None else cordon_pods
     cordons = spec is not None and any(a.type == AttackType.NODE_CORDON for a in spec.attacks)
     workloads, control_plane = await asyncio.gather(
         scaled_workloads(namespace, spec) if spec is not None else _empty(),
@@ -253,7 +263,7 @@ async def gather_run_facts(
         creator_is_member=member,
         lock_holder=holder,
         workloads=workloads,
-        scheduled_target_nodes=tuple(sorted({n for p in pods if (n := p.scheduled_node)})),
+        scheduled_target_nodes=tuple(sorted({n for p in cordoned if (n := p.scheduled_node)})),
         control_plane_nodes=control_plane,
         attacks_without_targets=empty,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from shakeout.api.experiment import BlastRadius, ExperimentSpec
@@ -156,6 +156,11 @@ class AttackTargets:
     pods: list[Pod]
     by_attack: dict[str, tuple[Selection, list[Pod]]]
     candidates: list[Pod] = field(default_factory=list)
+
+    def pods_of(self, names: Iterable[str]) -> list[Pod]:
+        """The target pods of the attacks `names`, each once, by name."""
+        pods = {p.name: p for n in names for p in self.by_attack[n][1]}
+        return [pods[n] for n in sorted(pods)]
 
 
 async def resolve_attack_targets(

@@ -5,6 +5,7 @@ the in-memory API server of test_executor (its clock SPEED times faster)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -550,3 +551,21 @@ async def test_agents_are_needed_on_the_nodes_of_node_level_attacks_only(world: 
     )
     assert sorted(p.name for p in pods) == ["db-0", "web-0", "web-1", "web-2", "web-3"]
     assert facts.attacks_without_targets == ()
+
+
+def test_max_run_seconds_counts_the_step_schedule_not_the_longest_attack() -> None:
+    """THREE_STEPS: its longest attack is 4 s, its steps 8 s; a cap of 6 s refuses it."""
+    facts = RunFacts(
+        namespace=NS,
+        experiment_name="exp",
+        namespace_facts=NamespaceFacts(NS, {}),
+        experiment=SPEC,
+        switch=ChaosSwitchSpec(enabled=True, max_run_seconds=6),
+        selection=Selection(matched=3, targets=("web-0",)),
+    )
+    refusal = evaluate(PICKUP, facts)
+    assert refusal is not None
+    assert refusal.reason == Reason.RUN_TOO_LONG
+    assert "would last 8 s" in refusal.message
+    roomy = replace(facts, switch=ChaosSwitchSpec(enabled=True, max_run_seconds=8))
+    assert evaluate(PICKUP, roomy) is None

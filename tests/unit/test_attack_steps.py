@@ -76,6 +76,24 @@ THREE_STEPS: Obj = {
 SPEC = ExperimentSpec.model_validate(THREE_STEPS)
 
 
+def stretched(experiment: Obj, factor: int) -> Obj:
+    """The experiment with every duration and offset `factor` times longer."""
+    attacks = []
+    for attack in experiment["attacks"]:
+        longer = {**attack, "durationSeconds": attack["durationSeconds"] * factor}
+        if "startAfterSeconds" in attack:
+            longer["startAfterSeconds"] = attack["startAfterSeconds"] * factor
+        attacks.append(longer)
+    return {**experiment, "attacks": attacks}
+
+
+# The runs' steps, five times longer (step-1 0-15 s, step-2 10-30 s, step-3 30-40 s of the
+# fast clock, 2 s of real time): a loaded machine may be late by LATE of the fast clock
+# (half a second of real time), never early.
+STEPS_RUN = stretched(THREE_STEPS, 5)
+LATE = 10.0
+
+
 def begun(spec: ExperimentSpec = SPEC, at: datetime = T0) -> ExperimentRunStatus:
     """A run that entered ATTACKS_STARTED at `at`, every attack PENDING."""
     status = initial_status(spec, at - timedelta(seconds=5), 1)
@@ -325,7 +343,7 @@ def seconds_after(status: Obj, time: str) -> float:
 
 
 async def test_steps_start_in_order_at_their_offsets(world: FakeApi) -> None:
-    executor, host = start(world, THREE_STEPS)
+    executor, host = start(world, STEPS_RUN)
 
     await drive(executor)
 
@@ -334,11 +352,11 @@ async def test_steps_start_in_order_at_their_offsets(world: FakeApi) -> None:
     attacks = attacks_of(world)
     offsets = {n: seconds_after(status, a["appliedAt"]) for n, a in attacks.items()}
     # The fast clock: one real loop turn is a second of it at most (MAX_IDLE 0.05 s).
-    assert 0 <= offsets["step-1"] < 1.5
-    assert 2 <= offsets["step-2"] < 3.5
+    assert 0 <= offsets["step-1"] < LATE
+    assert 10 <= offsets["step-2"] < 10 + LATE
     step2_end = seconds_after(status, attacks["step-2"]["endedAt"])
-    assert step2_end >= offsets["step-2"] + 4
-    assert step2_end <= offsets["step-3"] < step2_end + 1.5
+    assert step2_end >= offsets["step-2"] + 20
+    assert step2_end <= offsets["step-3"] < step2_end + LATE
     # ATTACKS_STOPPED once the last attack ended.
     stopped = next(e["time"] for e in status["timeline"] if e["phase"] == "ATTACKS_STOPPED")
     assert seconds_after(status, stopped) >= seconds_after(status, attacks["step-3"]["endedAt"])
@@ -346,11 +364,14 @@ async def test_steps_start_in_order_at_their_offsets(world: FakeApi) -> None:
     assert scale_writes(world) == [1, 3]
     # Each attack journaled its own targets.
     assert attacks["step-1"]["targetNames"] == ["web-0", "web-1", "web-2"]
+    # step-1 deleted every pod (nothing recreates them here): the later steps, resolved
+    # when they start, have no target, and start anyway (STEP_START).
+    assert attacks["step-3"]["targetNames"] == []
     assert ("Normal", "AttacksStarted") in [(e.type, e.reason) for e in host.events]
 
 
 async def test_a_cancel_between_steps_skips_the_pending_ones(world: FakeApi) -> None:
-    executor, host = start(world, THREE_STEPS)
+    executor, host = start(world, STEPS_RUN)
     task = asyncio.create_task(drive(executor))
     await wait_for(lambda: attacks_of(world).get("step-2", {}).get("state") == "Applied")
     host.cancel()
@@ -368,7 +389,7 @@ async def test_a_restart_between_steps_starts_the_pending_ones_when_due(world: F
     """The operator restarts after step 1 started: the journal has step-2 and step-3
     PENDING; the new executor starts them at their times, step 1 is not applied again."""
 
-    executor, _ = start(world, THREE_STEPS)
+    executor, _ = start(world, STEPS_RUN)
     task = asyncio.create_task(drive(executor))
     await wait_for(lambda: attacks_of(world).get("step-1", {}).get("state") == "Applied")
     task.cancel()
@@ -384,7 +405,7 @@ async def test_a_restart_between_steps_starts_the_pending_ones_when_due(world: F
 
 
 async def test_a_dry_run_simulates_each_step_at_its_time(world: FakeApi) -> None:
-    world.add_experiment(NS, "exp", THREE_STEPS)
+    world.add_experiment(NS, "exp", STEPS_RUN)
     world.add_run(NS, RUN, "exp", dry_run=True)
     await drive(RunExecutor(FakeHost(world, NS, RUN), StopSignal(), frozenset()))
 
@@ -392,7 +413,7 @@ async def test_a_dry_run_simulates_each_step_at_its_time(world: FakeApi) -> None
     assert status["phase"] == Phase.COMPLETED
     attacks = attacks_of(world)
     assert {a["state"] for a in attacks.values()} == {"Simulated"}
-    assert seconds_after(status, attacks["step-2"]["appliedAt"]) >= 2
+    assert seconds_after(status, attacks["step-2"]["appliedAt"]) >= 10
     assert seconds_after(status, attacks["step-3"]["appliedAt"]) >= seconds_after(
         status, attacks["step-2"]["endedAt"]
     )
@@ -569,3 +590,19 @@ def test_max_run_seconds_counts_the_step_schedule_not_the_longest_attack() -> No
     assert "would last 8 s" in refusal.message
     roomy = replace(facts, switch=ChaosSwitchSpec(enabled=True, max_run_seconds=8))
     assert evaluate(PICKUP, roomy) is None
+
+
+async def test_a_later_step_checks_the_preconditions_again(world: FakeApi) -> None:
+    """The caps lowered while step-1 runs: step-2 is refused before it starts, the run
+    fails with the precondition's reason, step-1's effects end and step-3 is skipped."""
+    executor, _ = start(world, stretched(THREE_STEPS, 20))  # step-2 at 2 s of real time
+    task = asyncio.create_task(drive(executor))
+    await wait_for(lambda: attacks_of(world).get("step-1", {}).get("state") == "Applied")
+    world.edit(SWITCHES, None, "default", {"spec": {"caps": {"maxTargets": 1}}})
+    await task
+
+    status = status_of(world)
+    assert (status["phase"], status["reason"]) == (Phase.FAILED, Reason.OVER_TARGET_CAP)
+    states = {n: a["state"] for n, a in attacks_of(world).items()}
+    assert states == {"step-1": "Completed", "step-2": "Skipped", "step-3": "Skipped"}
+    assert scale_writes(world) == []

@@ -425,6 +425,9 @@ ADMISSION = _all_but(creator_still_member)
 PICKUP = _all_but(no_other_run_holds_lock)
 # Just before the attacks start: the run executes its own snapshot of the Experiment.
 ATTACK_START = _all_but(no_other_run_holds_lock, experiment_found)
+# Before a later attack step (engine/steps.py): as before the first, but a blast radius
+# that takes no pod any more (an earlier step deleted them) starts that step on no target.
+STEP_START = _all_but(no_other_run_holds_lock, experiment_found, blast_radius_has_targets)
 # The Experiment's preview (engine/preview.py): what admission would say of a run created
 # now, but the lock, which changes with every run (the switch's status.activeRun shows it).
 PREVIEW = _all_but(creator_still_member, no_other_run_holds_lock)

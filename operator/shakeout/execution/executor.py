@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -23,7 +23,14 @@ from shakeout.engine import attacks as lifecycle
 from shakeout.engine import checks, dryrun, ends
 from shakeout.engine import runs as engine
 from shakeout.engine import steps as step_schedule
-from shakeout.engine.preconditions import ATTACK_START, PICKUP, Refusal, evaluate
+from shakeout.engine.preconditions import (
+    ATTACK_START,
+    PICKUP,
+    STEP_START,
+    Check,
+    Refusal,
+    evaluate,
+)
 from shakeout.engine.runs import Reason, Transition, is_terminal
 from shakeout.engine.targets import selector_to_string
 from shakeout.execution import clock, lock
@@ -204,7 +211,7 @@ class RunExecutor:
         self.in_background(self.update_experiment_last_run())
         return True
 
-    async def attack_start_refusal(self) -> Refusal | None:
+    async def attack_start_refusal(self, chain: Sequence[Check] = ATTACK_START) -> Refusal | None:
         """The preconditions again, just before the attacks start: a warm-up can last
         hours, and the switch, the rails, the caps and the agents must still hold. Not
         asked again when the pick-up checked them moments ago."""
@@ -219,7 +226,7 @@ class RunExecutor:
             creator=self.status.started_by,
             snapshot=self.journal.snapshot,
         )
-        return evaluate(ATTACK_START, facts)
+        return evaluate(chain, facts)
 
     # -- what the run observes -------------------------------------------------------------
 
@@ -284,7 +291,7 @@ class RunExecutor:
         the preconditions once more (the caps over the union, the switch, the agents), then
         journal, apply, record. A refusal fails the run and rolls back what started."""
         self.checked_at = None  # the step's targets are resolved now, and checked
-        if (refusal := await self.attack_start_refusal()) is not None:
+        if (refusal := await self.attack_start_refusal(STEP_START)) is not None:
             await self.transition(
                 Transition(Phase.FAILED, refusal.reason, refusal.message, rollback=True)
             )

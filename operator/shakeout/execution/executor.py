@@ -39,6 +39,7 @@ from shakeout.execution.journal import RunJournal
 from shakeout.execution.live_runs import StopSignal
 from shakeout.execution.records import RollbackRecord
 from shakeout.gather import agents
+from shakeout.gather import targets as gather_targets
 from shakeout.gather.checks import run_check
 from shakeout.gather.facts import gather_run_facts, recorded_user
 from shakeout.gather.switch import switch_enabled
@@ -290,7 +291,8 @@ class RunExecutor:
         """Start the attacks of a later step (engine/steps.py), when nothing stops the run:
         the preconditions once more (the caps over the union, the switch, the agents), then
         journal, apply, record. A refusal fails the run and rolls back what started."""
-        self.checked_at = None  # the step's targets are resolved now, and checked
+        self.checked_at = None  # the step's targets are resolved now, and checked:
+        gather_targets.RECENT.drop(self.namespace, self.uid)  # not an earlier step's
         if (refusal := await self.attack_start_refusal(STEP_START)) is not None:
             await self.transition(
                 Transition(Phase.FAILED, refusal.reason, refusal.message, rollback=True)

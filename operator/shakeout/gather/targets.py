@@ -120,6 +120,11 @@ class RecentResolutions:
             return None
         return kept[1], kept[2]
 
+    def drop(self, namespace: str, uid: str) -> None:
+        """Forget every resolution of the run: its next step resolves its targets anew."""
+        for key in [k for k in self._kept if k[:2] == (namespace, uid)]:
+            del self._kept[key]
+
     def __len__(self) -> int:
         return len(self._kept)
 

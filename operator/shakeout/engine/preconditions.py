@@ -26,6 +26,8 @@ made:
   hold. The run executes its own snapshot of the Experiment, so whether the Experiment
   still exists does not matter here; its selector must still be one the API server
   accepts.
+* `STEP_START`: before each later attack step (engine/steps.py), as ATTACK_START but for
+  the pods: a blast radius an earlier step emptied starts the step on no target.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ MAX_TARGET_NAMES = 20
 MAX_CHECK_SAMPLES = 60
 # Node agents a run may involve: node-level attacks on more nodes are refused.
 MAX_AGENT_NODES = 500
+# Each attack keeps at most this many of its own target names (the report lists targets
+# per attack): 16 attacks of 5 names of 253 characters stay near 20 KiB.
+MAX_ATTACK_TARGET_NAMES = 5
 
 
 class Phase(StrEnum):
@@ -161,6 +164,21 @@ class AttackResult(Model):
         description="When it was applied (in a dry run: when it would have been).",
     )
     rolled_back_at: datetime | None = Field(default=None, description="When it was rolled back.")
+    ended_at: datetime | None = Field(
+        default=None,
+        description=(
+            "When it ended: rolled back, closed (irreversible) or, in a dry run, its window "
+            "closed. Attacks that name it in `after` start from this time."
+        ),
+    )
+    target_names: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_ATTACK_TARGET_NAMES,
+        description=(
+            f"The first {MAX_ATTACK_TARGET_NAMES} of this attack's own target pods, sorted "
+            "(its own blastRadius, else the Experiment's), resolved when it started."
+        ),
+    )
     message: str | None = Field(default=None, max_length=1024, description="Details.")
 
 

@@ -190,9 +190,9 @@ class ChaosSwitchSpec(Model):
         ge=1,
         le=3 * 24 * 3600,
         description=(
-            "A run may last at most this long: its Experiment's warm-up, longest attack and "
-            "cool-down together (the run lock is held that long); unset: no cap beyond the "
-            "Experiment's own limits."
+            "A run may last at most this long: its Experiment's warm-up, attacks (the longest "
+            "chain of attack steps' offsets and durations) and cool-down together (the run lock "
+            "is held that long); unset: no cap beyond the Experiment's own limits."
         ),
     )
 

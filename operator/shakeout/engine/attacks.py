@@ -32,7 +32,13 @@ from enum import StrEnum
 from shakeout.api.common import ConditionStatus
 from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.labels import ConditionType
-from shakeout.api.run import AttackResult, AttackState, ExperimentRunStatus, Targets
+from shakeout.api.run import (
+    MAX_ATTACK_TARGET_NAMES,
+    AttackResult,
+    AttackState,
+    ExperimentRunStatus,
+    Targets,
+)
 from shakeout.engine.conditions import find, set_condition
 
 # Attacks that may still act on the cluster, or may be about to: a stop handles each one.
@@ -50,7 +56,18 @@ ROLLBACK_MAX_DELAY = 30.0
 MESSAGE_LIMIT = 1024
 # Fields that only the lifecycle sets: rollback data may set any other field of a result.
 _LIFECYCLE_FIELDS = frozenset(
-    {"name", "type", "reversible", "state", "targets", "applied_at", "rolled_back_at", "message"}
+    {
+        "name",
+        "type",
+        "reversible",
+        "state",
+        "targets",
+        "applied_at",
+        "rolled_back_at",
+        "ended_at",
+        "target_names",
+        "message",
+    }
 )
 
 
@@ -89,31 +106,56 @@ def pending(experiment: ExperimentSpec) -> list[AttackResult]:
 def begin_apply(
     status: ExperimentRunStatus,
     rollback_data: Mapping[str, Mapping[str, object]],
-    targets: Targets,
+    targets: Targets | None,
     agents: Sequence[str],
+    *,
+    names: Collection[str] | None = None,
+    attack_targets: Mapping[str, Sequence[str]] | None = None,
 ) -> ExperimentRunStatus:
     """The journal written before any attack is applied: every attack APPLYING with its
-    rollback data (say, `previous_replicas`), the targets, and the run's node agents
-    joined by `agents`.
+    rollback data (say, `previous_replicas`), the targets (None: as they are), and the
+    run's node agents joined by `agents`.
 
-    Attacks are applied once: a status with any attack past PENDING is refused.
+    names: the attacks of one step (engine/steps.py), each of them still PENDING; None:
+    every attack, and a status with any attack past PENDING is refused (attacks are
+    applied once). attack_targets: each attack's own target pod names (the first
+    MAX_ATTACK_TARGET_NAMES are kept, sorted).
     """
-    started = [r.name for r in status.attacks if r.state != AttackState.PENDING]
+    if names is None:
+        started = [r.name for r in status.attacks if r.state != AttackState.PENDING]
+        if started:
+            raise ValueError(f"attacks are applied once: {', '.join(started)} already started")
+        names = [r.name for r in status.attacks]
+    chosen = set(names)
+    new = status.model_copy(deep=True)
+    missing = chosen - {r.name for r in new.attacks}
+    if missing:
+        raise ValueError(f"the run has no attack {', '.join(sorted(missing))}")
+    started = [r.name for r in new.attacks if r.name in chosen and r.state != AttackState.PENDING]
     if started:
         raise ValueError(f"attacks are applied once: {', '.join(started)} already started")
-    new = status.model_copy(deep=True)
-    unknown = set(rollback_data) - {r.name for r in new.attacks}
+    unknown = set(rollback_data) - chosen
     if unknown:
         raise ValueError(f"rollback data for unknown attacks: {', '.join(sorted(unknown))}")
+    own = attack_targets or {}
     for i, result in enumerate(new.attacks):
+        if result.name not in chosen:
+            continue
         data = dict(rollback_data.get(result.name, {}))
         bad = (set(data) & _LIFECYCLE_FIELDS) | (set(data) - set(AttackResult.model_fields))
         if bad:
             raise ValueError(f"not rollback data of {result.name}: {', '.join(sorted(bad))}")
+        names_kept = sorted(own.get(result.name, ()))[:MAX_ATTACK_TARGET_NAMES]
         new.attacks[i] = AttackResult.model_validate(
-            {**result.model_dump(), **data, "state": AttackState.APPLYING}
+            {
+                **result.model_dump(),
+                **data,
+                "state": AttackState.APPLYING,
+                "target_names": names_kept,
+            }
         )
-    new.targets = targets.model_copy(deep=True)
+    if targets is not None:
+        new.targets = targets.model_copy(deep=True)
     new.agents = sorted({*new.agents, *agents})
     return new
 
@@ -122,17 +164,24 @@ def begin_simulation(
     status: ExperimentRunStatus,
     rollback_data: Mapping[str, Mapping[str, object]],
     plans: Mapping[str, str],
-    targets: Targets,
+    targets: Targets | None,
     agents: Sequence[str],
     *,
     now: datetime,
+    names: Collection[str] | None = None,
+    attack_targets: Mapping[str, Sequence[str]] | None = None,
 ) -> ExperimentRunStatus:
     """A dry run's journal at the start of its attacks: every attack SIMULATING from `now`
     (its window lasts its duration), with the rollback data a real run would journal
     (say, the nodes a cordon would take) and its plan, what it would do, as its message.
-    Nothing is applied, now or after a restart: SIMULATING is not an open state."""
-    new = begin_apply(status, rollback_data, targets, agents)
+    Nothing is applied, now or after a restart: SIMULATING is not an open state.
+    names, attack_targets: as for `begin_apply` (one step of the attacks)."""
+    new = begin_apply(
+        status, rollback_data, targets, agents, names=names, attack_targets=attack_targets
+    )
     for i, result in enumerate(new.attacks):
+        if result.state != AttackState.APPLYING:
+            continue
         new.attacks[i] = result.model_copy(
             update={
                 "state": AttackState.SIMULATING,
@@ -270,9 +319,14 @@ _STOPPED = {
 }
 
 
-def begin_stop(status: ExperimentRunStatus, action: StopAction) -> ExperimentRunStatus:
+def begin_stop(
+    status: ExperimentRunStatus, action: StopAction, now: datetime | None = None
+) -> ExperimentRunStatus:
     """The attack stopped as `action` says: SKIPPED, COMPLETED, or ROLLING_BACK (written
-    before the rollback is requested). The action must be the one that `stop_actions` or
+    before the rollback is requested). A closed or simulated attack has ended at `now`
+    (the attacks `after` it start from then); a rolled back one ends in `record_rollback`.
+
+    The action must be the one that `stop_actions` or
     `due_actions` gives for the attack: an irreversible attack is never rolled back and
     an attack that may have acted is never skipped."""
     i = _index(status, action.name, OPEN_STATES | {AttackState.FAILED, AttackState.SIMULATING})
@@ -281,6 +335,8 @@ def begin_stop(status: ExperimentRunStatus, action: StopAction) -> ExperimentRun
     expected = _stop_kind(status.attacks[i])
     if action.kind != expected:
         raise ValueError(f"attack {action.name} is stopped by {expected}, not {action.kind}")
+    if now is not None and action.kind in (StopKind.CLOSE, StopKind.END_SIMULATION):
+        return _update(status, i, state=_STOPPED[action.kind], ended_at=now)
     return _update(status, i, state=_STOPPED[action.kind])
 
 
@@ -292,7 +348,14 @@ def record_rollback(
     more, the RollbackPending condition says so."""
     i = _index(status, name, {AttackState.ROLLING_BACK})
     message = note[:MESSAGE_LIMIT] if note else status.attacks[i].message
-    new = _update(status, i, state=AttackState.ROLLED_BACK, rolled_back_at=now, message=message)
+    new = _update(
+        status,
+        i,
+        state=AttackState.ROLLED_BACK,
+        rolled_back_at=now,
+        ended_at=now,
+        message=message,
+    )
     pending = find(new.conditions, ConditionType.ROLLBACK_PENDING)
     still = [r.name for r in new.attacks if r.state == AttackState.ROLLING_BACK]
     if pending is not None and pending.status == ConditionStatus.TRUE and not still:

@@ -152,12 +152,12 @@ def cluster_scope_refusal(
 
 
 def run_length_refusal(seconds: int, switch: ChaosSwitchSpec) -> str | None:
-    """Why a run of this length (warm-up, longest attack, cool-down) is over the cap."""
+    """Why a run of this length (warm-up, attack steps, cool-down) is over the cap."""
     cap = switch.max_run_seconds
     if cap is None or seconds <= cap:
         return None
     return (
-        f"the run would last {seconds} s (warm-up, longest attack and cool-down), over the "
-        f"cluster-wide cap of {cap} s (ChaosSwitch default spec.maxRunSeconds): shorten "
-        "the Experiment's warmUpSeconds, durationSeconds or coolDownSeconds"
+        f"the run would last {seconds} s (warm-up, attacks and their steps, cool-down), over "
+        f"the cluster-wide cap of {cap} s (ChaosSwitch default spec.maxRunSeconds): shorten "
+        "the Experiment's warmUpSeconds, durationSeconds, startAfterSeconds or coolDownSeconds"
     )

@@ -26,6 +26,8 @@ made:
   hold. The run executes its own snapshot of the Experiment, so whether the Experiment
   still exists does not matter here; its selector must still be one the API server
   accepts.
+* `STEP_START`: before each later attack step (engine/steps.py), as ATTACK_START but for
+  the pods: a blast radius an earlier step emptied starts the step on no target.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from shakeout.engine.policies import (
     scale_cap_refusal,
 )
 from shakeout.engine.runs import Reason
+from shakeout.engine.steps import schedule_seconds
 from shakeout.engine.targets import Selection
 
 SHOWN_PROBLEMS = 3
@@ -119,6 +122,8 @@ class RunFacts:
     scheduled_target_nodes: tuple[str, ...] = ()
     # The control-plane nodes among them (read only when the spec has a NodeCordon).
     control_plane_nodes: frozenset[str] = frozenset()
+    # The attacks whose own blastRadius resolves to no pods (engine/steps.py).
+    attacks_without_targets: tuple[str, ...] = ()
 
     @property
     def experiment_ref(self) -> str:
@@ -204,10 +209,9 @@ def cluster_scope_allowed(facts: RunFacts) -> Refusal | None:
 
 
 def run_seconds(spec: ExperimentSpec) -> int:
-    """How long a run of the spec lasts at most: its warm-up, its longest attack (they start
-    together) and its cool-down."""
-    longest = max((a.duration_seconds for a in spec.attacks), default=0)
-    return spec.warm_up_seconds + longest + spec.cool_down_seconds
+    """How long a run of the spec lasts at most: its warm-up, its attack steps (the longest
+    chain of offsets and durations; with no steps, the longest attack) and its cool-down."""
+    return spec.warm_up_seconds + schedule_seconds(spec) + spec.cool_down_seconds
 
 
 def run_within_length(facts: RunFacts) -> Refusal | None:
@@ -220,7 +224,14 @@ def run_within_length(facts: RunFacts) -> Refusal | None:
 
 
 def blast_radius_has_targets(facts: RunFacts) -> Refusal | None:
-    """The blast radius resolves to at least one pod."""
+    """The blast radius resolves to at least one pod, and so does each attack's own."""
+    if facts.attacks_without_targets:
+        return Refusal(
+            Reason.NO_TARGETS,
+            f"the blast radius of attack(s) {', '.join(facts.attacks_without_targets)} of "
+            f"Experiment {facts.experiment_ref} resolves to no pods: check their "
+            "blastRadius.selector and limit against the labels of the pods",
+        )
     selection = facts.selection
     if selection is None or selection.targets:
         return None
@@ -416,6 +427,9 @@ ADMISSION = _all_but(creator_still_member)
 PICKUP = _all_but(no_other_run_holds_lock)
 # Just before the attacks start: the run executes its own snapshot of the Experiment.
 ATTACK_START = _all_but(no_other_run_holds_lock, experiment_found)
+# Before a later attack step (engine/steps.py): as before the first, but a blast radius
+# that takes no pod any more (an earlier step deleted them) starts that step on no target.
+STEP_START = _all_but(no_other_run_holds_lock, experiment_found, blast_radius_has_targets)
 # The Experiment's preview (engine/preview.py): what admission would say of a run created
 # now, but the lock, which changes with every run (the switch's status.activeRun shows it).
 PREVIEW = _all_but(creator_still_member, no_other_run_holds_lock)

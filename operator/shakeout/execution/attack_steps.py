@@ -4,17 +4,17 @@ each step's status is written before the cluster is touched, and its outcome aft
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from shakeout import metrics
 from shakeout.api.experiment import Attack
 from shakeout.attacks.registry import RunAttacks
 from shakeout.engine import attacks as lifecycle
-from shakeout.engine import dryrun
+from shakeout.engine import dryrun, steps
 from shakeout.execution import clock
 from shakeout.execution.journal import RunJournal
 from shakeout.gather import agents
-from shakeout.gather.targets import resolve_targets
+from shakeout.gather.targets import resolve_attack_targets
 from shakeout.kube.client import Pod
 
 
@@ -48,57 +48,87 @@ class AttackSteps:
         return lifecycle.ApplyOutcome(attack.name, targets=count)
 
     async def apply_all(self) -> str | None:
-        """Journal every attack as Applying (with its rollback data), then apply them.
-        Returns why the attacks could not even be prepared (nothing was applied then)."""
+        """Start the attacks due when the phase ATTACKS_STARTED is entered: every one with
+        no attack steps (engine/steps.py), else those with no offset and no `after`."""
+        spec = self.journal.snapshot
+        first = steps.first_starts(spec)
+        if not first:
+            # Every attack waits: the phase is written, the executor starts each when due.
+            await self.journal.write(self.journal.status)
+            return None
+        return await self.apply(None if len(first) == len(spec.attacks) else first)
+
+    async def apply(self, names: list[str] | None) -> str | None:
+        """Journal the attacks `names` (None: every attack) as Applying (with their
+        rollback data), then apply them. Returns why the attacks could not even be
+        prepared (nothing was applied then). Each attack's targets are resolved now: a
+        later step's when it starts."""
         journal, spec = self.journal, self.journal.snapshot
+        chosen = [a for a in spec.attacks if names is None or a.name in names]
         # The rollback data and the targets, read at once (the targets are the pick-up's
         # own when they are fresh: listing thousands of pods is most of the first fault).
-        targets = asyncio.create_task(resolve_targets(journal.namespace, spec, self.uid))
+        targets = asyncio.create_task(
+            resolve_attack_targets(journal.namespace, spec, self.uid, names)
+        )
 
-        async def target_pods() -> list[Pod]:
-            # For the attacks that journal what they will touch (a cordon's nodes).
-            return (await targets)[1]
+        def target_pods(name: str) -> Callable[[], Awaitable[list[Pod]]]:
+            async def pods() -> list[Pod]:
+                # For the attacks that journal what they will touch (a cordon's nodes).
+                return (await targets).by_attack[name][1]
+
+            return pods
 
         prepared = await asyncio.gather(
-            *(self.attacks.prepare(a, target_pods) for a in spec.attacks),
+            *(self.attacks.prepare(a, target_pods(a.name)) for a in chosen),
             return_exceptions=True,
         )
         rollback_data: dict[str, dict[str, object]] = {}
-        for attack, outcome in zip(spec.attacks, prepared, strict=True):
+        for attack, outcome in zip(chosen, prepared, strict=True):
             if isinstance(outcome, BaseException):
                 targets.cancel()
                 if not isinstance(outcome, Exception):
                     raise outcome
                 return f"attack {attack.name} could not be prepared: {outcome}"
             rollback_data[attack.name] = outcome
-        selection, pods = await targets
-        node_level = any(a.node_level for a in spec.attacks)
-        agent_nodes = [p.node for p in pods if p.node] if node_level else []
+        resolved = await targets
+        # Every attack at once: the run's targets as resolved now (as always). One step of
+        # them: the run's targets stay the pick-up's union; each attack journals its own.
+        summary = resolved.union.summary() if names is None else None
+        node_pods = [p for a in chosen if a.node_level for p in resolved.by_attack[a.name][1]]
+        agent_nodes = sorted({p.node for p in node_pods if p.node})
+        own = {a.name: [p.name for p in resolved.by_attack[a.name][1]] for a in chosen}
+        step = None if names is None else [a.name for a in chosen]
         if self.dry_run:
             # The journal of what each attack would do: the end of a dry run's attacks.
-            names = sorted(p.name for p in pods)
-            nodes = sorted({p.node for p in pods if p.node})
-            plans = {
-                a.name: dryrun.plan(a, names, nodes, rollback_data[a.name]) for a in spec.attacks
-            }
+            plans = {}
+            for a in chosen:
+                pods = resolved.by_attack[a.name][1]
+                pod_names = sorted(p.name for p in pods)
+                nodes = sorted({p.node for p in pods if p.node})
+                plans[a.name] = dryrun.plan(a, pod_names, nodes, rollback_data[a.name])
             await journal.write(
                 lifecycle.begin_simulation(
                     journal.status,
                     rollback_data,
                     plans,
-                    selection.summary(),
+                    summary,
                     agent_nodes,
                     now=clock.utcnow(),
+                    names=step,
+                    attack_targets=own,
                 )
             )
             return None
         status = lifecycle.begin_apply(
-            journal.status, rollback_data, selection.summary(), agent_nodes
+            journal.status, rollback_data, summary, agent_nodes, names=step, attack_targets=own
         )
-        if node_level:
-            self.agent_holders = agents.holders(status.agents)
+        if node_pods:
+            # A later step's new agents join; those already known keep their holder.
+            self.agent_holders = {**agents.holders(status.agents), **self.agent_holders}
         await journal.write(status)  # the journal: written before anything is touched
-        outcomes = await asyncio.gather(*(self.apply_one(a, pods) for a in spec.attacks))
+        outcomes = await asyncio.gather(
+            *(self.apply_one(a, resolved.by_attack[a.name][1]) for a in chosen)
+        )
         status, _ = lifecycle.record_applied(journal.status, outcomes, clock.utcnow())
         await journal.write(status)
         return None
@@ -107,7 +137,7 @@ class AttackSteps:
         """Stop one attack as the engine says, its rollback tried a few times in quick
         succession; False when the rollback is still pending (it stays RollingBack)."""
         journal = self.journal
-        await journal.write(lifecycle.begin_stop(journal.status, action))
+        await journal.write(lifecycle.begin_stop(journal.status, action, clock.utcnow()))
         if action.kind != lifecycle.StopKind.ROLL_BACK:
             return True
         for attempt in range(lifecycle.ROLLBACK_QUICK_ATTEMPTS):
@@ -166,7 +196,12 @@ class AttackSteps:
         if again and not stopping and not self.dry_run:
             # Re-applying a reversible attack is idempotent (each target's record is on
             # the target; a scale's rollback data is journaled).
-            _, pods = await resolve_targets(journal.namespace, journal.snapshot, self.uid)
-            outcomes = [await self.apply_one(journal.attack(name), pods) for name in again]
+            resolved = await resolve_attack_targets(
+                journal.namespace, journal.snapshot, self.uid, again
+            )
+            outcomes = [
+                await self.apply_one(journal.attack(name), resolved.by_attack[name][1])
+                for name in again
+            ]
             status, _ = lifecycle.record_applied(status, outcomes, clock.utcnow())
         await journal.write(status)

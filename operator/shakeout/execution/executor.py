@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -22,7 +22,15 @@ from shakeout.attacks.registry import RunAttacks
 from shakeout.engine import attacks as lifecycle
 from shakeout.engine import checks, dryrun, ends
 from shakeout.engine import runs as engine
-from shakeout.engine.preconditions import ATTACK_START, PICKUP, Refusal, evaluate
+from shakeout.engine import steps as step_schedule
+from shakeout.engine.preconditions import (
+    ATTACK_START,
+    PICKUP,
+    STEP_START,
+    Check,
+    Refusal,
+    evaluate,
+)
 from shakeout.engine.runs import Reason, Transition, is_terminal
 from shakeout.engine.targets import selector_to_string
 from shakeout.execution import clock, lock
@@ -31,6 +39,7 @@ from shakeout.execution.journal import RunJournal
 from shakeout.execution.live_runs import StopSignal
 from shakeout.execution.records import RollbackRecord
 from shakeout.gather import agents
+from shakeout.gather import targets as gather_targets
 from shakeout.gather.checks import run_check
 from shakeout.gather.facts import gather_run_facts, recorded_user
 from shakeout.gather.switch import switch_enabled
@@ -203,7 +212,7 @@ class RunExecutor:
         self.in_background(self.update_experiment_last_run())
         return True
 
-    async def attack_start_refusal(self) -> Refusal | None:
+    async def attack_start_refusal(self, chain: Sequence[Check] = ATTACK_START) -> Refusal | None:
         """The preconditions again, just before the attacks start: a warm-up can last
         hours, and the switch, the rails, the caps and the agents must still hold. Not
         asked again when the pick-up checked them moments ago."""
@@ -218,7 +227,7 @@ class RunExecutor:
             creator=self.status.started_by,
             snapshot=self.journal.snapshot,
         )
-        return evaluate(ATTACK_START, facts)
+        return evaluate(chain, facts)
 
     # -- what the run observes -------------------------------------------------------------
 
@@ -273,8 +282,29 @@ class RunExecutor:
         due = lifecycle.next_due(self.status, now)
         if self.status.phase == Phase.ATTACKS_STARTED and due is not None:
             deadlines.append(due)
+        if (start := step_schedule.next_start(self.status, now)) is not None:
+            deadlines.append(start)  # the next attack step
         seconds = min([(d - now).total_seconds() for d in deadlines] + [MAX_IDLE])
         return max(0.05, seconds)
+
+    async def start_step(self, names: list[str]) -> None:
+        """Start the attacks of a later step (engine/steps.py), when nothing stops the run:
+        the preconditions once more (the caps over the union, the switch, the agents), then
+        journal, apply, record. A refusal fails the run and rolls back what started."""
+        self.checked_at = None  # the step's targets are resolved now, and checked:
+        gather_targets.RECENT.drop(self.namespace, self.uid)  # not an earlier step's
+        if (refusal := await self.attack_start_refusal(STEP_START)) is not None:
+            await self.transition(
+                Transition(Phase.FAILED, refusal.reason, refusal.message, rollback=True)
+            )
+            return
+        self.host.post_event(
+            "Normal", Reason.ATTACKS_STARTED, f"attack step started: {', '.join(names)}"
+        )
+        if (problem := await self.steps.apply(names)) is not None:
+            await self.transition(
+                Transition(Phase.FAILED, Reason.ATTACK_FAILED, problem, rollback=True)
+            )
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -328,6 +358,9 @@ class RunExecutor:
             attacks_finished=lifecycle.attacks_finished(self.status),
         )
         transition = engine.decide(observation)
+        if transition is None and (due := step_schedule.due_starts(self.status, clock.utcnow())):
+            await self.start_step(due)
+            return
         if transition is None:
             await self.journal.flush()
             with contextlib.suppress(TimeoutError):

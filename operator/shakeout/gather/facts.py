@@ -23,11 +23,17 @@ from shakeout.api.switch import CONTROL_PLANE_LABELS
 from shakeout.engine.experiments import describe_validation_error
 from shakeout.engine.policies import NamespaceFacts
 from shakeout.engine.preconditions import RunFacts, WorkloadFacts, workload_key
+from shakeout.engine.steps import has_own_blast_radius
 from shakeout.engine.targets import Selection, select
 from shakeout.gather import agents
 from shakeout.gather.authz import may_run_in
 from shakeout.gather.switch import lock_holder, switch_spec
-from shakeout.gather.targets import SelectorError, attackable_pods, resolve_targets
+from shakeout.gather.targets import (
+    SelectorError,
+    attackable_pods,
+    resolve_attack_targets,
+    resolve_targets,
+)
 from shakeout.kube.client import Obj, Pod, api
 from shakeout.kube.errors import KubeError
 from shakeout.kube.resources import NODES, SELF_SUBJECT_REVIEWS
@@ -207,16 +213,33 @@ async def gather_run_facts(
     selection: Selection | None = None
     pods: list[Pod] = []
     selector_error = None
+    empty: tuple[str, ...] = ()
+    # The pods whose nodes need agents, and those whose nodes a NodeCordon takes: every
+    # target, unless attacks have their own blast radius (then those attacks' only).
+    agent_pods: list[Pod] | None = None
+    cordon_pods: list[Pod] | None = None
     if spec is not None:
         try:
-            if every_candidate:
+            if has_own_blast_radius(spec):
+                # Every attack's targets, the caps over their union (engine/steps.py).
+                resolved = await resolve_attack_targets(namespace, spec, run_uid)
+                selection = resolved.union
+                empty = tuple(n for n, (s, _) in resolved.by_attack.items() if not s.targets)
+                pods = resolved.candidates if every_candidate else resolved.pods
+                if not every_candidate:
+                    agent_pods = resolved.pods_of(a.name for a in spec.attacks if a.node_level)
+                    cordon_pods = resolved.pods_of(
+                        a.name for a in spec.attacks if a.type == AttackType.NODE_CORDON
+                    )
+            elif every_candidate:
                 pods = await attackable_pods(namespace, spec.blast_radius)
                 selection = select([p.name for p in pods], spec.blast_radius.limit, run_uid)
             else:
                 selection, pods = await resolve_targets(namespace, spec, run_uid)
         except SelectorError as err:
             selector_error = str(err)
-    nodes = tuple(sorted({p.node for p in pods if p.node}))
+    nodes = tuple(sorted({p.node for p in (pods if agent_pods is None else agent_pods) if p.node}))
+    cordoned = pods if cordon_pods is None else cordon_pods
     cordons = spec is not None and any(a.type == AttackType.NODE_CORDON for a in spec.attacks)
     workloads, control_plane = await asyncio.gather(
         scaled_workloads(namespace, spec) if spec is not None else _empty(),
@@ -240,8 +263,9 @@ async def gather_run_facts(
         creator_is_member=member,
         lock_holder=holder,
         workloads=workloads,
-        scheduled_target_nodes=tuple(sorted({n for p in pods if (n := p.scheduled_node)})),
+        scheduled_target_nodes=tuple(sorted({n for p in cordoned if (n := p.scheduled_node)})),
         control_plane_nodes=control_plane,
+        attacks_without_targets=empty,
     )
     return facts, pods, switch, generation
 

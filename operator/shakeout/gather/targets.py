@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 
 from shakeout.api.experiment import BlastRadius, ExperimentSpec
+from shakeout.engine import steps
 from shakeout.engine.targets import (
     ATTACKABLE_FIELDS,
     Selection,
@@ -116,6 +120,11 @@ class RecentResolutions:
             return None
         return kept[1], kept[2]
 
+    def drop(self, namespace: str, uid: str) -> None:
+        """Forget every resolution of the run: its next step resolves its targets anew."""
+        for key in [k for k in self._kept if k[:2] == (namespace, uid)]:
+            del self._kept[key]
+
     def __len__(self) -> int:
         return len(self._kept)
 
@@ -140,3 +149,55 @@ async def resolve_targets(
         resolved = await resolve_target_pods(namespace, spec.blast_radius, uid, detail)
     RECENT.keep(namespace, uid, spec.blast_radius, detail, resolved)
     return resolved
+
+
+@dataclass(frozen=True)
+class AttackTargets:
+    """The targets of a run's attacks (engine/steps.py): the union over every blast radius
+    (what the caps apply to), the target pods of that union, each attack's own pick and
+    pods, and every pod any blast radius can take (the preview's candidates)."""
+
+    union: Selection
+    pods: list[Pod]
+    by_attack: dict[str, tuple[Selection, list[Pod]]]
+    candidates: list[Pod] = field(default_factory=list)
+
+    def pods_of(self, names: Iterable[str]) -> list[Pod]:
+        """The target pods of the attacks `names`, each once, by name."""
+        pods = {p.name: p for n in names for p in self.by_attack[n][1]}
+        return [pods[n] for n in sorted(pods)]
+
+
+async def resolve_attack_targets(
+    namespace: str, spec: ExperimentSpec, uid: str, names: Collection[str] | None = None
+) -> AttackTargets:
+    """Each attack's targets now (of `names` only, when given). With no attack of its own
+    blast radius, one resolution serves every attack, as resolve_targets (the one kept
+    for the next step of the run); otherwise each distinct blast radius is listed once and
+    picked with the run's seed, so that a restart picks the same pods again."""
+    attacks = [a for a in spec.attacks if names is None or a.name in names]
+    if not steps.has_own_blast_radius(spec):
+        selection, pods = await resolve_targets(namespace, spec, uid)
+        shared = {a.name: (selection, pods) for a in attacks}
+        return AttackTargets(selection, pods, shared, pods)
+    detail = needs_detail(spec)
+    radii = {r.model_dump_json(): r for a in attacks if (r := steps.blast_radius_of(spec, a))}
+    listed = await asyncio.gather(
+        *(attackable_pods(namespace, radius, detail) for radius in radii.values())
+    )
+    picks: dict[str, tuple[Selection, list[Pod]]] = {}
+    candidates: dict[str, Pod] = {}
+    for (key, radius), live in zip(radii.items(), listed, strict=True):
+        selection = select([p.name for p in live], radius.limit, uid)
+        chosen = set(selection.targets)
+        picks[key] = (selection, [p for p in live if p.name in chosen])
+        candidates.update((p.name, p) for p in live)
+    by_attack = {a.name: picks[steps.blast_radius_of(spec, a).model_dump_json()] for a in attacks}
+    union = steps.union(candidates, (s for s, _ in picks.values()))
+    targets = {p.name: p for _, chosen_pods in picks.values() for p in chosen_pods}
+    return AttackTargets(
+        union,
+        [targets[n] for n in sorted(targets)],
+        by_attack,
+        [candidates[n] for n in sorted(candidates)],
+    )

@@ -78,6 +78,16 @@ class AttackFacts:
     result: AttackResult
     judgement: Judgement
 
+    @property
+    def started(self) -> datetime | None:
+        """When the attack started (a dry run: would have); None if it never did."""
+        return self.result.applied_at
+
+    @property
+    def ended(self) -> datetime | None:
+        """When it ended: rolled back, closed, or a dry run's window closed."""
+        return self.result.ended_at or self.result.rolled_back_at
+
 
 @dataclass(frozen=True)
 class RunFacts:
@@ -103,6 +113,18 @@ class RunFacts:
         if status is None or status.started_at is None or status.finished_at is None:
             return None
         return (status.finished_at - status.started_at).total_seconds()
+
+    def attack_offset(self, attack: AttackFacts) -> float | None:
+        """Seconds from ATTACKS_STARTED to the attack's start (its step's offset)."""
+        begun = self.phase_time(Phase.ATTACKS_STARTED)
+        if begun is None or attack.started is None:
+            return None
+        return (attack.started - begun).total_seconds()
+
+    def attack_steps(self) -> list[AttackFacts]:
+        """The attacks that started, in the order they started (the report's timeline)."""
+        started = [a for a in self.attacks if a.started is not None]
+        return sorted(started, key=lambda a: (a.started, a.result.name))
 
     def phase_time(self, phase: Phase) -> datetime | None:
         status = self.run.status

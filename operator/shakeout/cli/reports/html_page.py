@@ -153,7 +153,28 @@ def _timeline(run: RunFacts) -> str:
     )
     return (
         '<h2>Timeline</h2><table id="timeline"><tr><th>Phase</th><th>Entered</th>'
-        f"<th>Since the first</th></tr>{rows}</table>"
+        f"<th>Since the first</th></tr>{rows}</table>" + _attack_steps(run)
+    )
+
+
+def _attack_steps(run: RunFacts) -> str:
+    """When each attack started and ended, in the order they started, and its targets."""
+    started = run.attack_steps()
+    if not started:
+        return ""
+    rows = []
+    for attack in started:
+        offset = run.attack_offset(attack)
+        shown = "-" if offset is None else f"+{offset:.0f} s"
+        rows.append(
+            f'<tr data-attack-step="{esc(attack.result.name)}"><td>{esc(attack.result.name)}</td>'
+            f"<td>{_time(attack.started)}</td><td>{shown}</td><td>{_time(attack.ended)}</td>"
+            f"<td>{esc(', '.join(attack.result.target_names)) or '-'}</td></tr>"
+        )
+    return (
+        '<table id="attack-steps"><tr><th>Attack</th><th>Started</th>'
+        "<th>After the attacks started</th><th>Ended</th><th>Its targets (first)</th></tr>"
+        f"{''.join(rows)}</table>"
     )
 
 

@@ -62,6 +62,10 @@ def render_junit(obj: dict[str, Any]) -> str:
             else None
         )
         out = f"{a.type}, {'reversible' if a.reversible else 'cannot be rolled back'}, {a.state}"
+        if attack.started is not None:
+            out += f"; started {shown_time(attack.started)}, ended {shown_time(attack.ended)}"
+        if a.target_names:
+            out += f"; targets: {', '.join(a.target_names)}"
         cases.append(_case(suite_name, "attack", a.name, attack.judgement, seconds, system_out=out))
 
     def counted(verdict: Verdict) -> str:

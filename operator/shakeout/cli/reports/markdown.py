@@ -81,7 +81,31 @@ def _timeline(run: RunFacts) -> list[str]:
     rows = [
         [str(e.phase), _time(e.time), f"+{(e.time - first).total_seconds():.0f} s"] for e in entries
     ]
-    return ["", "## Timeline", "", *_table(["Phase", "Entered", "Since the first"], rows)]
+    lines = ["", "## Timeline", "", *_table(["Phase", "Entered", "Since the first"], rows)]
+    return lines + _attack_steps(run)
+
+
+def _attack_steps(run: RunFacts) -> list[str]:
+    """When each attack started and ended, in the order they started, and its targets."""
+    started = run.attack_steps()
+    if not started:
+        return []
+    rows = [
+        [
+            md(a.result.name),
+            _time(a.started),
+            _offset(run.attack_offset(a)),
+            _time(a.ended),
+            md(", ".join(a.result.target_names)) or "-",
+        ]
+        for a in started
+    ]
+    header = ["Attack", "Started", "After the attacks started", "Ended", "Its targets (first)"]
+    return ["", "Attacks over time:", "", *_table(header, rows)]
+
+
+def _offset(value: float | None) -> str:
+    return "-" if value is None else f"+{value:.0f} s"
 
 
 def _checks(run: RunFacts) -> list[str]:

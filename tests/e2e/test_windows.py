@@ -90,6 +90,15 @@ def test_a_blackout_refuses_a_manual_run_and_fails_a_scheduled_one(
         assert days_from_today(0)[0] in refused.stderr
         name = scheduled_run(ready, "windows-freeze")
         status = wait_phase(ready, name, TERMINAL, timeout=30)
+        # The switch's history records the change as the rail blackoutWindows.
+        generation = ready.get("chaosswitch", "default")["metadata"]["generation"]
+
+        def recorded() -> list[str] | None:
+            history = ready.get("chaosswitch", "default").get("status", {}).get("history", [])
+            entry = next((e for e in history if e.get("generation") == generation), None)
+            return entry["rails"] if entry else None
+
+        assert eventually(recorded, timeout=15, what="the change in history") == ["blackoutWindows"]
     assert (status["phase"], status["reason"]) == ("FAILED", "OutsideWindow")
     assert "blackout window freeze (" in status["message"]
     assert status.get("attacks", []) == []

@@ -173,6 +173,18 @@ def test_describe(win: TimeWindow, text: str) -> None:
         (BUSINESS, "2026-11-30T08:00:00", ["2026-12-01T08:00:00"], "a start at now is not next"),
         (FRIDAY_NIGHT, "2026-11-27T12:00:00", ["2026-11-27T22:00:00"], "the night's start"),
         (INTO_GAP, "2026-03-28T12:00:00", ["2026-03-29T01:00:00"], "the end of the gap"),
+        (
+            window("late-in-gap", timeZone="Europe/Berlin", startTime="02:47", endTime="04:00"),
+            "2026-03-28T12:00:00",
+            ["2026-03-29T01:00:00", "2026-03-30T00:47:00"],
+            "the end of the gap to the second, wherever in the gap the window opens",
+        ),
+        (
+            window("lord-howe", timeZone="Australia/Lord_Howe", startTime="02:07", endTime="04:00"),
+            "2026-10-03T00:00:00",
+            ["2026-10-03T15:30:00", "2026-10-04T15:07:00"],
+            "a half-hour change: 02:00 (+10:30) becomes 02:30 (+11:00)",
+        ),
         (IN_GAP, "2026-03-28T12:00:00", ["2026-03-30T00:00:00"], "the gap day has none"),
         (
             IN_GAP,

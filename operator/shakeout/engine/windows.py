@@ -133,9 +133,10 @@ def _first_at_or_after(wall: datetime, zone: ZoneInfo, fold: int) -> datetime:
             high = middle
         else:
             low = middle
-    # Offset changes fall on whole seconds: the first whole second at or after `high`.
+    # The change lies in (low, high], at most a second long; changes fall on whole
+    # seconds, so it is the whole second at or before `high`.
     whole = high.replace(microsecond=0)
-    return whole if whole == high else whole + timedelta(seconds=1)
+    return whole if whole > low else high
 
 
 def window_starts(window: TimeWindow, now: datetime, days: int = HORIZON_DAYS) -> list[datetime]:

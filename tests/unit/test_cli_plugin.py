@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import pytest
@@ -254,3 +255,34 @@ def test_preview_without_the_right_to_annotate_or_an_answer_shows_the_last_one(
     assert plugin.main(["preview", "exp", "--no-refresh", "-o", "json"]) == 0
     assert world.requests == []  # --no-refresh writes nothing
     assert json.loads(capsys.readouterr().out)["preview"]["matched"] == 2
+
+
+def test_status_shows_the_blackout_windows_the_one_in_force_and_the_next(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    windows = [
+        {"name": "xmas", "timeZone": "Europe/Berlin", "dates": ["2026-12-24", "2026-12-25"]},
+        {"name": "nights", "days": ["Fri"], "startTime": "22:00", "endTime": "06:00"},
+    ]
+    world.switch = {"spec": {"enabled": True, "blackoutWindows": windows}}
+    now = datetime(2026, 12, 24, 10, tzinfo=UTC)  # a Thursday, during xmas
+    data, human = plugin.blackout_status(world.switch, now)
+    assert data == {
+        "blackoutWindows": [
+            "xmas (2026-12-24, 2026-12-25, Europe/Berlin)",
+            "nights (Fri 22:00-06:00 UTC)",
+        ],
+        "blackoutInForce": "xmas",
+        "nextBlackout": {"window": "nights", "start": "2026-12-25T22:00:00+00:00"},
+    }
+    assert human.splitlines()[1:] == [
+        "blackouts:     xmas (2026-12-24, 2026-12-25, Europe/Berlin); nights (Fri 22:00-06:00 UTC)",
+        "in force now:  xmas: no run may execute",
+        "next blackout: nights at 2026-12-25 22:00 UTC",
+    ]
+    assert status_of(capsys)["blackoutWindows"] == data["blackoutWindows"]
+    world.switch = {"spec": {"enabled": True}}
+    assert plugin.blackout_status(world.switch, now) == (
+        {"blackoutWindows": [], "blackoutInForce": None, "nextBlackout": None},
+        "",
+    )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.run import MAX_AGENT_NODES, UserInfo
 from shakeout.api.switch import ChaosSwitchSpec, ClusterScopedAttacks, NamespaceMode, TargetCaps
+from shakeout.api.windows import TimeWindow
 from shakeout.engine.policies import NamespaceFacts
 from shakeout.engine.preconditions import (
     ADMISSION,
@@ -27,10 +29,12 @@ from shakeout.engine.preconditions import (
     evaluate,
     experiment_found,
     experiment_valid,
+    inside_allowed_window,
     irreversible_attacks,
     namespace_allowed,
     no_other_run_holds_lock,
     nodes_within_cap,
+    outside_blackout,
     run_seconds,
     run_within_length,
     scale_keeps_data,
@@ -99,6 +103,9 @@ def caps(**values: int) -> ChaosSwitchSpec:
 
 
 NODE_SPEC = spec(("kill", "PodDelete"), ("burn", "CpuStress"))
+XMAS = TimeWindow(name="xmas", dates=["2026-12-24", "2026-12-25"])
+XMAS_DAY = datetime(2026, 12, 24, 10, tzinfo=UTC)
+T_NOW = datetime(2026, 11, 30, 10, tzinfo=UTC)
 MANY_NODES = tuple(f"n{i:03d}" for i in range(MAX_AGENT_NODES + 1))
 
 # Every precondition holds.
@@ -145,6 +152,20 @@ CASES = [
         switch_enabled,
         Reason.EXPERIMENTING_DISABLED,
         ("Stop All", "spec.enabled: false", "kubectl shakeout continue"),
+    ),
+    Case(
+        "in-blackout",
+        {"switch": ChaosSwitchSpec(enabled=True, blackout_windows=[XMAS]), "now": XMAS_DAY},
+        outside_blackout,
+        Reason.OUTSIDE_WINDOW,
+        ("blackout window xmas (2026-12-24, 2026-12-25, UTC)", "spec.blackoutWindows"),
+    ),
+    Case(
+        "outside-allowed-windows",
+        {"experiment": NODE_SPEC.model_copy(update={"allowed_windows": [XMAS]}), "now": T_NOW},
+        inside_allowed_window,
+        Reason.OUTSIDE_WINDOW,
+        ("outside every allowed window of Experiment team-a/web: xmas (2026-12-24",),
     ),
     Case(
         "lock-held",
@@ -544,9 +565,11 @@ def test_what_each_chain_leaves_out() -> None:
     assert [c for c in CHECKS if c not in PICKUP] == [no_other_run_holds_lock]
     # At attack start the run executes its own snapshot: found, and valid unless the API
     # server refuses its selector now.
+    # Allowed windows gate a run's start only (a blackout still refuses).
     assert [c for c in CHECKS if c not in ATTACK_START] == [
         no_other_run_holds_lock,
         experiment_found,
+        inside_allowed_window,
     ]
 
 

@@ -11,6 +11,7 @@ import json
 import secrets
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -228,8 +229,38 @@ def _status(args: argparse.Namespace) -> int:
     )
     if change := status.get("lastChange"):
         human += f"\nlast flipped:  to {change['enabled']} by {change['by']} at {change['time']}"
+    blackouts, shown = blackout_status(switch, datetime.now(UTC))
+    data.update(blackouts)
+    human += shown
     _emit(data, args.output, human)
     return 0
+
+
+def blackout_status(switch: dict[str, Any] | None, now: datetime) -> tuple[dict[str, Any], str]:
+    """The switch's blackout windows for `status`: each described, the one in force now and
+    when the next begins (within a week); in words only when there are any."""
+    from shakeout.engine.windows import blackout_in_force, describe, next_blackout
+    from shakeout.gather.switch import blackout_windows_of
+
+    windows = blackout_windows_of(switch)
+    in_force = blackout_in_force(windows, now)
+    upcoming = next_blackout(windows, now)
+    described = [describe(w) for w in windows]
+    data: dict[str, Any] = {
+        "blackoutWindows": described,
+        "blackoutInForce": in_force.name if in_force is not None else None,
+        "nextBlackout": (
+            {"window": upcoming[1].name, "start": upcoming[0].isoformat()} if upcoming else None
+        ),
+    }
+    if not windows:
+        return data, ""
+    human = "\nblackouts:     " + "; ".join(described)
+    if in_force is not None:
+        human += f"\nin force now:  {in_force.name}: no run may execute"
+    if upcoming is not None:
+        human += f"\nnext blackout: {upcoming[1].name} at {upcoming[0]:%Y-%m-%d %H:%M} UTC"
+    return data, human
 
 
 def _preview(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ STOPPING_ENDS: dict[Reason, Phase] = {
     Reason.RUN_DELETED: Phase.CANCELED,
     Reason.STOPPED_ALL: Phase.CANCELED,
     Reason.CANCELED: Phase.CANCELED,
+    Reason.BLACKOUT_BEGAN: Phase.CANCELED,
     Reason.OPERATOR_SHUTDOWN: Phase.FAILED,
     Reason.ROLLBACK_FAILED: Phase.FAILED,
     Reason.ATTACK_FAILED: Phase.FAILED,

@@ -1,14 +1,15 @@
 """The preconditions of a run: one chain of small pure checks, evaluated at three points.
 
 A run may start only when experimenting is enabled (the ChaosSwitch named default exists
-with spec.enabled: true), no other run holds the cluster-wide lock, its Experiment exists
-and is valid, its namespace may be attacked, attacks whose effect reaches beyond the
-namespace are allowed for it, it lasts no longer than the cluster's cap, its blast radius
-resolves to at least one pod within the cluster-wide caps (the replicas a scale takes away
-and the nodes a cordon takes count too), no scale down deletes volumes unless it says so,
-the node agents of its targets' nodes can do its node-level attacks (on at most
-MAX_AGENT_NODES nodes), and whoever created it may still create runs in its namespace.
-A refused run is never attacked.
+with spec.enabled: true) and none of its blackout windows is in force, no other run holds
+the cluster-wide lock, its Experiment exists and is valid, it starts inside one of the
+Experiment's allowed windows (if it has any), its namespace may be attacked, attacks whose
+effect reaches beyond the namespace are allowed for it, it lasts no longer than the
+cluster's cap, its blast radius resolves to at least one pod within the cluster-wide caps
+(the replicas a scale takes away and the nodes a cordon takes count too), no scale down
+deletes volumes unless it says so, the node agents of its targets' nodes can do its
+node-level attacks (on at most MAX_AGENT_NODES nodes), and whoever created it may still
+create runs in its namespace. A refused run is never attacked.
 
 The facts are gathered once by I/O code elsewhere (`RunFacts`); each check looks at them
 and refuses with a reason and a message, or passes. The checks have one order
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from shakeout.api.attacks import AttackType
 from shakeout.api.experiment import ExperimentSpec
@@ -53,6 +55,7 @@ from shakeout.engine.policies import (
 from shakeout.engine.runs import Reason
 from shakeout.engine.steps import schedule_seconds
 from shakeout.engine.targets import Selection
+from shakeout.engine.windows import allowed_now, blackout_in_force, describe
 
 SHOWN_PROBLEMS = 3
 
@@ -94,6 +97,8 @@ class RunFacts:
     experiment_error: str | None = None
     # None: there is no ChaosSwitch named default.
     switch: ChaosSwitchSpec | None = None
+    # When the facts were gathered, for the time windows; None: windows are not checked.
+    now: datetime | None = None
     # The operator's own namespaces.
     protected_namespaces: frozenset[str] = frozenset()
     # The blast radius resolved to pods and targets; None if it was not resolved.
@@ -152,6 +157,37 @@ def switch_enabled(facts: RunFacts) -> Refusal | None:
         Reason.EXPERIMENTING_DISABLED,
         "experimenting is disabled (Stop All): ChaosSwitch default has spec.enabled: false; "
         "continue with kubectl shakeout continue",
+    )
+
+
+def outside_blackout(facts: RunFacts) -> Refusal | None:
+    """No run starts inside one of the switch's blackout windows (holidays, freezes)."""
+    if facts.switch is None or facts.now is None:
+        return None
+    blackout = blackout_in_force(facts.switch.blackout_windows, facts.now)
+    if blackout is None:
+        return None
+    return Refusal(
+        Reason.OUTSIDE_WINDOW,
+        f"the blackout window {describe(blackout)} of ChaosSwitch default is in force: no "
+        "run may start until it ends (a cluster admin sets spec.blackoutWindows)",
+    )
+
+
+def inside_allowed_window(facts: RunFacts) -> Refusal | None:
+    """A run starts only inside one of its Experiment's allowed windows, when it has any.
+    They gate the start only: a run that started inside one runs to its end."""
+    if facts.experiment is None or facts.now is None:
+        return None
+    windows = facts.experiment.allowed_windows
+    if allowed_now(windows, facts.now):
+        return None
+    listed = "; ".join(describe(w) for w in windows)
+    return Refusal(
+        Reason.OUTSIDE_WINDOW,
+        f"now ({facts.now.astimezone(UTC):%Y-%m-%d %H:%M} UTC) is outside every allowed "
+        f"window of Experiment {facts.experiment_ref}: {listed}; start the run inside one "
+        "(spec.allowedWindows)",
     )
 
 
@@ -398,9 +434,11 @@ def creator_still_member(facts: RunFacts) -> Refusal | None:
 CHECKS: tuple[Check, ...] = (
     switch_exists,
     switch_enabled,
+    outside_blackout,
     no_other_run_holds_lock,
     experiment_found,
     experiment_valid,
+    inside_allowed_window,
     namespace_allowed,
     cluster_scope_allowed,
     run_within_length,
@@ -425,11 +463,14 @@ ADMISSION = _all_but(creator_still_member)
 # When the operator picks a run up: the lock is then taken with a compare-and-swap (so it
 # is not checked here), and a scheduled run, never checked at creation, is checked in full.
 PICKUP = _all_but(no_other_run_holds_lock)
-# Just before the attacks start: the run executes its own snapshot of the Experiment.
-ATTACK_START = _all_but(no_other_run_holds_lock, experiment_found)
+# Just before the attacks start: the run executes its own snapshot of the Experiment, and
+# its allowed windows gated its start only (a blackout cancels it, see engine/runs.py).
+ATTACK_START = _all_but(no_other_run_holds_lock, experiment_found, inside_allowed_window)
 # Before a later attack step (engine/steps.py): as before the first, but a blast radius
 # that takes no pod any more (an earlier step deleted them) starts that step on no target.
-STEP_START = _all_but(no_other_run_holds_lock, experiment_found, blast_radius_has_targets)
+STEP_START = _all_but(
+    no_other_run_holds_lock, experiment_found, inside_allowed_window, blast_radius_has_targets
+)
 # The Experiment's preview (engine/preview.py): what admission would say of a run created
 # now, but the lock, which changes with every run (the switch's status.activeRun shows it).
 PREVIEW = _all_but(creator_still_member, no_other_run_holds_lock)

@@ -115,6 +115,8 @@ class Observation:
     experiment: ExperimentSpec
     cancel_requested: bool = False
     switch_enabled: bool = True
+    # The blackout window of the switch in force now, described (engine.windows.describe).
+    blackout: str | None = None
     deleting: bool = False
     shutting_down: bool = False
     # Nodes whose agents take part in the run and hold no live lease.
@@ -164,6 +166,14 @@ def _abort(obs: Observation) -> Transition | None:
         )
     if obs.cancel_requested:
         return Transition(Phase.CANCELED, Reason.CANCELED, "canceled by a user", rollback=True)
+    if obs.blackout is not None:
+        return Transition(
+            Phase.CANCELED,
+            Reason.BLACKOUT_BEGAN,
+            f"the blackout window {obs.blackout} of ChaosSwitch default began: the run was "
+            "canceled and its attacks rolled back",
+            rollback=True,
+        )
     if obs.shutting_down:
         return Transition(
             Phase.FAILED,

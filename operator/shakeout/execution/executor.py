@@ -33,6 +33,7 @@ from shakeout.engine.preconditions import (
 )
 from shakeout.engine.runs import Reason, Transition, is_terminal
 from shakeout.engine.targets import selector_to_string
+from shakeout.engine.windows import blackout_in_force, describe, next_blackout
 from shakeout.execution import clock, lock
 from shakeout.execution.attack_steps import AttackSteps
 from shakeout.execution.journal import RunJournal
@@ -42,7 +43,7 @@ from shakeout.gather import agents
 from shakeout.gather import targets as gather_targets
 from shakeout.gather.checks import run_check
 from shakeout.gather.facts import gather_run_facts, recorded_user
-from shakeout.gather.switch import switch_enabled
+from shakeout.gather.switch import blackout_windows, switch_enabled
 from shakeout.gather.targets import FRESH_TARGETS
 from shakeout.kube.client import api
 
@@ -99,6 +100,8 @@ class RunExecutor:
         # When the pick-up checked the preconditions (monotonic): a run that starts its
         # attacks moments later is not checked a second time.
         self.checked_at: float | None = None
+        # When the next blackout window begins (within a day): the idle wait ends then.
+        self.next_blackout: datetime | None = None
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -240,7 +243,17 @@ class RunExecutor:
             or self.host.shutting_down()
             or ends.pending_end(self.status) is not None
             or not await switch_enabled()
+            or await self.blackout(clock.utcnow()) is not None
         )
+
+    async def blackout(self, now: datetime) -> str | None:
+        """The switch's blackout window in force now, described, or None; notes when the
+        next one begins. From the watch's view of the switch: no request per step."""
+        windows = await blackout_windows()
+        upcoming = next_blackout(windows, now, days=1)
+        self.next_blackout = upcoming[0] if upcoming is not None else None
+        in_force = blackout_in_force(windows, now)
+        return describe(in_force) if in_force is not None else None
 
     async def run_checks(self, now: datetime, phase: Phase) -> None:
         """Probe the state checks that apply in `phase` and are due, and record what they
@@ -279,6 +292,8 @@ class RunExecutor:
 
     def idle_for(self, now: datetime) -> float:
         deadlines = list(self.next_check.values())
+        if self.next_blackout is not None:
+            deadlines.append(self.next_blackout)
         due = lifecycle.next_due(self.status, now)
         if self.status.phase == Phase.ATTACKS_STARTED and due is not None:
             deadlines.append(due)
@@ -342,13 +357,15 @@ class RunExecutor:
         assert self.status.phase is not None
         phase = Phase(self.status.phase)
         snapshot = self.journal.snapshot
+        looked = clock.utcnow()
         observation = engine.Observation(
-            now=clock.utcnow(),
+            now=looked,
             phase=phase,
             phase_entered=engine.phase_entered(self.status) or now,
             experiment=snapshot,
             cancel_requested=bool(self.host.body["spec"].get("cancel")),
             switch_enabled=await switch_enabled(),
+            blackout=await self.blackout(looked),
             deleting=self.host.deleting(),
             shutting_down=self.host.shutting_down(),
             checks=checks.assess(self.status, snapshot, phase),
@@ -417,7 +434,12 @@ class RunExecutor:
         if self.status.started_at and self.status.finished_at:
             seconds = (self.status.finished_at - self.status.started_at).total_seconds()
             metrics.RUN_DURATION.labels(transition.phase).observe(seconds)
-        if transition.reason in (Reason.CANCELED, Reason.STOPPED_ALL, Reason.RUN_DELETED):
+        if transition.reason in (
+            Reason.CANCELED,
+            Reason.STOPPED_ALL,
+            Reason.RUN_DELETED,
+            Reason.BLACKOUT_BEGAN,
+        ):
             metrics.stopped(self.uid, transition.reason)
 
     async def finish(self, transition: Transition) -> None:

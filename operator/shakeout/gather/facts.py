@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -253,6 +254,7 @@ async def gather_run_facts(
         experiment_found=found,
         experiment_error=error,
         switch=switch_spec(switch),
+        now=datetime.now(UTC),
         protected_namespaces=protected_namespaces,
         selection=selection,
         selector_error=selector_error,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from shakeout.api.switch import ChaosSwitchSpec
+from shakeout.api.windows import TimeWindow
 from shakeout.engine.runs import is_terminal
 from shakeout.gather.records import record_exists
 from shakeout.kube.client import Obj, api
@@ -19,6 +21,8 @@ class SwitchView:
 
     known: bool = False
     enabled: bool = False
+    # The switch's spec.blackoutWindows: every live run looks at them at each step.
+    blackout_windows: tuple[TimeWindow, ...] = ()
 
 
 SWITCH = SwitchView()
@@ -45,6 +49,18 @@ async def switch_enabled() -> bool:
     if SWITCH.known:
         return SWITCH.enabled
     return is_enabled(await api().get_switch())
+
+
+def blackout_windows_of(switch: Obj | None) -> tuple[TimeWindow, ...]:
+    spec = switch_spec(switch)
+    return tuple(spec.blackout_windows) if spec is not None else ()
+
+
+async def blackout_windows() -> Sequence[TimeWindow]:
+    """The switch's blackout windows: the watch's view, or a read before it arrived."""
+    if SWITCH.known:
+        return SWITCH.blackout_windows
+    return blackout_windows_of(await api().get_switch())
 
 
 def lock_ref(switch: Obj | None) -> dict[str, Any] | None:

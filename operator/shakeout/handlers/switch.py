@@ -10,8 +10,9 @@ import kopf
 
 from shakeout.api.common import GROUP, VERSION
 from shakeout.api.switch import HISTORY_LENGTH, SWITCH_NAME, describe_change, history_entry
+from shakeout.engine.windows import blackout_in_force
 from shakeout.execution.live_runs import LIVE_RUNS
-from shakeout.gather.switch import SWITCH, is_enabled
+from shakeout.gather.switch import SWITCH, blackout_windows_of, is_enabled
 from shakeout.kube.client import api, timestamp
 from shakeout.kube.errors import NotFound
 
@@ -26,9 +27,12 @@ async def switch_event(
         return
     enabled = type != "DELETED" and is_enabled(dict(body))
     changed = SWITCH.known and enabled != SWITCH.enabled
+    blackouts = blackout_windows_of(dict(body)) if type != "DELETED" else ()
+    changed = changed or (SWITCH.known and blackouts != SWITCH.blackout_windows)
     SWITCH.known, SWITCH.enabled = True, enabled
-    if not enabled:
-        LIVE_RUNS.stop_all()
+    SWITCH.blackout_windows = blackouts
+    if not enabled or blackout_in_force(blackouts, datetime.now(UTC)) is not None:
+        LIVE_RUNS.stop_all()  # a blackout in force cancels every live run, as Stop All does
     elif changed:
         LIVE_RUNS.wake_all()
     if type != "DELETED":

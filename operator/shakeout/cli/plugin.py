@@ -214,17 +214,25 @@ def _status(args: argparse.Namespace) -> int:
     enabled = is_enabled(switch)
     status = (switch or {}).get("status", {})
     active = status.get("activeRun")
+    # Every holder (Namespace mode: one per namespace); activeRun names the first.
+    holders = [h for h in status.get("activeRuns") or [] if isinstance(h, dict)]
+    shown = [f"{h.get('namespace')}/{h.get('name')}" for h in holders]
+    if active and f"{active['namespace']}/{active['name']}" not in shown:
+        shown.insert(0, f"{active['namespace']}/{active['name']}")
     data = {
         "switchExists": switch is not None,
         "enabled": enabled,
+        "concurrency": ((switch or {}).get("spec") or {}).get("concurrency", "Cluster"),
         "activeRun": active,
+        "activeRuns": holders,
         "lastChange": status.get("lastChange"),
     }
     human = (
         f"experimenting: {'enabled' if enabled else 'disabled'}"
         + ("" if switch else " (no ChaosSwitch 'default': disabled until one is created)")
-        + "\nactive run:    "
-        + (f"{active['namespace']}/{active['name']}" if active else "none")
+        + f"\nconcurrency:   {data['concurrency']}"
+        + ("\nactive run:    " if len(shown) < 2 else "\nactive runs:   ")
+        + (", ".join(shown) if shown else "none")
     )
     if change := status.get("lastChange"):
         human += f"\nlast flipped:  to {change['enabled']} by {change['by']} at {change['time']}"

@@ -1,12 +1,15 @@
-"""The cluster-wide run lock: a compare-and-swap on the ChaosSwitch's status.activeRun."""
+"""The run lock: a compare-and-swap on the ChaosSwitch's status.activeRuns (engine/
+concurrency.py decides who may execute beside whom; status.activeRun names the first)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shakeout.gather.switch import holder_alive, is_enabled, lock_ref
+from shakeout.engine.concurrency import Conflict, Holder, conflict, lock_status, released, taken
+from shakeout.gather.switch import held_runs, is_enabled, live_holders, switch_spec
 from shakeout.kube.client import Obj, api
-from shakeout.kube.errors import Conflict
+from shakeout.kube.errors import Conflict as WriteConflict
 
 ATTEMPTS = 20
 
@@ -16,49 +19,63 @@ class LockResult:
     acquired: bool
     holder: str = ""
     disabled: bool = False
+    # Why the turn was refused (a holder conflicts); None when acquired or disabled.
+    conflict: Conflict | None = None
 
 
-async def acquire(namespace: str, name: str, uid: str, prefetched: Obj | None = None) -> LockResult:
-    """Take the lock. Two runs racing both read the same resourceVersion; the API server
-    accepts only the first write carrying it, and the second gets a Conflict and reads
-    again, finding the lock held. A holder that is gone or finished is taken over."""
+async def acquire(
+    namespace: str,
+    name: str,
+    uid: str,
+    prefetched: Obj | None = None,
+    nodes: Sequence[str] = (),
+) -> LockResult:
+    """Take this run's turn, holding `nodes`. Two runs racing both read the same
+    resourceVersion; the API server accepts only the first write carrying it, and the
+    second gets a Conflict and reads again, finding the first among the holders. A holder
+    that is gone or finished is taken over (left out of what is written)."""
+    me = Holder(namespace, name, uid, tuple(sorted(set(nodes))))
     for attempt in range(ATTEMPTS):
         # The first read may come from the caller, who fetched it alongside other reads.
         switch = prefetched if attempt == 0 and prefetched else await api().get_switch()
-        if switch is None or not is_enabled(switch):
+        spec = switch_spec(switch)
+        if switch is None or spec is None or not is_enabled(switch):
             return LockResult(False, disabled=True)
-        holder = lock_ref(switch)
-        if holder and holder.get("uid") == uid:
-            return LockResult(True)
-        if holder and await holder_alive(holder):
-            return LockResult(False, holder=f"{holder.get('namespace')}/{holder['name']}")
+        live = await live_holders(switch, besides=uid)
+        if (found := conflict(spec.concurrency, me, live)) is not None:
+            return LockResult(False, holder=found.holder.ref, conflict=found)
+        already = [h for h in held_runs(switch) if h.uid == uid]
+        if already and already[0].nodes == me.nodes and len(live) + 1 == len(held_runs(switch)):
+            return LockResult(True)  # held already, as it is (nothing to take over)
         try:
             await api().patch_switch_status(
                 {
                     "metadata": {"resourceVersion": switch["metadata"]["resourceVersion"]},
-                    "status": {"activeRun": {"namespace": namespace, "name": name, "uid": uid}},
+                    "status": lock_status(taken(live, me)),
                 }
             )
-        except Conflict:
+        except WriteConflict:
             continue
         return LockResult(True)
     return LockResult(False, holder="(the lock is contended; try again)")
 
 
 async def release(uid: str) -> None:
-    """Give the lock back if this run holds it (CAS, so a newer holder is never cleared)."""
+    """Give this run's turn back if it holds one (CAS, so no other holder is lost)."""
     for _ in range(ATTEMPTS):
         switch = await api().get_switch()
-        holder = lock_ref(switch)
-        if switch is None or not holder or holder.get("uid") != uid:
+        if switch is None:
+            return
+        left = released(held_runs(switch), uid)
+        if left is None:
             return
         try:
             await api().patch_switch_status(
                 {
                     "metadata": {"resourceVersion": switch["metadata"]["resourceVersion"]},
-                    "status": {"activeRun": None},
+                    "status": lock_status(left),
                 }
             )
-        except Conflict:
+        except WriteConflict:
             continue
         return

@@ -274,3 +274,21 @@ def test_preview_without_the_right_to_annotate_or_an_answer_shows_the_last_one(
     assert plugin.main(["preview", "exp", "--no-refresh", "-o", "json"]) == 0
     assert world.requests == []  # --no-refresh writes nothing
     assert json.loads(capsys.readouterr().out)["preview"]["matched"] == 2
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "shown"),
+    [("Cluster", "held by team-b/r2"), ("Namespace", "Lock:          free")],
+)
+def test_preview_names_the_holder_only_when_it_keeps_the_namespaces_run_waiting(
+    world: World, capsys: pytest.CaptureFixture[str], concurrency: str, shown: str
+) -> None:
+    """In Namespace mode another team's run executes beside this namespace's: not shown."""
+    world.preview = PREVIEW
+    holder = {"namespace": "team-b", "name": "r2", "uid": "u2", "nodes": []}
+    world.switch = {
+        "spec": {"enabled": True, "concurrency": concurrency},
+        "status": {"activeRun": holder, "activeRuns": [holder]},
+    }
+    assert plugin.main(["preview", "exp", "-n", "team-a", "--no-refresh"]) == 0
+    assert shown in capsys.readouterr().out

@@ -240,6 +240,17 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _blocking_holder(switch: dict[str, Any] | None, namespace: str) -> dict[str, Any] | None:
+    """The run whose turn keeps a run of `namespace` from starting now: in Namespace mode a
+    holder of that namespace (runs of other namespaces execute beside it), else any."""
+    status = (switch or {}).get("status") or {}
+    if ((switch or {}).get("spec") or {}).get("concurrency") != "Namespace":
+        active: dict[str, Any] | None = status.get("activeRun")
+        return active
+    held = [*(status.get("activeRuns") or []), status.get("activeRun") or {}]
+    return next((h for h in held if h.get("namespace") == namespace), None)
+
+
 def _preview(args: argparse.Namespace) -> int:
     cluster = Cluster(args.namespace)
     name = args.experiment
@@ -263,7 +274,7 @@ def _preview(args: argparse.Namespace) -> int:
     else:
         note = "--no-refresh: the last preview the operator wrote"
     preview = (experiment.get("status") or {}).get("preview")
-    active = ((cluster.switch() or {}).get("status") or {}).get("activeRun")
+    active = _blocking_holder(cluster.switch(), cluster.namespace)
     data = {"preview": preview, "activeRun": active, "note": note}
     _emit(data, args.output, render(experiment, active, note))
     if preview is None:

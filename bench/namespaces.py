@@ -1,0 +1,246 @@
+"""Concurrency by namespace: many teams' runs at once, and Stop All over all of them.
+
+Usage: .venv/bin/python bench/namespaces.py [--namespaces N] [--targets N] [--rounds R]
+Starts its own sandbox and a real `shakeout operator`, with the ChaosSwitch's
+spec.concurrency: Namespace. Each of N namespaces holds a Deployment of --targets kwok
+pods and an Experiment that scales it to 0 (every pod a target). Measured, R rounds:
+
+  alone: one run by itself (namespace ns-0): run created -> its scale applied, and Stop
+    All -> its scale rolled back. The baseline, in the same sandbox and the same run.
+  together: N runs created at once, one per namespace: each run's created -> its scale
+    applied (time to first fault); then Stop All -> each run's scale rolled back, and
+    -> the last of them (every run's faults gone).
+
+Prints a Markdown table: p50/p99 of each figure and its ratio to the alone baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+
+from lifecycle import REPO, Watcher, kubectl, set_switch, start_operator
+from shakeout.sandbox.cluster import Sandbox
+from stats import pct
+
+GROUP, VERSION = "shakeout.dev", "v1alpha1"
+APP = "web"
+
+
+def objects(namespace: str, targets: int) -> list[dict[str, Any]]:
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": APP, "namespace": namespace},
+        "spec": {
+            "replicas": targets,
+            "selector": {"matchLabels": {"app": APP}},
+            "template": {
+                "metadata": {"labels": {"app": APP}},
+                "spec": {"containers": [{"name": "c", "image": "x"}]},
+            },
+        },
+    }
+    experiment = {
+        "apiVersion": "shakeout.dev/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": APP, "namespace": namespace},
+        "spec": {
+            "blastRadius": {"selector": {"matchLabels": {"app": APP}}},
+            "attacks": [
+                {
+                    "name": "scale",
+                    "type": "ScaleWorkload",
+                    "durationSeconds": 3600,
+                    "scaleWorkload": {
+                        "workload": {"kind": "Deployment", "name": APP},
+                        "replicas": 0,
+                    },
+                }
+            ],
+        },
+    }
+    return [deployment, experiment]
+
+
+def create_run(custom: client.CustomObjectsApi, namespace: str) -> tuple[str, float]:
+    """The run's name and when its create was sent."""
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ExperimentRun",
+        "metadata": {"generateName": f"{APP}-", "namespace": namespace},
+        "spec": {"experimentRef": {"name": APP}},
+    }
+    began = time.perf_counter()
+    created = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "experimentruns", body
+    )
+    return str(created["metadata"]["name"]), began
+
+
+def wait_each(
+    watcher: Watcher, namespaces: list[str], replicas: int, timeout: float = 120
+) -> dict[str, float]:
+    """When each namespace's Deployment was first seen with spec.replicas == `replicas`."""
+    seen: dict[str, float] = {}
+    deadline = time.perf_counter() + timeout
+    while len(seen) < len(namespaces):
+        at, body = watcher.events.get(timeout=max(0.01, deadline - time.perf_counter()))
+        namespace = body["metadata"]["namespace"]
+        if (
+            namespace in namespaces
+            and namespace not in seen
+            and body["spec"]["replicas"] == replicas
+        ):
+            seen[namespace] = at
+    return seen
+
+
+def wait_ready(apps: client.AppsV1Api, namespaces: list[str], targets: int) -> None:
+    """Every Deployment settled at `targets` ready pods (the last round's scale undone)."""
+    for namespace in namespaces:
+        while True:
+            d = apps.read_namespaced_deployment(APP, namespace)
+            s = d.status
+            if (
+                s.observed_generation == d.metadata.generation
+                and s.replicas == s.ready_replicas == targets
+                and not (s.unavailable_replicas or 0)
+            ):
+                break
+            time.sleep(0.2)
+
+
+def wait_idle(custom: client.CustomObjectsApi) -> None:
+    """No run holds a turn (every run of the last round ended)."""
+    while True:
+        switch = custom.get_cluster_custom_object(GROUP, VERSION, "chaosswitches", "default")
+        status = switch.get("status") or {}
+        if not status.get("activeRun") and not status.get("activeRuns"):
+            return
+        time.sleep(0.1)
+
+
+def one_round(
+    custom: client.CustomObjectsApi,
+    apps: client.AppsV1Api,
+    deployments: Watcher,
+    namespaces: list[str],
+    targets: int,
+) -> tuple[list[float], list[float], float]:
+    """The runs of `namespaces` at once: first fault per run, Stop All -> rolled back per run,
+    and Stop All -> the last rolled back."""
+    wait_idle(custom)
+    wait_ready(apps, namespaces, targets)
+    deployments.drain()
+    with ThreadPoolExecutor(len(namespaces)) as pool:
+        created = dict(
+            zip(namespaces, pool.map(lambda ns: create_run(custom, ns), namespaces), strict=True)
+        )
+    applied = wait_each(deployments, namespaces, 0)
+    first_fault = [applied[ns] - created[ns][1] for ns in namespaces]
+    time.sleep(0.3)
+    deployments.drain()
+    began = time.perf_counter()
+    set_switch(custom, False)
+    restored = wait_each(deployments, namespaces, targets)
+    stop_all = [restored[ns] - began for ns in namespaces]
+    set_switch(custom, True)
+    return first_fault, stop_all, max(stop_all)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--namespaces", type=int, default=10)
+    parser.add_argument("--targets", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    args, extra = parser.parse_known_args()
+    namespaces = [f"ns-{i}" for i in range(args.namespaces)]
+    with tempfile.TemporaryDirectory() as tmp:
+        box = Sandbox(Path(tmp) / "sandbox")
+        box.up(log=lambda _m: None)
+        operator = None
+        try:
+            config.load_kube_config(config_file=str(box.kubeconfig()))
+            apps, custom = client.AppsV1Api(), client.CustomObjectsApi()
+            kubectl(box, "apply", "-k", str(REPO / "deploy" / "crds"))
+            kubectl(box, "apply", "-k", str(REPO / "deploy" / "rbac"))
+            kubectl(box, "wait", "--for=condition=Established", "crd", "--all")
+            kubectl(box, "apply", "-k", str(REPO / "deploy" / "sandbox"))
+            for namespace in namespaces:
+                kubectl(box, "create", "namespace", namespace)
+                manifest = yaml.safe_dump_all(objects(namespace, args.targets))
+                kubectl(box, "apply", "-f", "-", stdin=manifest)
+            custom.patch_cluster_custom_object(
+                GROUP, VERSION, "chaosswitches", "default", {"spec": {"concurrency": "Namespace"}}
+            )
+            operator = start_operator(box, Path(tmp) / "operator.log", extra)
+            deployments = Watcher(
+                apps.list_deployment_for_all_namespaces, field_selector=f"metadata.name={APP}"
+            )
+            # One round of one run first, not counted: the operator's first calls open connections.
+            one_round(custom, apps, deployments, namespaces[:1], args.targets)
+            alone_fault: list[float] = []
+            alone_stop: list[float] = []
+            together_fault: list[float] = []
+            together_stop: list[float] = []
+            together_last: list[float] = []
+            for _ in range(args.rounds):
+                fault, stop, _last = one_round(
+                    custom, apps, deployments, namespaces[:1], args.targets
+                )
+                alone_fault += fault
+                alone_stop += stop
+                fault, stop, last = one_round(custom, apps, deployments, namespaces, args.targets)
+                together_fault += fault
+                together_stop += stop
+                together_last.append(last)
+        finally:
+            if operator is not None:
+                operator.terminate()
+                operator.wait(timeout=30)
+            box.down(log=lambda _m: None)
+
+    n, t = args.namespaces, args.targets
+    fault_floor = statistics.median(alone_fault)
+    stop_floor = statistics.median(alone_stop)
+    print(f"Namespace mode, {n} namespaces x {t} target pods, {args.rounds} rounds\n")
+    print("| figure | n | p50 | p99 | p50 / alone p50 |")
+    print("|---|---|---|---|---|")
+    for label, values, floor in (
+        ("alone: time to first fault (1 run, scale applied)", alone_fault, fault_floor),
+        (
+            f"together: time to first fault per run ({n} runs created at once)",
+            together_fault,
+            fault_floor,
+        ),
+        ("alone: Stop All -> its scale rolled back", alone_stop, stop_floor),
+        (
+            f"together: Stop All -> each run's scale rolled back ({n} runs)",
+            together_stop,
+            stop_floor,
+        ),
+        (
+            f"together: Stop All -> every run's faults gone (the last of {n})",
+            together_last,
+            stop_floor,
+        ),
+    ):
+        print(
+            f"| {label} | {len(values)} | {statistics.median(values) * 1000:.0f} ms "
+            f"| {pct(values, 0.99) * 1000:.0f} ms | {statistics.median(values) / floor:.1f}x |"
+        )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

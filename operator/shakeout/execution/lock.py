@@ -11,7 +11,10 @@ from shakeout.gather.switch import held_runs, is_enabled, live_holders, switch_s
 from shakeout.kube.client import Obj, api
 from shakeout.kube.errors import Conflict as WriteConflict
 
-ATTEMPTS = 20
+# Each lost compare-and-swap means another run's write went through: in Namespace mode as
+# many runs as namespaces may race for the list at once, each losing at most once per
+# winner.
+ATTEMPTS = 64
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,19 +106,32 @@ def wait_each(
     return seen
 
 
-def wait_ready(apps: client.AppsV1Api, namespaces: list[str], targets: int) -> None:
-    """Every Deployment settled at `targets` ready pods (the last round's scale undone)."""
+def wait_ready(
+    apps: client.AppsV1Api, core: client.CoreV1Api, namespaces: list[str], targets: int
+) -> None:
+    """Every Deployment settled at `targets` Running and Ready pods, none of them deleting
+    (the last round's scale undone: a run's blast radius takes only such pods)."""
     for namespace in namespaces:
         while True:
             d = apps.read_namespaced_deployment(APP, namespace)
             s = d.status
-            if (
+            settled = (
                 s.observed_generation == d.metadata.generation
                 and s.replicas == s.ready_replicas == targets
-                and not (s.unavailable_replicas or 0)
-            ):
+            )
+            if settled and attackable(core, namespace) == targets:
                 break
             time.sleep(0.2)
+
+
+def attackable(core: client.CoreV1Api, namespace: str) -> int:
+    return sum(
+        1
+        for p in core.list_namespaced_pod(namespace, label_selector=f"app={APP}").items
+        if not p.metadata.deletion_timestamp
+        and p.status.phase == "Running"
+        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+    )
 
 
 def wait_idle(custom: client.CustomObjectsApi) -> None:
@@ -130,32 +144,80 @@ def wait_idle(custom: client.CustomObjectsApi) -> None:
         time.sleep(0.1)
 
 
-def one_round(
-    custom: client.CustomObjectsApi,
-    apps: client.AppsV1Api,
-    deployments: Watcher,
-    namespaces: list[str],
-    targets: int,
-) -> tuple[list[float], list[float], float]:
-    """The runs of `namespaces` at once: first fault per run, Stop All -> rolled back per run,
-    and Stop All -> the last rolled back."""
-    wait_idle(custom)
-    wait_ready(apps, namespaces, targets)
-    deployments.drain()
+@dataclass
+class Apis:
+    custom: client.CustomObjectsApi
+    apps: client.AppsV1Api
+    core: client.CoreV1Api
+    # Every Deployment named APP, in every namespace.
+    deployments: Watcher
+
+
+@dataclass
+class Figures:
+    alone_fault: list[float] = field(default_factory=list)
+    alone_stop: list[float] = field(default_factory=list)
+    together_fault: list[float] = field(default_factory=list)
+    together_stop: list[float] = field(default_factory=list)
+    together_last: list[float] = field(default_factory=list)
+
+
+def one_round(apis: Apis, namespaces: list[str], targets: int) -> tuple[list[float], list[float]]:
+    """The runs of `namespaces` at once: first fault per run, and Stop All -> rolled back
+    per run."""
+    wait_idle(apis.custom)
+    wait_ready(apis.apps, apis.core, namespaces, targets)
+    apis.deployments.drain()
     with ThreadPoolExecutor(len(namespaces)) as pool:
-        created = dict(
-            zip(namespaces, pool.map(lambda ns: create_run(custom, ns), namespaces), strict=True)
-        )
-    applied = wait_each(deployments, namespaces, 0)
+        sent = pool.map(lambda ns: create_run(apis.custom, ns), namespaces)
+        created = dict(zip(namespaces, sent, strict=True))
+    applied = wait_each(apis.deployments, namespaces, 0)
     first_fault = [applied[ns] - created[ns][1] for ns in namespaces]
     time.sleep(0.3)
-    deployments.drain()
+    apis.deployments.drain()
     began = time.perf_counter()
-    set_switch(custom, False)
-    restored = wait_each(deployments, namespaces, targets)
-    stop_all = [restored[ns] - began for ns in namespaces]
-    set_switch(custom, True)
-    return first_fault, stop_all, max(stop_all)
+    set_switch(apis.custom, False)
+    restored = wait_each(apis.deployments, namespaces, targets)
+    set_switch(apis.custom, True)
+    return first_fault, [restored[ns] - began for ns in namespaces]
+
+
+def measure(box: Sandbox, log: Path, args: argparse.Namespace, extra: list[str]) -> Figures:
+    namespaces = [f"ns-{i}" for i in range(args.namespaces)]
+    config.load_kube_config(config_file=str(box.kubeconfig()))
+    custom = client.CustomObjectsApi()
+    for path in ("crds", "rbac"):
+        kubectl(box, "apply", "-k", str(REPO / "deploy" / path))
+    kubectl(box, "wait", "--for=condition=Established", "crd", "--all")
+    kubectl(box, "apply", "-k", str(REPO / "deploy" / "sandbox"))
+    for namespace in namespaces:
+        kubectl(box, "create", "namespace", namespace)
+        kubectl(box, "apply", "-f", "-", stdin=yaml.safe_dump_all(objects(namespace, args.targets)))
+    custom.patch_cluster_custom_object(
+        GROUP, VERSION, "chaosswitches", "default", {"spec": {"concurrency": "Namespace"}}
+    )
+    operator = start_operator(box, log, extra)
+    try:
+        apps = client.AppsV1Api()
+        watcher = Watcher(
+            apps.list_deployment_for_all_namespaces, field_selector=f"metadata.name={APP}"
+        )
+        apis = Apis(custom, apps, client.CoreV1Api(), watcher)
+        # One round of one run first, not counted: the operator's first calls open connections.
+        one_round(apis, namespaces[:1], args.targets)
+        figures = Figures()
+        for _ in range(args.rounds):
+            fault, stop = one_round(apis, namespaces[:1], args.targets)
+            figures.alone_fault += fault
+            figures.alone_stop += stop
+            fault, stop = one_round(apis, namespaces, args.targets)
+            figures.together_fault += fault
+            figures.together_stop += stop
+            figures.together_last.append(max(stop))
+        return figures
+    finally:
+        operator.terminate()
+        operator.wait(timeout=30)
 
 
 def main() -> None:
@@ -164,74 +226,35 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     args, extra = parser.parse_known_args()
-    namespaces = [f"ns-{i}" for i in range(args.namespaces)]
     with tempfile.TemporaryDirectory() as tmp:
         box = Sandbox(Path(tmp) / "sandbox")
         box.up(log=lambda _m: None)
-        operator = None
         try:
-            config.load_kube_config(config_file=str(box.kubeconfig()))
-            apps, custom = client.AppsV1Api(), client.CustomObjectsApi()
-            kubectl(box, "apply", "-k", str(REPO / "deploy" / "crds"))
-            kubectl(box, "apply", "-k", str(REPO / "deploy" / "rbac"))
-            kubectl(box, "wait", "--for=condition=Established", "crd", "--all")
-            kubectl(box, "apply", "-k", str(REPO / "deploy" / "sandbox"))
-            for namespace in namespaces:
-                kubectl(box, "create", "namespace", namespace)
-                manifest = yaml.safe_dump_all(objects(namespace, args.targets))
-                kubectl(box, "apply", "-f", "-", stdin=manifest)
-            custom.patch_cluster_custom_object(
-                GROUP, VERSION, "chaosswitches", "default", {"spec": {"concurrency": "Namespace"}}
-            )
-            operator = start_operator(box, Path(tmp) / "operator.log", extra)
-            deployments = Watcher(
-                apps.list_deployment_for_all_namespaces, field_selector=f"metadata.name={APP}"
-            )
-            # One round of one run first, not counted: the operator's first calls open connections.
-            one_round(custom, apps, deployments, namespaces[:1], args.targets)
-            alone_fault: list[float] = []
-            alone_stop: list[float] = []
-            together_fault: list[float] = []
-            together_stop: list[float] = []
-            together_last: list[float] = []
-            for _ in range(args.rounds):
-                fault, stop, _last = one_round(
-                    custom, apps, deployments, namespaces[:1], args.targets
-                )
-                alone_fault += fault
-                alone_stop += stop
-                fault, stop, last = one_round(custom, apps, deployments, namespaces, args.targets)
-                together_fault += fault
-                together_stop += stop
-                together_last.append(last)
+            f = measure(box, Path(tmp) / "operator.log", args, extra)
         finally:
-            if operator is not None:
-                operator.terminate()
-                operator.wait(timeout=30)
             box.down(log=lambda _m: None)
-
     n, t = args.namespaces, args.targets
-    fault_floor = statistics.median(alone_fault)
-    stop_floor = statistics.median(alone_stop)
+    fault_floor = statistics.median(f.alone_fault)
+    stop_floor = statistics.median(f.alone_stop)
     print(f"Namespace mode, {n} namespaces x {t} target pods, {args.rounds} rounds\n")
     print("| figure | n | p50 | p99 | p50 / alone p50 |")
     print("|---|---|---|---|---|")
     for label, values, floor in (
-        ("alone: time to first fault (1 run, scale applied)", alone_fault, fault_floor),
+        ("alone: time to first fault (1 run, scale applied)", f.alone_fault, fault_floor),
         (
             f"together: time to first fault per run ({n} runs created at once)",
-            together_fault,
+            f.together_fault,
             fault_floor,
         ),
-        ("alone: Stop All -> its scale rolled back", alone_stop, stop_floor),
+        ("alone: Stop All -> its scale rolled back", f.alone_stop, stop_floor),
         (
             f"together: Stop All -> each run's scale rolled back ({n} runs)",
-            together_stop,
+            f.together_stop,
             stop_floor,
         ),
         (
             f"together: Stop All -> every run's faults gone (the last of {n})",
-            together_last,
+            f.together_last,
             stop_floor,
         ),
     ):

@@ -211,3 +211,15 @@ def test_a_waiting_run_says_for_whom_and_ends_without_a_phase_in_between() -> No
     assert next(x for x in over.conditions if x.type == "Waiting").status == "False"
     assert over.reason is None
     assert c.stop_waiting(ExperimentRunStatus(), T0, 1) == ExperimentRunStatus()
+
+
+def test_only_the_holders_it_would_conflict_with_are_contenders() -> None:
+    same_ns, shared, apart = (
+        Holder("team-a", "r1", "u1"),
+        Holder("team-b", "r2", "u2", ("n2",)),
+        Holder("team-c", "r3", "u3", ("n9",)),
+    )
+    held = [same_ns, shared, apart]
+    assert c.contenders(Mode.NAMESPACE, ME, held) == [same_ns, shared]
+    assert c.contenders(Mode.CLUSTER, ME, held) == held
+    assert c.contenders(Mode.NAMESPACE, ME, [apart]) == []

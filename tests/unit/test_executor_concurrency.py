@@ -158,3 +158,15 @@ async def test_a_manual_run_never_waits_even_with_the_bound_set(fake: FakeApi) -
     status = status_of(fake)
     assert (status["phase"], status["reason"]) == (Phase.FAILED, Reason.ANOTHER_RUN_ACTIVE)
     assert not any(c["type"] == "Waiting" for c in status.get("conditions") or [])
+
+
+async def test_namespace_mode_takes_over_a_finished_holder_of_the_namespace(
+    fake: FakeApi,  # noqa: F811
+) -> None:
+    namespace_mode(fake)
+    other_holds(fake, NS)
+    fake.edit(RUNS, NS, "other", {"status": {"phase": "COMPLETED"}})
+    executor, _ = start(fake, spec(SCALE))
+    await drive(executor)
+    assert status_of(fake)["phase"] == Phase.COMPLETED
+    assert holders(fake) == []

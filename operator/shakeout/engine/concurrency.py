@@ -161,6 +161,12 @@ def conflict(mode: Concurrency, me: Holder, others: Iterable[Holder]) -> Conflic
     return None
 
 
+def contenders(mode: Concurrency, me: Holder, held: Iterable[Holder]) -> list[Holder]:
+    """The holders `me` would conflict with, were they alive: the only ones whose liveness
+    matters for its turn."""
+    return [h for h in held if conflict(mode, me, [h]) is not None]
+
+
 def taken(live: Sequence[Holder], me: Holder) -> list[Holder]:
     """The holders after `me` takes its turn: the live ones (dead holders are taken over),
     and `me` last (or in its place, with what it holds now)."""

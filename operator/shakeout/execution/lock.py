@@ -3,11 +3,20 @@ concurrency.py decides who may execute beside whom; status.activeRun names the f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shakeout.engine.concurrency import Conflict, Holder, conflict, lock_status, released, taken
-from shakeout.gather.switch import held_runs, is_enabled, live_holders, switch_spec
+from shakeout.engine.concurrency import (
+    Conflict,
+    Holder,
+    conflict,
+    contenders,
+    lock_status,
+    released,
+    taken,
+)
+from shakeout.gather.switch import held_runs, is_alive, is_enabled, switch_spec
 from shakeout.kube.client import Obj, api
 from shakeout.kube.errors import Conflict as WriteConflict
 
@@ -38,17 +47,26 @@ async def acquire(
     second gets a Conflict and reads again, finding the first among the holders. A holder
     that is gone or finished is taken over (left out of what is written)."""
     me = Holder(namespace, name, uid, tuple(sorted(set(nodes))))
+    alive: set[str] = set()
+    dead: set[str] = set()
     for attempt in range(ATTEMPTS):
         # The first read may come from the caller, who fetched it alongside other reads.
         switch = prefetched if attempt == 0 and prefetched else await api().get_switch()
         spec = switch_spec(switch)
         if switch is None or spec is None or not is_enabled(switch):
             return LockResult(False, disabled=True)
-        live = await live_holders(switch, besides=uid)
+        held = [h for h in held_runs(switch) if h.uid != uid]
+        # Only the holders it would conflict with are asked whether they are alive (one
+        # read each, remembered across attempts): in Namespace mode, usually none. A dead
+        # one is taken over; the others' entries are their own to give back.
+        rivals = [h for h in contenders(spec.concurrency, me, held) if h.uid not in alive]
+        for holder, ok in zip(rivals, await asyncio.gather(*map(is_alive, rivals)), strict=True):
+            (alive if ok else dead).add(holder.uid)
+        live = [h for h in held if h.uid not in dead]
         if (found := conflict(spec.concurrency, me, live)) is not None:
             return LockResult(False, holder=found.holder.ref, conflict=found)
         already = [h for h in held_runs(switch) if h.uid == uid]
-        if already and already[0].nodes == me.nodes and len(live) + 1 == len(held_runs(switch)):
+        if already and already[0].nodes == me.nodes and len(live) == len(held):
             return LockResult(True)  # held already, as it is (nothing to take over)
         try:
             await api().patch_switch_status(

@@ -68,9 +68,11 @@ async def live_holders(switch: Obj | None, besides: str | None = None) -> list[H
     """The holders that are alive (other than the run `besides`): read from the switch, not
     by listing every run; a dead holder is left out (its turn is taken over)."""
     held = [h for h in held_runs(switch) if not (besides and h.uid == besides)]
-    alive = await asyncio.gather(*(holder_alive(_ref(h)) for h in held))
+    alive = await asyncio.gather(*map(is_alive, held))
     return [h for h, ok in zip(held, alive, strict=True) if ok]
 
 
-def _ref(holder: Holder) -> dict[str, Any]:
-    return {"namespace": holder.namespace, "name": holder.name, "uid": holder.uid or None}
+async def is_alive(holder: Holder) -> bool:
+    """Whether a holder is alive (holder_alive)."""
+    ref = {"namespace": holder.namespace, "name": holder.name, "uid": holder.uid or None}
+    return await holder_alive(ref)

@@ -73,8 +73,9 @@ def objects(namespace: str, targets: int) -> list[dict[str, Any]]:
     return [deployment, experiment]
 
 
-def create_run(custom: client.CustomObjectsApi, namespace: str) -> tuple[str, float]:
-    """The run's name and when its create was sent."""
+def create_run(custom: client.CustomObjectsApi, namespace: str) -> tuple[str, float, float]:
+    """The run's name, when its create was sent and how long the create took (the
+    admission webhooks' part of the first fault)."""
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ExperimentRun",
@@ -85,7 +86,7 @@ def create_run(custom: client.CustomObjectsApi, namespace: str) -> tuple[str, fl
     created = custom.create_namespaced_custom_object(
         GROUP, VERSION, namespace, "experimentruns", body
     )
-    return str(created["metadata"]["name"]), began
+    return str(created["metadata"]["name"]), began, time.perf_counter() - began
 
 
 def wait_each(
@@ -160,11 +161,15 @@ class Figures:
     together_fault: list[float] = field(default_factory=list)
     together_stop: list[float] = field(default_factory=list)
     together_last: list[float] = field(default_factory=list)
+    alone_admitted: list[float] = field(default_factory=list)
+    together_admitted: list[float] = field(default_factory=list)
 
 
-def one_round(apis: Apis, namespaces: list[str], targets: int) -> tuple[list[float], list[float]]:
-    """The runs of `namespaces` at once: first fault per run, and Stop All -> rolled back
-    per run."""
+def one_round(
+    apis: Apis, namespaces: list[str], targets: int
+) -> tuple[list[float], list[float], list[float]]:
+    """The runs of `namespaces` at once: first fault per run, Stop All -> rolled back per
+    run, and each run's create (admitted)."""
     wait_idle(apis.custom)
     wait_ready(apis.apps, apis.core, namespaces, targets)
     apis.deployments.drain()
@@ -179,7 +184,8 @@ def one_round(apis: Apis, namespaces: list[str], targets: int) -> tuple[list[flo
     set_switch(apis.custom, False)
     restored = wait_each(apis.deployments, namespaces, targets)
     set_switch(apis.custom, True)
-    return first_fault, [restored[ns] - began for ns in namespaces]
+    admitted = [created[ns][2] for ns in namespaces]
+    return first_fault, [restored[ns] - began for ns in namespaces], admitted
 
 
 def measure(box: Sandbox, log: Path, args: argparse.Namespace, extra: list[str]) -> Figures:
@@ -198,26 +204,34 @@ def measure(box: Sandbox, log: Path, args: argparse.Namespace, extra: list[str])
     )
     operator = start_operator(box, log, extra)
     try:
-        apps = client.AppsV1Api()
-        watcher = Watcher(
-            apps.list_deployment_for_all_namespaces, field_selector=f"metadata.name={APP}"
-        )
-        apis = Apis(custom, apps, client.CoreV1Api(), watcher)
-        # One round of one run first, not counted: the operator's first calls open connections.
-        one_round(apis, namespaces[:1], args.targets)
-        figures = Figures()
-        for _ in range(args.rounds):
-            fault, stop = one_round(apis, namespaces[:1], args.targets)
-            figures.alone_fault += fault
-            figures.alone_stop += stop
-            fault, stop = one_round(apis, namespaces, args.targets)
-            figures.together_fault += fault
-            figures.together_stop += stop
-            figures.together_last.append(max(stop))
-        return figures
+        return rounds(args, namespaces, custom)
     finally:
         operator.terminate()
         operator.wait(timeout=30)
+        if args.keep_log:
+            args.keep_log.write_bytes(log.read_bytes())
+
+
+def rounds(args: argparse.Namespace, namespaces: list[str], custom: Any) -> Figures:
+    apps = client.AppsV1Api()
+    watcher = Watcher(
+        apps.list_deployment_for_all_namespaces, field_selector=f"metadata.name={APP}"
+    )
+    apis = Apis(custom, apps, client.CoreV1Api(), watcher)
+    # One round of one run first, not counted: the operator's first calls open connections.
+    one_round(apis, namespaces[:1], args.targets)
+    figures = Figures()
+    for _ in range(args.rounds):
+        fault, stop, admitted = one_round(apis, namespaces[:1], args.targets)
+        figures.alone_fault += fault
+        figures.alone_stop += stop
+        figures.alone_admitted += admitted
+        fault, stop, admitted = one_round(apis, namespaces, args.targets)
+        figures.together_admitted += admitted
+        figures.together_fault += fault
+        figures.together_stop += stop
+        figures.together_last.append(max(stop))
+    return figures
 
 
 def main() -> None:
@@ -225,6 +239,7 @@ def main() -> None:
     parser.add_argument("--namespaces", type=int, default=10)
     parser.add_argument("--targets", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep-log", type=Path, help="copy the operator's log here")
     args, extra = parser.parse_known_args()
     with tempfile.TemporaryDirectory() as tmp:
         box = Sandbox(Path(tmp) / "sandbox")
@@ -236,6 +251,7 @@ def main() -> None:
     n, t = args.namespaces, args.targets
     fault_floor = statistics.median(f.alone_fault)
     stop_floor = statistics.median(f.alone_stop)
+    admitted_floor = statistics.median(f.alone_admitted)
     print(f"Namespace mode, {n} namespaces x {t} target pods, {args.rounds} rounds\n")
     print("| figure | n | p50 | p99 | p50 / alone p50 |")
     print("|---|---|---|---|---|")
@@ -246,6 +262,8 @@ def main() -> None:
             f.together_fault,
             fault_floor,
         ),
+        ("alone: the create admitted (webhooks)", f.alone_admitted, admitted_floor),
+        (f"together: each create admitted ({n} at once)", f.together_admitted, admitted_floor),
         ("alone: Stop All -> its scale rolled back", f.alone_stop, stop_floor),
         (
             f"together: Stop All -> each run's scale rolled back ({n} runs)",

@@ -137,6 +137,7 @@ bench: $(STAMP) controlplane ## quick benchmarks of docs/benchmarks.md (about 15
 	$(BIN)/python bench/sandbox_start.py 5
 	$(BIN)/python bench/lifecycle.py 30 100
 	$(BIN)/python bench/scale.py --pods-a 1000 --pods-b 1000 --targets 1 100 1000 --repeat 3
+	$(BIN)/python bench/namespaces.py --namespaces 10 --targets 100 --rounds 3
 	$(BIN)/python bench/footprint.py --experiments 100 --pods 1000 --minutes 3
 
 bench-full: $(STAMP) controlplane ## the long benchmarks: 6,000 and 5,000-target scale, an hour's soak (about 90 minutes)

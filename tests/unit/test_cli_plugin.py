@@ -131,8 +131,28 @@ def test_status_in_words_names_the_active_run_and_the_last_flip(
     assert plugin.main(["status"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "experimenting: disabled",
+        "concurrency:   Cluster",
         "active run:    team-a/r1",
         "last flipped:  to False by alice at 2026-01-01T00:00:00Z",
+    ]
+
+
+def test_status_in_words_names_every_run_holding_a_turn_in_namespace_mode(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    holders = [
+        {"namespace": "team-a", "name": "r1", "uid": "u1", "nodes": []},
+        {"namespace": "team-b", "name": "r2", "uid": "u2", "nodes": ["n1"]},
+    ]
+    world.switch = {
+        "spec": {"enabled": True, "concurrency": "Namespace"},
+        "status": {"activeRun": {"namespace": "team-a", "name": "r1"}, "activeRuns": holders},
+    }
+    assert plugin.main(["status"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "experimenting: enabled",
+        "concurrency:   Namespace",
+        "active runs:   team-a/r1, team-b/r2",
     ]
 
 
@@ -286,3 +306,21 @@ def test_status_shows_the_blackout_windows_the_one_in_force_and_the_next(
         {"blackoutWindows": [], "blackoutInForce": None, "nextBlackout": None},
         "",
     )
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "shown"),
+    [("Cluster", "held by team-b/r2"), ("Namespace", "Lock:          free")],
+)
+def test_preview_names_the_holder_only_when_it_keeps_the_namespaces_run_waiting(
+    world: World, capsys: pytest.CaptureFixture[str], concurrency: str, shown: str
+) -> None:
+    """In Namespace mode another team's run executes beside this namespace's: not shown."""
+    world.preview = PREVIEW
+    holder = {"namespace": "team-b", "name": "r2", "uid": "u2", "nodes": []}
+    world.switch = {
+        "spec": {"enabled": True, "concurrency": concurrency},
+        "status": {"activeRun": holder, "activeRuns": [holder]},
+    }
+    assert plugin.main(["preview", "exp", "-n", "team-a", "--no-refresh"]) == 0
+    assert shown in capsys.readouterr().out

@@ -11,6 +11,7 @@ from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.run import MAX_AGENT_NODES, UserInfo
 from shakeout.api.switch import ChaosSwitchSpec, ClusterScopedAttacks, NamespaceMode, TargetCaps
 from shakeout.api.windows import TimeWindow
+from shakeout.engine.concurrency import Holder
 from shakeout.engine.policies import NamespaceFacts
 from shakeout.engine.preconditions import (
     ADMISSION,
@@ -169,7 +170,7 @@ CASES = [
     ),
     Case(
         "lock-held",
-        {"lock_holder": "team-b/r1"},
+        {"holders": (Holder("team-b", "r1", "u1"),)},
         no_other_run_holds_lock,
         Reason.ANOTHER_RUN_ACTIVE,
         ("team-b/r1 holds the cluster-wide lock", "kubectl shakeout stop"),

@@ -237,6 +237,22 @@ class RunRef(Model):
     uid: str | None = Field(default=None, description="UID of the run.")
 
 
+class HeldRun(RunRef):
+    """A run holding its turn (the cluster's, or its namespace's), and what it holds beyond
+    its own namespace. Pods and workloads are namespaced: one run per namespace keeps two
+    runs off one of them. Nodes are shared by every namespace, so they are listed."""
+
+    nodes: list[str] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="The nodes its NodeCordon attacks may cordon (compared across namespaces).",
+    )
+
+
+# How many runs may hold a turn at once (Namespace mode: one per namespace).
+MAX_HELD_RUNS = 1000
+
+
 class SwitchChange(Model):
     """Who last flipped the switch, and when."""
 
@@ -279,7 +295,19 @@ class ChaosSwitchStatus(Model):
 
     active_run: RunRef | None = Field(
         default=None,
-        description="The run that holds the cluster-wide lock; at most one executes at a time.",
+        description=(
+            "A run that holds the lock (the first of activeRuns; null when no run holds "
+            "it). In Cluster mode the one run executing."
+        ),
+    )
+    active_runs: list[HeldRun] = Field(
+        default_factory=list,
+        max_length=MAX_HELD_RUNS,
+        description=(
+            "Every run holding its turn, and the nodes each holds: one in Cluster mode, "
+            "one per namespace in Namespace mode. Taken and released with a compare-and-"
+            "swap on this object's resourceVersion."
+        ),
     )
     last_change: SwitchChange | None = Field(
         default=None, description="Who last flipped the switch, and when."

@@ -215,23 +215,31 @@ def _status(args: argparse.Namespace) -> int:
     enabled = is_enabled(switch)
     status = (switch or {}).get("status", {})
     active = status.get("activeRun")
+    # Every holder (Namespace mode: one per namespace); activeRun names the first.
+    holders = [h for h in status.get("activeRuns") or [] if isinstance(h, dict)]
+    shown = [f"{h.get('namespace')}/{h.get('name')}" for h in holders]
+    if active and f"{active['namespace']}/{active['name']}" not in shown:
+        shown.insert(0, f"{active['namespace']}/{active['name']}")
     data = {
         "switchExists": switch is not None,
         "enabled": enabled,
+        "concurrency": ((switch or {}).get("spec") or {}).get("concurrency", "Cluster"),
         "activeRun": active,
+        "activeRuns": holders,
         "lastChange": status.get("lastChange"),
     }
     human = (
         f"experimenting: {'enabled' if enabled else 'disabled'}"
         + ("" if switch else " (no ChaosSwitch 'default': disabled until one is created)")
-        + "\nactive run:    "
-        + (f"{active['namespace']}/{active['name']}" if active else "none")
+        + f"\nconcurrency:   {data['concurrency']}"
+        + ("\nactive run:    " if len(shown) < 2 else "\nactive runs:   ")
+        + (", ".join(shown) if shown else "none")
     )
     if change := status.get("lastChange"):
         human += f"\nlast flipped:  to {change['enabled']} by {change['by']} at {change['time']}"
-    blackouts, shown = blackout_status(switch, datetime.now(UTC))
+    blackouts, described = blackout_status(switch, datetime.now(UTC))
     data.update(blackouts)
-    human += shown
+    human += described
     _emit(data, args.output, human)
     return 0
 
@@ -263,6 +271,17 @@ def blackout_status(switch: dict[str, Any] | None, now: datetime) -> tuple[dict[
     return data, human
 
 
+def _blocking_holder(switch: dict[str, Any] | None, namespace: str) -> dict[str, Any] | None:
+    """The run whose turn keeps a run of `namespace` from starting now: in Namespace mode a
+    holder of that namespace (runs of other namespaces execute beside it), else any."""
+    status = (switch or {}).get("status") or {}
+    if ((switch or {}).get("spec") or {}).get("concurrency") != "Namespace":
+        active: dict[str, Any] | None = status.get("activeRun")
+        return active
+    held = [*(status.get("activeRuns") or []), status.get("activeRun") or {}]
+    return next((h for h in held if h.get("namespace") == namespace), None)
+
+
 def _preview(args: argparse.Namespace) -> int:
     cluster = Cluster(args.namespace)
     name = args.experiment
@@ -286,7 +305,7 @@ def _preview(args: argparse.Namespace) -> int:
     else:
         note = "--no-refresh: the last preview the operator wrote"
     preview = (experiment.get("status") or {}).get("preview")
-    active = ((cluster.switch() or {}).get("status") or {}).get("activeRun")
+    active = _blocking_holder(cluster.switch(), cluster.namespace)
     data = {"preview": preview, "activeRun": active, "note": note}
     _emit(data, args.output, render(experiment, active, note))
     if preview is None:

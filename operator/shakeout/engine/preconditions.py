@@ -42,6 +42,7 @@ from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.labels import STARTED_BY
 from shakeout.api.run import MAX_AGENT_NODES, UserInfo
 from shakeout.api.switch import ChaosSwitchSpec
+from shakeout.engine.concurrency import Holder, conflict, held_nodes
 from shakeout.engine.policies import (
     NamespaceFacts,
     cap_refusal,
@@ -117,8 +118,8 @@ class RunFacts:
     creator_required: bool = False
     # Whether the creator may still create runs in the namespace.
     creator_is_member: bool = True
-    # NAMESPACE/NAME of another live run that holds the cluster-wide lock.
-    lock_holder: str | None = None
+    # The other live runs that hold a turn, and what they hold (the switch's status).
+    holders: tuple[Holder, ...] = ()
     # The workloads the ScaleWorkload attacks scale, by workload_key; one that does not
     # exist is absent (the attack then fails without touching anything).
     workloads: Mapping[str, WorkloadFacts] = field(default_factory=dict)
@@ -192,15 +193,20 @@ def inside_allowed_window(facts: RunFacts) -> Refusal | None:
 
 
 def no_other_run_holds_lock(facts: RunFacts) -> Refusal | None:
-    """One run executes at a time, cluster-wide: no other live run may hold the lock."""
-    if facts.lock_holder is None:
+    """No other live run holds this run's turn (the cluster's, or in Namespace mode its
+    namespace's) or a node its NodeCordon would cordon (engine/concurrency.py)."""
+    if not facts.holders or facts.switch is None:
         return None
-    return Refusal(
-        Reason.ANOTHER_RUN_ACTIVE,
-        f"another run is executing: {facts.lock_holder} holds the cluster-wide lock; only "
-        "one run executes at a time, cluster-wide (wait for it to end, or stop it with "
-        "kubectl shakeout stop)",
+    nodes = held_nodes(
+        facts.experiment,
+        facts.scheduled_target_nodes,
+        facts.control_plane_nodes,
+        facts.switch,
     )
+    me = Holder(facts.namespace, "", "", nodes)
+    if (found := conflict(facts.switch.concurrency, me, facts.holders)) is None:
+        return None
+    return Refusal(found.reason, found.message)
 
 
 def experiment_found(facts: RunFacts) -> Refusal | None:

@@ -16,11 +16,18 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from shakeout import metrics
-from shakeout.api.labels import CANCELED_BY, STARTED_BY, ConditionType
+from shakeout.api.experiment import ExperimentSpec
+from shakeout.api.labels import (
+    CANCELED_BY,
+    SCHEDULED_TRIGGER,
+    STARTED_BY,
+    TRIGGER_LABEL,
+    ConditionType,
+)
 from shakeout.api.run import AttackState, ExperimentRunStatus, Phase, UserInfo
 from shakeout.attacks.registry import RunAttacks
 from shakeout.engine import attacks as lifecycle
-from shakeout.engine import checks, dryrun, ends
+from shakeout.engine import checks, concurrency, dryrun, ends
 from shakeout.engine import runs as engine
 from shakeout.engine import steps as step_schedule
 from shakeout.engine.preconditions import (
@@ -49,6 +56,8 @@ from shakeout.kube.client import api
 
 # The longest the run sleeps between looks; its stop signal's wakeup cuts it short.
 MAX_IDLE = 1.0
+# How often a scheduled run waiting for its turn looks again (a stop wakes it at once).
+WAIT_POLL = 1.0
 VANISHED = (
     "the run object vanished during the run (deleted without the operator's finalizer); "
     "its attacks were rolled back from the operator's rollback record"
@@ -102,6 +111,8 @@ class RunExecutor:
         self.checked_at: float | None = None
         # When the next blackout window begins (within a day): the idle wait ends then.
         self.next_blackout: datetime | None = None
+        # The bound a scheduled run may wait for its turn (seconds), once it found it taken.
+        self.may_wait_for: int | None = None
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -153,7 +164,7 @@ class RunExecutor:
         now = clock.utcnow()
         await self.journal.write(
             engine.refuse(
-                self.status,
+                concurrency.stop_waiting(self.status, now, self.generation),
                 reason,
                 message,
                 now,
@@ -167,7 +178,16 @@ class RunExecutor:
         await self.update_experiment_last_run()
 
     async def pick_up(self) -> bool:
-        """Check the preconditions and take the lock; False if the run was refused."""
+        """Check the preconditions and take the run's turn; False if the run was refused
+        or ended while it waited. A scheduled run whose turn is taken waits for it
+        (wait_for_turn) and is checked again in full when it tries again."""
+        while (picked := await self.try_pick_up()) is None:
+            pass
+        return picked
+
+    async def try_pick_up(self) -> bool | None:
+        """One try at the pick-up: True if picked up, False if refused, None if it waited
+        for its turn and tries again."""
         creator = self.recorded(STARTED_BY)
         ref = self.host.body["spec"]["experimentRef"]["name"]
         facts, _pods, switch, generation = await gather_run_facts(
@@ -180,10 +200,28 @@ class RunExecutor:
         if (refusal := evaluate(PICKUP, facts)) is not None:
             await self.refuse(refusal.reason, refusal.message)
             return False
-        got = await lock.acquire(self.namespace, self.name, self.uid, prefetched=switch)
+        nodes = concurrency.held_nodes(
+            facts.experiment, facts.scheduled_target_nodes, facts.control_plane_nodes, facts.switch
+        )
+        got = await lock.acquire(
+            self.namespace, self.name, self.uid, prefetched=switch, nodes=nodes
+        )
         if not got.acquired:
             if got.disabled:
                 await self.refuse(Reason.EXPERIMENTING_DISABLED, "experimenting is disabled")
+            elif got.conflict is not None:
+                waited = await self.wait_for_turn(got.conflict, facts.experiment)
+                if waited is None:
+                    return False  # ended while waiting, or the operator is shutting down
+                if waited:
+                    return None
+                message = got.conflict.message
+                if self.may_wait_for is not None:
+                    message = (
+                        f"waited {self.may_wait_for} s for its turn (its Experiment's "
+                        f"schedule.maxWaitSeconds) in vain: {message}"
+                    )
+                await self.refuse(got.conflict.reason, message)
             else:
                 await self.refuse(
                     Reason.ANOTHER_RUN_ACTIVE,
@@ -214,6 +252,64 @@ class RunExecutor:
         self.event(Transition(Phase.CREATED, Reason.CREATED, "run picked up; lock acquired"))
         self.in_background(self.update_experiment_last_run())
         return True
+
+    async def wait_for_turn(
+        self, found: concurrency.Conflict, spec: ExperimentSpec | None
+    ) -> bool | None:
+        """A scheduled run whose turn is taken waits, up to its Experiment's
+        schedule.maxWaitSeconds from its creation: True once it waited a while (try
+        again); False when it may not wait or its bound passed (the caller refuses it with
+        the conflict's reason); None when cancel, Stop All or its deletion ended the wait
+        (ended here, nothing touched) or the operator is shutting down (it waits on after
+        the restart: the bound counts from its creation)."""
+        bound = spec.schedule.max_wait_seconds if spec and spec.schedule else 0
+        meta = self.host.body["metadata"]
+        # A forged trigger label on a manual run buys no more than its Experiment's bound.
+        scheduled = (meta.get("labels") or {}).get(TRIGGER_LABEL) == SCHEDULED_TRIGGER
+        stamp = meta.get("creationTimestamp")
+        now = clock.utcnow()
+        created = datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else now
+        deadline = concurrency.wait_deadline(created, bound)
+        if scheduled and bound > 0:
+            self.may_wait_for = bound
+        if not concurrency.may_wait(scheduled, bound, now, deadline):
+            return False
+        status = concurrency.waiting(self.status, found, deadline, now, self.generation)
+        if status.message != self.status.message:
+            await self.journal.write(status)  # said once per holder, not once a second
+            self.host.post_event("Normal", concurrency.WAITING, status.message or "")
+        self.signal.wakeup.clear()
+        pause = min(WAIT_POLL, max(0.05, (deadline - now).total_seconds()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.signal.wakeup.wait(), pause)
+        if self.host.shutting_down():
+            return None
+        if (end := await self.wait_ended()) is not None:
+            ended = concurrency.end_wait(
+                self.status,
+                end,
+                clock.utcnow(),
+                self.generation,
+                started_by=self.recorded(STARTED_BY),
+                canceled_by=self.recorded(CANCELED_BY),
+            )
+            await self.journal.write(ended)
+            metrics.RUNS.labels(end.phase, end.reason).inc()
+            self.event(end)
+            await self.update_experiment_last_run()
+            return None
+        return True
+
+    async def wait_ended(self) -> Transition | None:
+        """What ends a run's wait for its turn at once: its cancel, its deletion, Stop All."""
+        untouched = "while it waited for its turn; nothing was touched"
+        if self.host.body["spec"].get("cancel"):
+            return Transition(Phase.CANCELED, Reason.CANCELED, f"canceled {untouched}")
+        if self.host.deleting():
+            return Transition(Phase.CANCELED, Reason.RUN_DELETED, f"deleted {untouched}")
+        if not await switch_enabled():
+            return Transition(Phase.CANCELED, Reason.STOPPED_ALL, f"Stop All {untouched}")
+        return None
 
     async def attack_start_refusal(self, chain: Sequence[Check] = ATTACK_START) -> Refusal | None:
         """The preconditions again, just before the attacks start: a warm-up can last

@@ -2,8 +2,8 @@
 after an operator restart (a run that vanishes while its executor lives is rolled back by
 that executor at once: handlers/runs.py), and live runs hidden from the operator's watch.
 
-Both are bounded by the runs that hold attacks (one at a time: the cluster-wide lock) and
-the lock holder: the sweep never lists every run of the cluster.
+Both are bounded by the runs that hold attacks (one per turn: the run lock) and the lock's
+holders: the sweep never lists every run of the cluster.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from shakeout.engine.runs import is_terminal
 from shakeout.execution.executor import RunExecutor
 from shakeout.execution.live_runs import LIVE_RUNS
 from shakeout.gather.records import RunRecord, read_records, record_name
-from shakeout.gather.switch import lock_ref
+from shakeout.gather.switch import held_runs
 from shakeout.kube.client import Obj, api, timestamp
 from shakeout.kube.errors import KubeError
 from shakeout.kube.resources import CONFIG_MAPS, EVENTS, RUNS
@@ -137,11 +137,11 @@ async def unhide(namespace: str, name: str, uid: str) -> bool:
 async def unhide_live() -> int:
     """Live runs labelled finished by someone else than the operator (the policy
     shakeout-run-changes forbids it; this holds where the policy is absent): the runs with
-    a record and the lock holder, taken back into the watch. Returns how many."""
+    a record and the lock's holders, taken back into the watch. Returns how many."""
     candidates = {(r.namespace, r.name, r.uid) for r in await read_records()}
-    holder = lock_ref(await api().get_switch())
-    if holder and holder.get("uid"):
-        candidates.add((str(holder.get("namespace", "")), str(holder["name"]), str(holder["uid"])))
+    for holder in held_runs(await api().get_switch()):
+        if holder.uid:
+            candidates.add((holder.namespace, holder.name, holder.uid))
     hidden = 0
     for namespace, name, uid in sorted(candidates):
         if await unhide(namespace, name, uid):

@@ -28,7 +28,7 @@ from shakeout.engine.steps import has_own_blast_radius
 from shakeout.engine.targets import Selection, select
 from shakeout.gather import agents
 from shakeout.gather.authz import may_run_in
-from shakeout.gather.switch import lock_holder, switch_spec
+from shakeout.gather.switch import live_holders, switch_spec
 from shakeout.gather.targets import (
     SelectorError,
     attackable_pods,
@@ -191,7 +191,7 @@ async def gather_run_facts(
     lock's compare-and-swap) and the Experiment's generation.
 
     snapshot: the run's own copy of the Experiment (before the attacks start); without it
-    the Experiment is read. lock: also read who holds the cluster-wide lock (admission).
+    the Experiment is read. lock: also read which runs hold a turn, and what (admission).
     every_candidate: the preview of an Experiment (engine/preview.py): the pods returned,
     and the nodes in the facts, are every pod the blast radius can take, not one run's
     pick (the selection's counts are a run's).
@@ -210,7 +210,7 @@ async def gather_run_facts(
     if snapshot is None:
         spec, generation, error = parse_experiment(obj)
         found = obj is not None
-    holder = await lock_holder(switch, besides=run_uid) if lock else None
+    holders = await live_holders(switch, besides=run_uid) if lock else []
     selection: Selection | None = None
     pods: list[Pod] = []
     selector_error = None
@@ -263,7 +263,7 @@ async def gather_run_facts(
         creator=creator,
         creator_required=IDENTITIES.recorded,
         creator_is_member=member,
-        lock_holder=holder,
+        holders=tuple(holders),
         workloads=workloads,
         scheduled_target_nodes=tuple(sorted({n for p in cordoned if (n := p.scheduled_node)})),
         control_plane_nodes=control_plane,

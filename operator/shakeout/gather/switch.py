@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ from pydantic import ValidationError
 
 from shakeout.api.switch import ChaosSwitchSpec
 from shakeout.api.windows import TimeWindow
+from shakeout.engine.concurrency import Holder, holders_in
 from shakeout.engine.runs import is_terminal
 from shakeout.gather.records import record_exists
 from shakeout.kube.client import Obj, api
@@ -63,12 +65,6 @@ async def blackout_windows() -> Sequence[TimeWindow]:
     return blackout_windows_of(await api().get_switch())
 
 
-def lock_ref(switch: Obj | None) -> dict[str, Any] | None:
-    """The run that the switch's status names as the lock holder, if any."""
-    holder = ((switch or {}).get("status") or {}).get("activeRun")
-    return holder if isinstance(holder, dict) and holder.get("name") else None
-
-
 async def holder_alive(ref: dict[str, Any]) -> bool:
     """Whether the run a lock names still exists (the same object) and is not finished, or
     vanished with attacks that its rollback record still holds (being rolled back)."""
@@ -78,10 +74,21 @@ async def holder_alive(ref: dict[str, Any]) -> bool:
     return not is_terminal((run.get("status") or {}).get("phase"))
 
 
-async def lock_holder(switch: Obj | None, besides: str | None = None) -> str | None:
-    """NAMESPACE/NAME of the live run that holds the lock (other than the run `besides`),
-    or None: read in O(1) from the switch, not by listing every run."""
-    ref = lock_ref(switch)
-    if ref is None or (besides and ref.get("uid") == besides):
-        return None
-    return f"{ref.get('namespace')}/{ref['name']}" if await holder_alive(ref) else None
+def held_runs(switch: Obj | None) -> list[Holder]:
+    """Every run the switch's status names as holding a turn (status.activeRuns, and
+    status.activeRun for one an older operator wrote), alive or not."""
+    return holders_in((switch or {}).get("status"))
+
+
+async def live_holders(switch: Obj | None, besides: str | None = None) -> list[Holder]:
+    """The holders that are alive (other than the run `besides`): read from the switch, not
+    by listing every run; a dead holder is left out (its turn is taken over)."""
+    held = [h for h in held_runs(switch) if not (besides and h.uid == besides)]
+    alive = await asyncio.gather(*map(is_alive, held))
+    return [h for h, ok in zip(held, alive, strict=True) if ok]
+
+
+async def is_alive(holder: Holder) -> bool:
+    """Whether a holder is alive (holder_alive)."""
+    ref = {"namespace": holder.namespace, "name": holder.name, "uid": holder.uid or None}
+    return await holder_alive(ref)

@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "init":
+        # No cluster: not even the kubernetes client's import (a second of start-up).
+        return _init(args)
     from kubernetes.client.exceptions import ApiException
 
     try:

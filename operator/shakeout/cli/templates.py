@@ -56,7 +56,7 @@ class Template:
     def uses(self, option: str) -> bool:
         """Whether the option (a Values field) lands anywhere in this template."""
         if option == "workload":
-            return any(True for _ in _workloads(self.body))
+            return any(True for _ in workloads(self.body))
         if option in ("service", "port", "path"):
             return any(True for _ in _services(self.body))
         if option == "interval":
@@ -162,17 +162,17 @@ def parse_workload(text: str) -> tuple[WorkloadKind, str]:
     return kind, name
 
 
-def _workloads(obj: Any) -> Iterator[dict[str, Any]]:
+def workloads(obj: Any) -> Iterator[dict[str, Any]]:
     """Every workload reference of the spec: in attack parameters and WorkloadReady checks."""
     if isinstance(obj, dict):
         for key, value in obj.items():
             if key == "workload" and isinstance(value, dict):
                 yield value
             else:
-                yield from _workloads(value)
+                yield from workloads(value)
     elif isinstance(obj, list):
         for item in obj:
-            yield from _workloads(item)
+            yield from workloads(item)
 
 
 def _services(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -182,7 +182,7 @@ def _services(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
             yield service
 
 
-def _fill(body: dict[str, Any], values: Values) -> dict[str, Any]:
+def fill(body: dict[str, Any], values: Values) -> dict[str, Any]:
     obj = copy.deepcopy(body)
     metadata, spec = obj["metadata"], obj["spec"]
     if values.name is not None:
@@ -193,17 +193,17 @@ def _fill(body: dict[str, Any], values: Values) -> dict[str, Any]:
         spec["blastRadius"]["selector"] = {"matchLabels": dict(values.selector)}
     if values.workload is not None:
         kind, name = values.workload
-        for ref in _workloads(spec):
+        for ref in workloads(spec):
             ref["kind"], ref["name"] = str(kind), name
     for service in _services(obj):
         for key, value in (("name", values.service), ("port", values.port), ("path", values.path)):
             if value is not None:
                 service[key] = value
-    _fill_times(spec, values)
+    fill_times(spec, values)
     return obj
 
 
-def _fill_times(spec: dict[str, Any], values: Values) -> None:
+def fill_times(spec: dict[str, Any], values: Values) -> None:
     for items, key, value in (
         (spec["attacks"], "durationSeconds", values.duration),
         (spec.get("stateChecks") or [], "intervalSeconds", values.interval),
@@ -260,7 +260,7 @@ def render(name: str, values: Values | None = None) -> str:
     """The template `name` with the user's values: its header and the Experiment as YAML,
     validated against the Experiment model. Raises TemplateError."""
     chosen = template(name)
-    obj = _fill(chosen.body, values or Values())
+    obj = fill(chosen.body, values or Values())
     validate(obj)
     return chosen.header + dump(obj)
 

@@ -270,3 +270,25 @@ def test_the_worked_example_of_the_docs_is_what_init_prints() -> None:
         path="/healthz",
     )
     assert shown == templates.render("pod-delete", values)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_url_takes_the_service_s_place(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = "http://shop.team-b.svc:8080/healthz"
+    code, out, err = init(capsys, name, "--url", url)
+    assert (code, err) == (0, "")
+    checks = experiment(out)["spec"]["stateChecks"]
+    gets = [c["httpGet"] for c in checks if c["type"] == "HttpGet"]
+    assert gets
+    for http_get in gets:
+        assert http_get["url"] == url
+        assert "service" not in http_get
+
+
+def test_a_url_and_a_service_are_not_both_given(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = init(capsys, "pod-delete", "--url", "http://a.b.svc/", "--port", "80")
+    assert (code, out) == (2, "")
+    assert "give --url, or --service, --port and --path: not both" in err
+    code, _, err = init(capsys, "pod-delete", "--url", "http://user:pw@a.b.svc/")
+    assert code == 2
+    assert "credentials in the URL are refused" in err

@@ -280,6 +280,7 @@ def _init(args: argparse.Namespace) -> int:
             selector=None if args.selector is None else templates.parse_selector(args.selector),
             workload=None if args.workload is None else templates.parse_workload(args.workload),
             service=args.service,
+            url=args.url,
             port=args.port,
             path=args.path,
             duration=args.duration,
@@ -397,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", help="the Service of the HttpGet check (web)")
     p.add_argument("--port", type=int, help="a port the Service declares (80)")
     p.add_argument("--path", help="the path the HttpGet check GETs (/)")
+    p.add_argument(
+        "--url",
+        help="the HttpGet check GETs this URL instead of --service/--port/--path: a Service "
+        "as http://NAME.NAMESPACE.svc:PORT/PATH, or a host the admin allows",
+    )
     p.add_argument("--duration", type=int, metavar="SECONDS", help="every attack's duration")
     p.add_argument("--warm-up", type=int, metavar="SECONDS", help="warmUpSeconds")
     p.add_argument("--cool-down", type=int, metavar="SECONDS", help="coolDownSeconds")

@@ -57,8 +57,8 @@ class Template:
         """Whether the option (a Values field) lands anywhere in this template."""
         if option == "workload":
             return any(True for _ in workloads(self.body))
-        if option in ("service", "port", "path"):
-            return any(True for _ in _services(self.body))
+        if option in ("service", "port", "path", "url"):
+            return any(True for _ in _http_gets(self.body))
         if option == "interval":
             return bool(self.body["spec"].get("stateChecks"))
         return True
@@ -73,6 +73,7 @@ class Values:
     selector: dict[str, str] | None = None
     workload: tuple[WorkloadKind, str] | None = None
     service: str | None = None
+    url: str | None = None  # instead of service, port and path
     port: int | None = None
     path: str | None = None
     duration: int | None = None
@@ -175,11 +176,11 @@ def workloads(obj: Any) -> Iterator[dict[str, Any]]:
             yield from workloads(item)
 
 
-def _services(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _http_gets(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The httpGet parameters of every HttpGet check."""
     for check in body["spec"].get("stateChecks") or []:
-        service = (check.get("httpGet") or {}).get("service")
-        if isinstance(service, dict):
-            yield service
+        if isinstance(check.get("httpGet"), dict):
+            yield check["httpGet"]
 
 
 def fill(body: dict[str, Any], values: Values) -> dict[str, Any]:
@@ -195,7 +196,17 @@ def fill(body: dict[str, Any], values: Values) -> dict[str, Any]:
         kind, name = values.workload
         for ref in workloads(spec):
             ref["kind"], ref["name"] = str(kind), name
-    for service in _services(obj):
+    if values.url is not None and (values.service, values.port, values.path) != (None,) * 3:
+        raise TemplateError("give --url, or --service, --port and --path: not both")
+    for http_get in _http_gets(obj):
+        if values.url is not None:
+            # A Service of the namespace as NAME.NAMESPACE.svc, or a host the admin allows;
+            # in the service's place (first).
+            rest = {k: v for k, v in http_get.items() if k != "service"}
+            http_get.clear()
+            http_get.update({"url": values.url, **rest})
+            continue
+        service = http_get.get("service") or {}
         for key, value in (("name", values.service), ("port", values.port), ("path", values.path)):
             if value is not None:
                 service[key] = value

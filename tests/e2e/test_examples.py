@@ -7,9 +7,12 @@ One world for the module (the e2e tier is at its time budget):
 
 * `lib-web`: 2 replicas in zone-a (pod label topology.kubernetes.io/zone), placed by the
   scheduler on the agent's node; their network is one network namespace of this machine
-  (annotation shakeout.dev/netns), where an HTTP server answers.
-* the Service `lib-web`, whose ClusterIP this machine routes into that namespace: the HttpGet
-  checks reach a real server through the Service, as the operator resolves it.
+  (annotation shakeout.dev/netns).
+* the HTTP server the HttpGet checks ask: in this process, on 127.0.0.1, which the session's
+  operator allows (`--allow-check-host`), given to init as `--url`. Not a Service: the
+  sandbox routes no ClusterIP, and a real node's kube-proxy on this machine (another
+  checkout's tests) drops this machine's traffic to every unallocated address of
+  10.96.0.0/16, the sandboxes' Service range.
 * `lib-web-b`: 2 replicas in zone-b, their pods labelled app=lib-web too, on any node
   (the other zone; the drain's victims).
 * `lib-backend`: 1 replica on the agent's node in a namespace of its own: the dependency.
@@ -18,20 +21,20 @@ One world for the module (the e2e tier is at its time budget):
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shakeout.cli import templates
-from tests.e2e.agents import AGENT_NAMESPACE, AGENT_NODE, Netns, NodeAgent, ip
+from tests.e2e.agents import AGENT_NAMESPACE, AGENT_NODE, Netns, NodeAgent
 from tests.e2e.conftest import REPO, Cluster, Operator, eventually
 from tests.e2e.invariants import assert_clean
 from tests.e2e.runs import TEAM, cancel_all, set_switch, wait_no_active_runs
@@ -50,10 +53,9 @@ WEB, WEB_B, BACKEND = "lib-web", "lib-web-b", "lib-backend"
 class World:
     cluster: Cluster
     agent: NodeAgent
-    web: Netns  # the network of the web pods, where the Service's server answers
+    web: Netns  # the network of the web pods
     backend: Netns  # the dependency's network
-    cluster_ip: str
-    server_pids: list[int] = field(default_factory=list)
+    url: str  # the HttpGet checks' server
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,14 @@ class Case:
     after: Callable[[World, dict[str, Any], dict[str, Any]], None] | None = None
 
 
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 def nft_fault(ns: Netns) -> bool:
     return "shakeout_" in ns.exec("nft", "list", "tables").stdout
 
@@ -82,8 +92,8 @@ def tbf(ns: Netns) -> bool:
 
 
 def stressed(world: World) -> bool:
-    """A process besides the HTTP server in the web pods' namespace: the stress."""
-    return bool(set(world.web.pids()) - set(world.server_pids))
+    """A process in the web pods' namespace: the stress (nothing else runs there)."""
+    return bool(world.web.pids())
 
 
 def pods(cluster: Cluster, selector: str) -> list[dict[str, Any]]:
@@ -134,19 +144,17 @@ def test_every_template_is_run_here() -> None:
 
 # -- the world --------------------------------------------------------------------------
 
-SERVER = (
-    "import http.server\n"
-    "class H(http.server.BaseHTTPRequestHandler):\n"
-    "    def do_GET(self):\n"
-    "        body = b'ok ' + self.path.encode()\n"
-    "        self.send_response(200 if self.path == '" + PATH + "' else 404)\n"
-    "        self.send_header('Content-Length', str(len(body)))\n"
-    "        self.end_headers()\n"
-    "        self.wfile.write(body)\n"
-    "    def log_message(self, *a):\n"
-    "        pass\n"
-    "http.server.ThreadingHTTPServer(('0.0.0.0', 80), H).serve_forever()\n"
-)
+
+class Healthz(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"ok"
+        self.send_response(200 if self.path == PATH else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
 
 
 def deployment(
@@ -204,7 +212,7 @@ def agent(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
 
 @pytest.fixture(scope="module")
 def world(crds: Cluster, operator: Operator, agent: NodeAgent) -> Iterator[World]:
-    """The workloads, their networks and the Service's server; experimenting enabled and no
+    """The workloads, their networks and the checks' server; experimenting enabled and no
     run under way (once for the module: each test's run ends, or is canceled, in it)."""
     cluster = crds
     if not operator.running():
@@ -213,35 +221,11 @@ def world(crds: Cluster, operator: Operator, agent: NodeAgent) -> Iterator[World
     cancel_all(cluster)
     wait_no_active_runs(cluster)
     web, backend = Netns.create(), Netns.create()
-    route: list[str] = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        server = web.start(sys.executable, "-c", SERVER)
-        cluster.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": WEB, "namespace": TEAM},
-                "spec": {"selector": {"app": WEB}, "ports": [{"port": 80}]},
-            }
-        )
-        cluster_ip = cluster.get("service", WEB, "-n", TEAM)["spec"]["clusterIP"]
-        # The sandbox routes no ClusterIP: this machine sends the Service's to the web pods'
-        # namespace, which holds the address.
-        ip("-n", web.name, "addr", "add", f"{cluster_ip}/32", "dev", "lo")
-        route = [f"{cluster_ip}/32", "via", web.ip]
-        ip("route", "replace", *route)
-        world = World(cluster, agent, web, backend, cluster_ip)
-
-        def answers() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://{cluster_ip}{PATH}", timeout=1) as resp:
-                    return bool(resp.status == 200)
-            except OSError:
-                return False
-
-        eventually(answers, timeout=15, what="the Service's server")
-        world.server_pids = web.pids()
-        assert server.pid in world.server_pids  # `ip netns exec` execs it: the same pid
+        url = f"http://127.0.0.1:{server.server_address[1]}{PATH}"
+        world = World(cluster, agent, web, backend, url)
         zone = "topology.kubernetes.io/zone"
         cluster.apply(deployment(WEB, 2, {"app": WEB, zone: "zone-a"}, web))
         cluster.apply(deployment(WEB_B, 2, {"app": WEB, zone: "zone-b"}, None))
@@ -249,10 +233,9 @@ def world(crds: Cluster, operator: Operator, agent: NodeAgent) -> Iterator[World
         all_ready(cluster)
         yield world
     finally:
-        for kind, name in [("deployment", n) for n in WORKLOADS] + [("service", WEB)]:
-            cluster.kubectl("delete", kind, name, "-n", TEAM, "--wait=false", check=False)
-        if route:
-            ip("route", "delete", *route, check=False)
+        for name in WORKLOADS:
+            cluster.kubectl("delete", "deployment", name, "-n", TEAM, "--wait=false", check=False)
+        server.shutdown()
         web.delete()
         backend.delete()
 
@@ -310,7 +293,7 @@ def test_the_example_runs_to_completed(
     args = ["init", template, "--name", name, "-n", TEAM, "--selector", case.selector]
     if case.workload:
         args += ["--workload", case.workload]
-    args += ["--service", WEB, "--port", "80", "--path", PATH, *QUICK]
+    args += ["--url", world.url, *QUICK]
     args += ["--duration", str(case.duration), "--cool-down", str(case.cool_down)]
     made = cluster.plugin(*args, "-o", str(tmp_path / "exp.yaml"), user="alice")
     assert made.stderr == f"wrote {tmp_path / 'exp.yaml'}\n"
@@ -326,7 +309,7 @@ def test_the_example_runs_to_completed(
             "run", name, "-n", TEAM, "--wait", user="alice", check=False, timeout=90
         )
     except subprocess.TimeoutExpired:
-        found = diagnosis(cluster, name, world.agent)
+        found = diagnosis(world, name)
         cancel_all(cluster)  # not to hold the lock for the next test
         wait_no_active_runs(cluster)
         pytest.fail(f"{template}: no end within 90 s\n{found}")
@@ -351,7 +334,7 @@ def test_the_example_runs_to_completed(
             assert check["successes"] >= 1, check
             assert check.get("consecutiveFailures", 0) == 0, check
             if check["name"] in ("service-answers", "caller-answers"):  # the HttpGet checks
-                assert check["lastMessage"] == f"GET service {WEB}:80{PATH}: 200", check
+                assert check["lastMessage"] == f"GET {world.url}: 200", check
         if case.effect is not None:
             assert seen, f"{template}: the fault was never seen in this machine's namespaces"
             node_attacks(cluster, run, case.targets)
@@ -364,8 +347,10 @@ def test_the_example_runs_to_completed(
         )
 
 
-def diagnosis(cluster: Cluster, experiment: str, agent: NodeAgent) -> str:
-    """What a run that did not end was doing: its status, its NodeAttacks, the agent's log."""
+def diagnosis(world: World, experiment: str) -> str:
+    """What a run that did not end was doing: its status, its NodeAttacks, the agent's log,
+    and whether the checks' server answers."""
+    cluster = world.cluster
     runs = [
         r
         for r in cluster.get("experimentruns", "-n", TEAM)["items"]
@@ -381,7 +366,8 @@ def diagnosis(cluster: Cluster, experiment: str, agent: NodeAgent) -> str:
         {
             "runs": [r.get("status") for r in runs],
             "nodeAttacks": [n.get("status") for n in node_attacks],
-            "agent": agent.output()[-3000:],
+            "agent": world.agent.output()[-3000:],
+            "server answers": answers(world.url),
         },
         indent=1,
         default=str,

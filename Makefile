@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REPORTS := .cache/test-reports
 
-.PHONY: help venv controlplane prometheus crds verify lint format typecheck lint-imports check-crds bench bench-full \
+.PHONY: help venv controlplane prometheus crds examples verify lint format typecheck lint-imports check-crds \
+        check-examples bench bench-full \
         test test-unit test-go test-node test-e2e test-real-node test-image image host-tools \
         real-node-tools reliability sandbox-up real-node-up sandbox-down sandbox-status run clean
 
@@ -36,6 +37,12 @@ crds: $(STAMP) ## regenerate crds/ from the pydantic models
 check-crds: $(STAMP)
 	$(BIN)/shakeout crds --check --output-dir crds
 
+examples: $(STAMP) ## regenerate deploy/examples/ from the templates of `kubectl shakeout init`
+	$(BIN)/shakeout examples --output-dir deploy/examples
+
+check-examples: $(STAMP)
+	$(BIN)/shakeout examples --check --output-dir deploy/examples
+
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check operator tests bench tools
 	$(BIN)/ruff format --check operator tests bench tools
@@ -50,7 +57,7 @@ typecheck: $(STAMP) ## mypy --strict on the package
 lint-imports: $(STAMP) ## import-linter: the pure core imports neither kopf nor kubernetes
 	$(BIN)/lint-imports
 
-verify: check-crds lint typecheck lint-imports ## CRD drift, ruff, mypy, import-linter
+verify: check-crds check-examples lint typecheck lint-imports ## CRD and example drift, ruff, mypy, import-linter
 
 test-unit: $(STAMP) ## fast tests, no cluster
 	$(BIN)/pytest tests/unit -q

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,7 +41,17 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
 
-_subnets = iter(range(1, 250))
+# 10.215.X.0/30, X in a random order: e2e runs of other checkouts on this machine take
+# theirs from the same range (and each skips those an interface already holds).
+_subnets = iter(random.sample(range(1, 250), 249))
+
+
+def _free_subnet() -> int:
+    held = ip("-br", "addr").stdout
+    for subnet in _subnets:
+        if f" 10.215.{subnet}." not in held:
+            return subnet
+    raise RuntimeError("every 10.215.X.0/30 subnet is taken")
 
 
 @dataclass
@@ -55,7 +66,7 @@ class Netns:
     @classmethod
     def create(cls) -> Netns:
         name = f"shakeout-e2e-{uuid.uuid4().hex[:6]}"
-        subnet = next(_subnets)
+        subnet = _free_subnet()
         host_if, ns_if = f"se{name[-6:]}h", f"se{name[-6:]}n"
         ns = cls(name, f"10.215.{subnet}.1", f"10.215.{subnet}.2")
         ip("netns", "add", name)

@@ -1,4 +1,4 @@
-"""`shakeout`: the operator, the node agent, the local sandbox and CRD generation."""
+"""`shakeout`: the operator, the node agent, the local sandbox, CRD and example generation."""
 
 from __future__ import annotations
 
@@ -27,6 +27,27 @@ def _crds(args: argparse.Namespace) -> int:
         print(f"CRDs in {directory} match the models")
         return 0
     for path in crds.write(directory):
+        print(f"wrote {path}")
+    return 0
+
+
+def _examples(args: argparse.Namespace) -> int:
+    from shakeout.cli import templates
+
+    directory = Path(args.output_dir)
+    if args.check:
+        stale = templates.drift(directory)
+        if stale:
+            print(
+                f"examples in {directory} differ from the templates of `kubectl shakeout init` "
+                f"(operator/shakeout/cli/examples): {', '.join(stale)}\n"
+                "run `make examples` and commit the result",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"examples in {directory} match the templates")
+        return 0
+    for path in templates.write(directory):
         print(f"wrote {path}")
     return 0
 
@@ -146,10 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"shakeout {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("crds", help="write crds/*.yaml from the API models")
-    p.add_argument("--output-dir", default="crds", help="where to write (default: crds)")
-    p.add_argument("--check", action="store_true", help="fail if the files differ (no write)")
-    p.set_defaults(func=_crds)
+    generated = (
+        ("crds", _crds, "crds", "write crds/*.yaml from the API models"),
+        (
+            "examples",
+            _examples,
+            "deploy/examples",
+            "write deploy/examples/ from the templates of `kubectl shakeout init`",
+        ),
+    )
+    for command, func, directory, help_text in generated:
+        p = sub.add_parser(command, help=help_text)
+        p.add_argument(
+            "--output-dir", default=directory, help=f"where to write (default: {directory})"
+        )
+        p.add_argument("--check", action="store_true", help="fail if the files differ (no write)")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("sandbox", help="a local real control plane on loopback")
     p.add_argument(

@@ -1,4 +1,4 @@
-"""`kubectl shakeout`: run, stop, stop-all, continue, list, report, preview, status.
+"""`kubectl shakeout`: run, stop, stop-all, continue, list, report, preview, status, init.
 
 Installed on PATH as kubectl-shakeout, so kubectl finds it as a plugin. Talks to the
 cluster of the current kubeconfig context, as kubectl does.
@@ -313,6 +313,48 @@ def _preview(args: argparse.Namespace) -> int:
     return 0 if preview.get("allowed") else 2
 
 
+def _init(args: argparse.Namespace) -> int:
+    """A ready Experiment from the library, with the user's names (cli/templates.py)."""
+    from shakeout.cli import templates
+
+    if args.list:
+        sys.stdout.write(templates.listing())
+        return 0
+    if args.template is None:
+        print("kubectl shakeout init: give a TEMPLATE, or --list", file=sys.stderr)
+        return 2
+    try:
+        values = templates.Values(
+            name=args.name,
+            namespace=args.namespace,
+            selector=None if args.selector is None else templates.parse_selector(args.selector),
+            workload=None if args.workload is None else templates.parse_workload(args.workload),
+            service=args.service,
+            url=args.url,
+            port=args.port,
+            path=args.path,
+            duration=args.duration,
+            warm_up=args.warm_up,
+            cool_down=args.cool_down,
+            interval=args.interval,
+        )
+        text = templates.render(args.template, values)
+        unused = templates.unused(args.template, values)
+    except templates.TemplateError as err:
+        print(f"kubectl shakeout init: {err}", file=sys.stderr)
+        return 2
+    for option in unused:
+        flag = "--" + option.replace("_", "-")
+        print(f"note: template {args.template} has no place for {flag}: ignored", file=sys.stderr)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubectl shakeout", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kubectl-shakeout {__version__}")
@@ -380,11 +422,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
     p = command("status", _status, "the ChaosSwitch and the active run", False)
     p.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
+    p = command(
+        "init",
+        _init,
+        "a ready Experiment from the library, with your names (--list shows the templates)",
+    )
+    p.description = (
+        "Write a ready Experiment for a common incident (docs/examples.md), validated, with "
+        "your names filled in. Apply it with kubectl apply -f, run it with kubectl shakeout run."
+    )
+    p.add_argument("template", nargs="?", help="the template (kubectl shakeout init --list)")
+    p.add_argument("--list", action="store_true", help="list the templates, one line each")
+    p.add_argument("--name", help="the Experiment's name (default: the template's)")
+    p.add_argument(
+        "--selector",
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="the labels of the pods to attack (default: app=web, or app=backend for the "
+        "dependency-* templates)",
+    )
+    p.add_argument(
+        "--workload",
+        metavar="[KIND/]NAME",
+        help="the Deployment (or statefulset/NAME) that the checks and attacks name (web)",
+    )
+    p.add_argument("--service", help="the Service of the HttpGet check (web)")
+    p.add_argument("--port", type=int, help="a port the Service declares (80)")
+    p.add_argument("--path", help="the path the HttpGet check GETs (/)")
+    p.add_argument(
+        "--url",
+        help="the HttpGet check GETs this URL instead of --service/--port/--path: a Service "
+        "as http://NAME.NAMESPACE.svc:PORT/PATH, or a host the admin allows",
+    )
+    p.add_argument("--duration", type=int, metavar="SECONDS", help="every attack's duration")
+    p.add_argument("--warm-up", type=int, metavar="SECONDS", help="warmUpSeconds")
+    p.add_argument("--cool-down", type=int, metavar="SECONDS", help="coolDownSeconds")
+    p.add_argument(
+        "--interval", type=int, metavar="SECONDS", help="every state check's intervalSeconds"
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "init":
+        # No cluster: not even the kubernetes client's import (a second of start-up).
+        return _init(args)
     from kubernetes.client.exceptions import ApiException
 
     try:

@@ -144,7 +144,7 @@ bench-full: $(STAMP) controlplane ## the long benchmarks: 6,000 and 5,000-target
 	$(BIN)/python bench/scale.py --pods-a 5000 --pods-b 1000 --targets 5000 --repeat 3
 	$(BIN)/python bench/footprint.py --experiments 1000 --pods 10000 --minutes 60
 
-bench-real-node: $(STAMP) controlplane real-node-tools ## node-level attacks on the real node: first fault, Stop All, the agent's footprint at 200 faults (root; about 6 minutes; not in make test)
+bench-real-node: $(STAMP) controlplane real-node-tools ## node-level attacks on the real node: first fault, Stop All, the agent's footprint at 200 faults (root; about 10 minutes; not in make test)
 	bash tools/controlplane/build.sh --real-node >/dev/null
 	$(BIN)/python bench/realnode.py 30 40 3 5
 

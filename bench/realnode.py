@@ -428,6 +428,60 @@ def first_fault_and_stop(
     return out, marks
 
 
+def keeper_floor(
+    pods: list[Any], attacks: int, tables: list[Tables], work: Path
+) -> dict[str, float]:
+    """The keeper's own work for PODS x ATTACKS faults, in this process (no daemon, no API,
+    no pipe): FaultHolder.apply one after another, then rollback_all; and its parts."""
+    import asyncio
+
+    from shakeout.agent.node.holder import FaultHolder
+    from shakeout.agent.node.journal import Journal
+    from shakeout.agent.node.system import HostPaths
+
+    locator = RuntimeLocator()
+    journal = work / "bench-journal.json"
+    holder = FaultHolder(Journal(journal), 3600.0, locator, HostPaths())
+    refs = [PodRef(NS, p.metadata.name, p.metadata.uid) for p in pods]
+    commands = [
+        {"op": "apply", "id": f"bench/loss-{k}/{ref.uid}", "type": "PacketLoss",
+         "parameters": {"percent": k + 1, "direction": "Ingress"}, "pod": ref.to_json()}
+        for k in range(attacks)
+        for ref in refs
+    ]  # fmt: skip
+
+    async def apply_all() -> float:
+        began = time.perf_counter()
+        for command in commands:
+            await holder.apply(command)
+        return time.perf_counter() - began
+
+    async def rollback_all() -> float:
+        began = time.perf_counter()
+        await holder.rollback_all("bench")
+        return time.perf_counter() - began
+
+    applied = asyncio.run(apply_all())
+    assert sum(t.shakeout() for t in tables) == len(commands), "the keeper's faults not seen"
+    began = time.perf_counter()
+    holder.journal.save(holder.entries)
+    save = time.perf_counter() - began
+    began = time.perf_counter()
+    for ref in refs:
+        locator.locate(ref)
+    locate = (time.perf_counter() - began) / len(refs)
+    rolled = asyncio.run(rollback_all())
+    assert sum(t.shakeout() for t in tables) == 0, "the keeper's faults not gone"
+    journal.unlink(missing_ok=True)
+    return {
+        "faults": len(commands),
+        "apply_each": applied / len(commands),
+        "rollback_each": rolled / len(commands),
+        "journal_save_full": save,
+        "locate_each": locate,
+    }
+
+
 def run_phase(custom: client.CustomObjectsApi, name: str) -> str:
     run = custom.get_namespaced_custom_object(GROUP, VERSION, NS, "experimentruns", name)
     return str((run.get("status") or {}).get("phase") or "")
@@ -542,6 +596,15 @@ def main() -> None:
             web_tables = tables_of(ready_pods(core, "web"))
             opened.extend(web_tables)
             idle = footprint(agent.pid, window)
+            floor = keeper_floor(ready_pods(core, "web"), sizes[0], web_tables, work)
+            print(
+                f"keeper floor, {floor['faults']} faults in this process: apply "
+                f"{floor['apply_each'] * 1000:.0f} ms each, rollback "
+                f"{floor['rollback_each'] * 1000:.0f} ms each (locate "
+                f"{floor['locate_each'] * 1000:.1f} ms, one journal save at "
+                f"{floor['faults']} faults {floor['journal_save_full'] * 1000:.1f} ms)",
+                flush=True,
+            )
             held = [holding(custom, agent.pid, web_tables, size, window) for size in sizes]
             report_footprint(idle, held)
         finally:

@@ -12,7 +12,7 @@ REPORTS := .cache/test-reports
 .PHONY: help venv controlplane prometheus crds examples verify lint format typecheck lint-imports check-crds \
         check-examples bench bench-full \
         test test-unit test-go test-node test-e2e test-real-node test-image image host-tools \
-        real-node-tools reliability sandbox-up real-node-up sandbox-down sandbox-status run clean
+        real-node-tools bench-real-node reliability sandbox-up real-node-up sandbox-down sandbox-status run clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -151,6 +151,10 @@ bench-full: $(STAMP) controlplane ## the long benchmarks: 6,000 and 5,000-target
 	$(BIN)/python bench/scale.py --pods-a 3000 --pods-b 3000 --targets 100 1000 3000 --repeat 5
 	$(BIN)/python bench/scale.py --pods-a 5000 --pods-b 1000 --targets 5000 --repeat 3
 	$(BIN)/python bench/footprint.py --experiments 1000 --pods 10000 --minutes 60
+
+bench-real-node: $(STAMP) controlplane real-node-tools ## node-level attacks on the real node: first fault, Stop All, the agent's footprint at 200 faults (root; about 10 minutes; not in make test)
+	bash tools/controlplane/build.sh --real-node >/dev/null
+	$(BIN)/python bench/realnode.py 30 40 3 5
 
 clean: ## remove the venv and local caches (not the control-plane build cache)
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

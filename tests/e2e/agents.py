@@ -300,3 +300,19 @@ class NodeAgent:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+@contextlib.contextmanager
+def running_agent(cluster: Cluster, workdir: Path, show_log: bool = False) -> Iterator[NodeAgent]:
+    """A real `shakeout agent` for AGENT_NODE, in the agents' namespace (created if
+    missing), stopped at the end; `show_log` prints the end of its output then."""
+    if cluster.kubectl("get", "namespace", AGENT_NAMESPACE, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", AGENT_NAMESPACE)
+    node_agent = NodeAgent(cluster, workdir)
+    node_agent.start()
+    try:
+        yield node_agent
+    finally:
+        node_agent.stop()
+        if show_log:
+            print(node_agent.output()[-5000:])

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from shakeout.cli import templates
-from tests.e2e.agents import AGENT_NAMESPACE, AGENT_NODE, Netns, NodeAgent
+from tests.e2e.agents import AGENT_NODE, Netns, NodeAgent, running_agent
 from tests.e2e.conftest import REPO, Cluster, Operator, eventually
 from tests.e2e.invariants import assert_clean
 from tests.e2e.runs import TEAM, cancel_all, set_switch, wait_no_active_runs
@@ -200,14 +200,8 @@ def all_ready(cluster: Cluster) -> None:
 
 @pytest.fixture(scope="module")
 def agent(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
-    if crds.kubectl("get", "namespace", AGENT_NAMESPACE, check=False).returncode != 0:
-        crds.kubectl("create", "namespace", AGENT_NAMESPACE)
-    node_agent = NodeAgent(crds, tmp_path_factory.mktemp("agent"))
-    node_agent.start()
-    try:
+    with running_agent(crds, tmp_path_factory.mktemp("agent")) as node_agent:
         yield node_agent
-    finally:
-        node_agent.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 from tests.e2e.agents import (
-    AGENT_NAMESPACE,
     AGENT_NODE,
     LEASE_DURATION,
     OWN_ROLLBACK_SLACK,
@@ -28,6 +27,7 @@ from tests.e2e.agents import (
     UdpEcho,
     dropped,
     rss_mib,
+    running_agent,
 )
 from tests.e2e.conftest import Cluster, eventually
 from tests.e2e.invariants import assert_clean
@@ -39,15 +39,8 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELED"}
 
 @pytest.fixture(scope="module")
 def agent(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
-    if crds.kubectl("get", "namespace", AGENT_NAMESPACE, check=False).returncode != 0:
-        crds.kubectl("create", "namespace", AGENT_NAMESPACE)
-    node_agent = NodeAgent(crds, tmp_path_factory.mktemp("agent"))
-    node_agent.start()
-    try:
+    with running_agent(crds, tmp_path_factory.mktemp("agent"), show_log=True) as node_agent:
         yield node_agent
-    finally:
-        node_agent.stop()
-        print(node_agent.output()[-5000:])
 
 
 @pytest.fixture

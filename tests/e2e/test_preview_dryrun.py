@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.agents import AGENT_NAMESPACE, AGENT_NODE, Netns, NodeAgent
+from tests.e2e.agents import AGENT_NODE, Netns, NodeAgent, running_agent
 from tests.e2e.conftest import Cluster, Operator, eventually
 from tests.e2e.runs import TEAM, TERMINAL, create_run, deployment, events, wait_phase
 from tests.e2e.test_node_agents import target_pod
@@ -299,14 +299,8 @@ def test_a_dry_run_never_applies_anything_across_an_operator_kill(
 
 @pytest.fixture
 def agent(ready: Cluster, tmp_path: Path) -> Iterator[NodeAgent]:
-    if ready.kubectl("get", "namespace", AGENT_NAMESPACE, check=False).returncode != 0:
-        ready.kubectl("create", "namespace", AGENT_NAMESPACE)
-    node_agent = NodeAgent(ready, tmp_path)
-    node_agent.start()
-    try:
+    with running_agent(ready, tmp_path) as node_agent:
         yield node_agent
-    finally:
-        node_agent.stop()
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 
 from shakeout.sandbox.cluster import Sandbox, SandboxError
-from tests.e2e.agents import AGENT_NAMESPACE, Netns, NodeAgent
+from tests.e2e.agents import Netns, NodeAgent, running_agent
 from tests.e2e.conftest import REPO, Cluster, eventually
 from tests.e2e.runs import TEAM, create_run, deployment, wait_phase
 from tests.e2e.test_node_agents import target_pod
@@ -409,14 +409,8 @@ def test_the_worked_example_of_the_docs_runs(
 @pytest.fixture(scope="module")
 def agent(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
     """A real `shakeout agent` for the kwok node AGENT_NODE (tests/e2e/agents.py)."""
-    if crds.kubectl("get", "namespace", AGENT_NAMESPACE, check=False).returncode != 0:
-        crds.kubectl("create", "namespace", AGENT_NAMESPACE)
-    node_agent = NodeAgent(crds, tmp_path_factory.mktemp("agent"))
-    node_agent.start()
-    try:
+    with running_agent(crds, tmp_path_factory.mktemp("agent")) as node_agent:
         yield node_agent
-    finally:
-        node_agent.stop()
 
 
 def test_a_real_blackhole_on_the_workloads_pod_fails_the_run_on_its_metric(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -231,3 +233,85 @@ def patch_run_as(
     finally:
         api_client.close()
     return None
+
+
+def scheduled_style_run(
+    cluster: Cluster, experiment: str, namespace: str = TEAM, name: str | None = None
+) -> str:
+    """A run made the way the scheduler makes one: by the operator's user (the sandbox's
+    admin), labelled as scheduled: the webhook lets it through unchecked, and the
+    operator's pick-up is its check. Returns its name."""
+    name = name or f"{experiment}-s{uuid.uuid4().hex[:5]}"
+    cluster.create(
+        {
+            "apiVersion": "shakeout.dev/v1alpha1",
+            "kind": "ExperimentRun",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"shakeout.dev/trigger": "schedule"},
+            },
+            "spec": {"experimentRef": {"name": experiment}},
+        }
+    )
+    return name
+
+
+def pinned_deployment(cluster: Cluster, name: str, node: str, namespace: str = TEAM) -> None:
+    """One replica, placed by the scheduler on `node` (a nodeSelector, not a nodeName)."""
+    cluster.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {
+                        "nodeSelector": {"kubernetes.io/hostname": node},
+                        "containers": [{"name": "c", "image": "nginx"}],
+                    },
+                },
+            },
+        }
+    )
+    eventually(
+        lambda: (
+            cluster.get("deployment", name, "-n", namespace).get("status", {}).get("readyReplicas")
+            == 1
+        ),
+    )
+
+
+def race_creates(cluster: Cluster, experiment: str, count: int = 20) -> dict[str, dict[str, Any]]:
+    """`count` runs of `experiment` created at the same instant (a barrier), as a team
+    would by clicking Run together: those admission refused say another run executes;
+    returns the final status of each stored run."""
+    barrier = threading.Barrier(count)
+
+    def create(_: int) -> tuple[str, Any]:
+        barrier.wait()
+        return create_run(cluster, experiment, check=False)
+
+    with ThreadPoolExecutor(count) as pool:
+        results = list(pool.map(create, range(count)))
+    stored = [name for name, result in results if result.returncode == 0]
+    refused = [result.stderr for _, result in results if result.returncode != 0]
+    assert stored, refused
+    for message in refused:
+        assert "another run is executing" in message, message
+    return {n: wait_phase(cluster, n, TERMINAL, timeout=60) for n in stored}
+
+
+def the_one_executed(finals: dict[str, dict[str, Any]]) -> str:
+    """The one run of a race that attacked; every other one failed AnotherRunActive
+    without attacking anything."""
+    executed = [n for n, s in finals.items() if s.get("attacks") and s["phase"] == "COMPLETED"]
+    assert len(executed) == 1, finals
+    for name, status in finals.items():
+        if name not in executed:
+            assert (status["phase"], status["reason"]) == ("FAILED", "AnotherRunActive")
+            assert status.get("attacks", []) == []
+    return executed[0]

@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from tests.e2e.conftest import Cluster, eventually
-from tests.e2e.runs import TEAM, create_run, deployment, replicas, scale_experiment, wait_phase
+from tests.e2e.runs import (
+    TEAM,
+    create_run,
+    deployment,
+    pinned_deployment,
+    replicas,
+    scale_experiment,
+    wait_phase,
+)
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELED"}
 WORKER, OTHER = "kwok-node-0", "kwok-node-1"
@@ -41,34 +49,6 @@ def cordon_experiment(cluster: Cluster, name: str, app: str, duration: int = 3) 
                 "attacks": [{"name": "cordon", "type": "NodeCordon", "durationSeconds": duration}],
             },
         }
-    )
-
-
-def pinned_deployment(cluster: Cluster, name: str, node: str) -> None:
-    """One replica, placed by the scheduler on `node` (a nodeSelector, not a nodeName)."""
-    cluster.apply(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": TEAM},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {
-                        "nodeSelector": {"kubernetes.io/hostname": node},
-                        "containers": [{"name": "c", "image": "nginx"}],
-                    },
-                },
-            },
-        }
-    )
-    eventually(
-        lambda: (
-            cluster.get("deployment", name, "-n", TEAM).get("status", {}).get("readyReplicas") == 1
-        ),
-        what=f"deployment {name} ready",
     )
 
 

@@ -4,10 +4,7 @@ All stops every run in every namespace."""
 
 from __future__ import annotations
 
-import threading
-import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -18,10 +15,14 @@ from tests.e2e.runs import (
     TEAM,
     create_run,
     deployment,
+    pinned_deployment,
+    race_creates,
     replicas,
     run_status,
     scale_experiment,
+    scheduled_style_run,
     set_switch,
+    the_one_executed,
     wait_phase,
 )
 from tests.e2e.test_cluster_attacks import WORKER, rails, unschedulable
@@ -71,26 +72,6 @@ def holders(cluster: Cluster) -> list[dict[str, Any]]:
     return list(status.get("activeRuns") or [])
 
 
-def scheduled_run(cluster: Cluster, experiment: str, namespace: str = TEAM) -> str:
-    """A run as the operator's scheduler creates it (the webhook lets the operator's
-    scheduled runs through unchecked: the pick-up is their check; the tests' admin user is
-    the operator's)."""
-    name = f"{experiment}-s{uuid.uuid4().hex[:5]}"
-    cluster.create(
-        {
-            "apiVersion": "shakeout.dev/v1alpha1",
-            "kind": "ExperimentRun",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {"shakeout.dev/trigger": "schedule"},
-            },
-            "spec": {"experimentRef": {"name": experiment}},
-        }
-    )
-    return name
-
-
 def cancel(cluster: Cluster, name: str, namespace: str = TEAM) -> None:
     cluster.merge_patch("experimentrun", name, {"spec": {"cancel": True}}, namespace=namespace)
 
@@ -126,7 +107,7 @@ def test_namespace_mode_runs_two_teams_at_once_and_stop_all_stops_both(
         assert same.returncode != 0
         assert f"{TEAM}/{a} holds namespace {TEAM}'s turn" in same.stderr, same.stderr
         # A scheduled run of team-a waits for its turn, and Stop All ends that wait too.
-        waiter = scheduled_run(teams, "conc-wait")
+        waiter = scheduled_style_run(teams, "conc-wait")
         eventually(
             lambda: any(
                 c["type"] == "Waiting" for c in run_status(teams, waiter).get("conditions", [])
@@ -154,8 +135,8 @@ def test_a_scheduled_run_waits_for_its_turn_then_runs_or_is_canceled(
 ) -> None:
     holder, _ = create_run(teams, "conc-a")
     wait_phase(teams, holder, {"ATTACKS_STARTED"}, timeout=30)
-    canceled = scheduled_run(teams, "conc-wait")
-    waiter = scheduled_run(teams, "conc-wait")
+    canceled = scheduled_style_run(teams, "conc-wait")
+    waiter = scheduled_style_run(teams, "conc-wait")
 
     def waiting(name: str) -> dict[str, Any] | None:
         conditions = run_status(teams, name).get("conditions", [])
@@ -188,7 +169,7 @@ def test_a_scheduled_run_past_its_bound_fails_with_the_reason(
     )
     holder, _ = create_run(teams, "conc-a")
     wait_phase(teams, holder, {"ATTACKS_STARTED"}, timeout=30)
-    late = scheduled_run(teams, "conc-wait")
+    late = scheduled_style_run(teams, "conc-wait")
     status = wait_phase(teams, late, TERMINAL, timeout=20)
     assert (status["phase"], status["reason"]) == ("FAILED", "AnotherRunActive"), status
     assert "schedule.maxWaitSeconds" in status["message"], status
@@ -204,43 +185,8 @@ def test_a_scheduled_run_past_its_bound_fails_with_the_reason(
 
 
 def pinned(cluster: Cluster, name: str, namespace: str) -> None:
-    """One replica placed by the scheduler on WORKER, and an Experiment cordoning its node."""
-    cluster.apply(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {
-                        "nodeSelector": {"kubernetes.io/hostname": WORKER},
-                        "containers": [{"name": "c", "image": "nginx"}],
-                    },
-                },
-            },
-        }
-    )
-    eventually(
-        lambda: (
-            cluster.get("deployment", name, "-n", namespace).get("status", {}).get("readyReplicas")
-            == 1
-        ),
-        what=f"deployment {name} ready",
-    )
-    cluster.apply(
-        {
-            "apiVersion": "shakeout.dev/v1alpha1",
-            "kind": "Experiment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "blastRadius": {"selector": {"matchLabels": {"app": name}}},
-                "attacks": [{"name": "cordon", "type": "NodeCordon", "durationSeconds": 30}],
-            },
-        }
-    )
+    """One replica placed by the scheduler on WORKER."""
+    pinned_deployment(cluster, name, WORKER, namespace)
 
 
 def test_two_teams_may_not_hold_one_node(teams: Cluster) -> None:
@@ -255,7 +201,7 @@ def test_two_teams_may_not_hold_one_node(teams: Cluster) -> None:
         assert refused.returncode != 0
         assert f"run {TEAM}/{a} holds node(s) {WORKER}" in refused.stderr, refused.stderr
         # The operator's own check (a scheduled run is not checked at admission).
-        late = scheduled_run(teams, "conc-cord", TEAM_B)
+        late = scheduled_style_run(teams, "conc-cord", TEAM_B)
         status = wait_phase(teams, late, TERMINAL, timeout=20, namespace=TEAM_B)
         assert (status["phase"], status["reason"]) == ("FAILED", "TargetsHeld"), status
         cancel(teams, a)
@@ -266,23 +212,7 @@ def test_two_teams_may_not_hold_one_node(teams: Cluster) -> None:
 def test_twenty_concurrent_creates_in_one_namespace_never_share_a_pod(teams: Cluster) -> None:
     """Namespace mode: the runs of one namespace race for its one turn (the same pods)."""
     scale_experiment(teams, "conc-race", "conc-a", duration=2)
-    barrier = threading.Barrier(20)
-
-    def create(_: int) -> tuple[str, Any]:
-        barrier.wait()
-        return create_run(teams, "conc-race", check=False)
-
-    with rails(teams, NAMESPACE_MODE), ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(create, range(20)))
-        stored = [name for name, result in results if result.returncode == 0]
-        refused = [result.stderr for _, result in results if result.returncode != 0]
-        assert stored, refused
-        for message in refused:
-            assert "another run is executing" in message, message
-        finals = {n: wait_phase(teams, n, TERMINAL, timeout=60) for n in stored}
-    executed = [n for n, s in finals.items() if s.get("attacks") and s["phase"] == "COMPLETED"]
-    assert len(executed) == 1, finals
-    for name, status in finals.items():
-        if name not in executed:
-            assert (status["phase"], status["reason"]) == ("FAILED", "AnotherRunActive")
+    with rails(teams, NAMESPACE_MODE):
+        finals = race_creates(teams, "conc-race")
+    the_one_executed(finals)
     assert replicas(teams, "conc-a") == 2

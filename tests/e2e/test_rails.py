@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 from tests.e2e.conftest import Cluster, eventually
-from tests.e2e.runs import TEAM, create_run, deployment, replicas, scale_experiment, wait_phase
+from tests.e2e.runs import (
+    TEAM,
+    create_run,
+    deployment,
+    replicas,
+    scale_experiment,
+    scheduled_style_run,
+    wait_phase,
+)
 
 
 def bypassing_webhook_run(cluster: Cluster, experiment: str, namespace: str) -> str:
     """A run the webhook lets through unchecked (as it does scheduled runs): the operator's
     own re-check is all that stands between it and the namespace."""
-    name = f"{experiment}-bypass"
-    cluster.create(
-        {
-            "apiVersion": "shakeout.dev/v1alpha1",
-            "kind": "ExperimentRun",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {"shakeout.dev/trigger": "schedule"},
-            },
-            "spec": {"experimentRef": {"name": experiment}},
-        }
-    )
-    return name
+    return scheduled_style_run(cluster, experiment, namespace, name=f"{experiment}-bypass")
 
 
 def test_a_protected_namespace_is_never_attacked(ready: Cluster, namespace: str) -> None:

@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.e2e.conftest import Cluster, Operator, eventually
 from tests.e2e.invariants import TERMINAL, assert_clean, scaled
-from tests.e2e.runs import TEAM, create_run, deployment, run_status, wait_phase
+from tests.e2e.runs import (
+    TEAM,
+    create_run,
+    deployment,
+    race_creates,
+    run_status,
+    the_one_executed,
+    wait_phase,
+)
 
 
 def chaos_experiment(cluster: Cluster, name: str, victim: str, scaled_app: str) -> None:
@@ -112,29 +118,11 @@ def test_twenty_concurrent_creates_execute_exactly_one(ready: Cluster) -> None:
             },
         }
     )
-    barrier = threading.Barrier(20)
-
-    def create(_: int) -> tuple[str, subprocess.CompletedProcess[str]]:
-        barrier.wait()
-        return create_run(ready, "rel-race", check=False)
-
-    with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(create, range(20)))
-    stored = [name for name, result in results if result.returncode == 0]
-    refused = [result.stderr for _, result in results if result.returncode != 0]
-    assert stored, refused
-    for message in refused:
-        assert "another run is executing" in message, message
-    finals = {n: wait_phase(ready, n, TERMINAL, timeout=60) for n in stored}
-    executed = [n for n, s in finals.items() if s.get("attacks") and s["phase"] == "COMPLETED"]
-    assert len(executed) == 1, finals
-    for name, status in finals.items():
-        if name not in executed:
-            assert (status["phase"], status["reason"]) == ("FAILED", "AnotherRunActive")
-            assert status.get("attacks", []) == []
+    finals = race_creates(ready, "rel-race")
+    the_one_executed(finals)
     print(
-        f"\n20 concurrent creates: {len(refused)} refused at admission, "
-        f"{len(stored)} stored, 1 executed"
+        f"\n20 concurrent creates: {20 - len(finals)} refused at admission, "
+        f"{len(finals)} stored, 1 executed"
     )
     assert_clean(ready, TEAM, replicas={"rel-race": 2})
 

@@ -23,6 +23,7 @@ from tests.e2e.runs import (
     replicas,
     run_status,
     scale_experiment,
+    scheduled_style_run,
     wait_phase,
 )
 from tests.unit.test_docs import examples
@@ -53,23 +54,10 @@ def blackouts(cluster: Cluster, *windows: dict[str, Any]) -> Iterator[None]:
 
 
 def scheduled_run(cluster: Cluster, experiment: str) -> str:
-    """A run made the way the scheduler makes one: by the operator's user (the sandbox's
-    admin), labelled as scheduled: the webhook lets it through, the pick-up checks it."""
+    """A run made the way the scheduler makes one (the pick-up checks it)."""
     name = f"{experiment}-sched"
     cluster.kubectl("delete", "experimentrun", name, "-n", TEAM, check=False)
-    cluster.create(
-        {
-            "apiVersion": "shakeout.dev/v1alpha1",
-            "kind": "ExperimentRun",
-            "metadata": {
-                "name": name,
-                "namespace": TEAM,
-                "labels": {"shakeout.dev/trigger": "schedule"},
-            },
-            "spec": {"experimentRef": {"name": experiment}},
-        }
-    )
-    return name
+    return scheduled_style_run(cluster, experiment, name=name)
 
 
 @pytest.fixture(scope="module")

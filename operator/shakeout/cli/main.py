@@ -12,44 +12,23 @@ from shakeout import __version__
 
 
 def _crds(args: argparse.Namespace) -> int:
-    from shakeout import crds
+    from shakeout import crds, generated
 
-    directory = Path(args.output_dir)
-    if args.check:
-        stale = crds.drift(directory)
-        if stale:
-            print(
-                f"CRDs in {directory} differ from the models: {', '.join(stale)}\n"
-                "run `make crds` and commit the result",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"CRDs in {directory} match the models")
-        return 0
-    for path in crds.write(directory):
-        print(f"wrote {path}")
-    return 0
+    return generated.write_or_check(
+        Path(args.output_dir), crds.render(), "shakeout.dev_*.yaml", check=args.check,
+        what="CRDs (generated from the models)", make="make crds",
+    )  # fmt: skip
 
 
 def _examples(args: argparse.Namespace) -> int:
+    from shakeout import generated
     from shakeout.cli import templates
 
-    directory = Path(args.output_dir)
-    if args.check:
-        stale = templates.drift(directory)
-        if stale:
-            print(
-                f"examples in {directory} differ from the templates of `kubectl shakeout init` "
-                f"(operator/shakeout/cli/examples): {', '.join(stale)}\n"
-                "run `make examples` and commit the result",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"examples in {directory} match the templates")
-        return 0
-    for path in templates.write(directory):
-        print(f"wrote {path}")
-    return 0
+    return generated.write_or_check(
+        Path(args.output_dir), templates.examples(), "*.yaml", check=args.check,
+        what="examples (the templates of `kubectl shakeout init`, operator/shakeout/cli/examples)",
+        make="make examples",
+    )  # fmt: skip
 
 
 def _sandbox(args: argparse.Namespace) -> int:

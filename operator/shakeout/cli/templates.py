@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from shakeout import generated
 from shakeout.api.attacks import WorkloadKind
 from shakeout.api.common import DNS_LABEL, DNS_SUBDOMAIN
 from shakeout.api.experiment import Experiment
@@ -335,22 +336,9 @@ def examples() -> dict[str, str]:
 
 
 def write(directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for file, text in examples().items():
-        path = directory / file
-        path.write_text(text)
-        written.append(path)
-    return written
+    return generated.write(directory, examples())
 
 
 def drift(directory: Path) -> list[str]:
     """Files of `directory` that differ from the templates, and YAML files of no template."""
-    expected = examples()
-    stale = [
-        file
-        for file, text in expected.items()
-        if not (directory / file).exists() or (directory / file).read_text() != text
-    ]
-    extra = sorted(p.name for p in directory.glob("*.yaml") if p.name not in expected)
-    return stale + extra
+    return generated.drift(directory, examples(), "*.yaml")

@@ -835,8 +835,11 @@ def main() -> None:  # noqa: PLR0912, PLR0915  (a benchmark script, top to botto
                 for process in (peers.operator, peers.chaos_mesh):
                     if process is not None:
                         process.terminate()
-                        with contextlib.suppress(subprocess.TimeoutExpired):
-                            process.wait(timeout=60)
+                        try:
+                            process.wait(timeout=15)
+                        except subprocess.TimeoutExpired:  # Chaos Mesh lingers on SIGTERM
+                            process.kill()
+                            process.wait()
                 for log in ("operator.log", "chaos-mesh.log", "ctk.log"):
                     with contextlib.suppress(OSError):
                         (REPO / ".cache").mkdir(exist_ok=True)

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 REPORTS := .cache/test-reports
 
 .PHONY: help venv controlplane prometheus crds examples verify lint format typecheck lint-imports check-crds \
-        check-examples bench bench-full \
+        check-examples bench bench-full peers bench-peers bench-peers-full \
         test test-unit test-go test-node test-e2e test-real-node test-image image host-tools \
         real-node-tools bench-real-node reliability sandbox-up real-node-up sandbox-down sandbox-status run clean
 
@@ -146,6 +146,20 @@ bench: $(STAMP) controlplane ## quick benchmarks of docs/benchmarks.md (about 15
 	$(BIN)/python bench/scale.py --pods-a 1000 --pods-b 1000 --targets 1 100 1000 --repeat 3
 	$(BIN)/python bench/namespaces.py --namespaces 10 --targets 100 --rounds 3
 	$(BIN)/python bench/footprint.py --experiments 100 --pods 1000 --minutes 3
+
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+peers: ## build Chaos Mesh's controller-manager and install Chaos Toolkit, for bench-peers (cached by version)
+	bash tools/peers/build.sh >/dev/null
+
+bench-peers: $(BENCH_STAMP) controlplane peers ## shakeout beside a bare client, Chaos Mesh and Chaos Toolkit at 1, 100, 1,000 targets; draws docs/img/peers.png
+	$(BIN)/python bench/peers.py --targets 1 100 1000 --reps 3 --plot docs/img/peers.png
+
+bench-peers-full: $(BENCH_STAMP) controlplane peers ## bench-peers at 1, 100, 1,000 and 5,000 targets, 5 runs each
+	$(BIN)/python bench/peers.py --full --reps 5 --plot docs/img/peers.png
 
 bench-full: $(STAMP) controlplane ## the long benchmarks: 6,000 and 5,000-target scale, an hour's soak (about 90 minutes)
 	$(BIN)/python bench/scale.py --pods-a 3000 --pods-b 3000 --targets 100 1000 3000 --repeat 5

@@ -282,6 +282,7 @@ def pinned_deployment(cluster: Cluster, name: str, node: str, namespace: str = T
             cluster.get("deployment", name, "-n", namespace).get("status", {}).get("readyReplicas")
             == 1
         ),
+        what=f"deployment {name} ready",
     )
 
 

@@ -185,8 +185,19 @@ def test_a_scheduled_run_past_its_bound_fails_with_the_reason(
 
 
 def pinned(cluster: Cluster, name: str, namespace: str) -> None:
-    """One replica placed by the scheduler on WORKER."""
+    """One replica placed by the scheduler on WORKER, and an Experiment cordoning its node."""
     pinned_deployment(cluster, name, WORKER, namespace)
+    cluster.apply(
+        {
+            "apiVersion": "shakeout.dev/v1alpha1",
+            "kind": "Experiment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "blastRadius": {"selector": {"matchLabels": {"app": name}}},
+                "attacks": [{"name": "cordon", "type": "NodeCordon", "durationSeconds": 30}],
+            },
+        }
+    )
 
 
 def test_two_teams_may_not_hold_one_node(teams: Cluster) -> None:

@@ -249,6 +249,7 @@ def test_a_dry_run_goes_through_every_phase_and_touches_nothing(shop: Cluster) -
     assert len({p[1] for p in before["pods"]} - {p[1] for p in after["pods"]}) >= 2
 
 
+@pytest.mark.long  # an operator SIGKILL: the reliability suite's kind (unit tests cover resume)
 def test_a_dry_run_never_applies_anything_across_an_operator_kill(
     shop: Cluster, live_operator: Operator
 ) -> None:

@@ -277,6 +277,7 @@ def test_the_chart_of_a_run_with_samples_in_the_browser(chromium: str, tmp_path:
     assert not dom.find("script")
 
 
+@pytest.mark.long  # the browser test charts a real run's samples too
 def test_samples_stored_in_a_real_runs_status_are_charted_in_the_window(
     ready: Cluster, chromium: str, tmp_path: Path
 ) -> None:

@@ -12,7 +12,6 @@ bare Python process that imports kopf and the kubernetes client and does nothing
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -24,23 +23,12 @@ from pathlib import Path
 from kubernetes import client, config
 
 from lifecycle import REPO, kubectl, start_operator
+from procfs import cpu_seconds, rss_mib  # bench/, beside this script
 from scale import create_pods, create_run
 from shakeout.sandbox.cluster import Sandbox
 
 GROUP, VERSION = "shakeout.dev", "v1alpha1"
 NS = "churn"
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sample(pid: int, seconds: float, every: float = 2.0) -> tuple[list[float], float]:

@@ -56,6 +56,7 @@ import yaml
 from kubernetes import client, config, watch
 
 from lifecycle import REPO, kubectl, set_switch, start_operator, wait_idle
+from procfs import cpu_seconds, rss_mib  # bench/, beside this script
 from shakeout.api.labels import ISOLATED
 from shakeout.certs import make_serving_cert
 from shakeout.sandbox.cluster import Sandbox
@@ -70,22 +71,6 @@ Body = dict[str, Any]
 
 # ---------------------------------------------------------------------------------------------
 # Processes: resident memory and CPU from /proc
-
-
-def rss_mib(pid: int) -> float:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class PeakRss:

@@ -41,6 +41,7 @@ import yaml
 from kubernetes import client, config
 
 from lifecycle import Watcher, start_operator  # bench/, beside this script
+from procfs import cpu_seconds, rss_mib  # bench/, beside this script
 from shakeout.agent.node import faults, nft
 from shakeout.agent.node.locate import PodRef, RuntimeLocator
 from shakeout.api.attacks import AttackType, Direction
@@ -274,23 +275,6 @@ def family(pid: int) -> list[int]:
         out.append(current)
         todo.extend(children.get(current, []))
     return out
-
-
-def rss_mib(pid: int) -> float:
-    """VmRSS in MiB; 0 for a process gone meanwhile (a short-lived tool)."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cmdline(pid: int) -> bytes:

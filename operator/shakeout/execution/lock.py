@@ -55,7 +55,8 @@ async def acquire(
         spec = switch_spec(switch)
         if switch is None or spec is None or not is_enabled(switch):
             return LockResult(False, disabled=True)
-        held = [h for h in held_runs(switch) if h.uid != uid]
+        every = held_runs(switch)
+        held = [h for h in every if h.uid != uid]
         # Only the holders it would conflict with are asked whether they are alive (one
         # read each, remembered across attempts): in Namespace mode, usually none. A dead
         # one is taken over; the others' entries are their own to give back.
@@ -65,7 +66,7 @@ async def acquire(
         live = [h for h in held if h.uid not in dead]
         if (found := conflict(spec.concurrency, me, live)) is not None:
             return LockResult(False, holder=found.holder.ref, conflict=found)
-        already = [h for h in held_runs(switch) if h.uid == uid]
+        already = [h for h in every if h.uid == uid]
         if already and already[0].nodes == me.nodes and len(live) == len(held):
             return LockResult(True)  # held already, as it is (nothing to take over)
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -65,15 +64,6 @@ async def blackout_windows() -> Sequence[TimeWindow]:
     return blackout_windows_of(await api().get_switch())
 
 
-async def holder_alive(ref: dict[str, Any]) -> bool:
-    """Whether the run a lock names still exists (the same object) and is not finished, or
-    vanished with attacks that its rollback record still holds (being rolled back)."""
-    run = await api().get_run(str(ref.get("namespace", "")), str(ref["name"]))
-    if run is None or (ref.get("uid") and run["metadata"]["uid"] != ref["uid"]):
-        return bool(ref.get("uid")) and await record_exists(str(ref["uid"]))
-    return not is_terminal((run.get("status") or {}).get("phase"))
-
-
 def held_runs(switch: Obj | None) -> list[Holder]:
     """Every run the switch's status names as holding a turn (status.activeRuns, and
     status.activeRun for one an older operator wrote), alive or not."""
@@ -89,6 +79,9 @@ async def live_holders(switch: Obj | None, besides: str | None = None) -> list[H
 
 
 async def is_alive(holder: Holder) -> bool:
-    """Whether a holder is alive (holder_alive)."""
-    ref = {"namespace": holder.namespace, "name": holder.name, "uid": holder.uid or None}
-    return await holder_alive(ref)
+    """Whether the run a holder names still exists (the same object) and is not finished,
+    or vanished with attacks that its rollback record still holds (being rolled back)."""
+    run = await api().get_run(holder.namespace, holder.name)
+    if run is None or (holder.uid and run["metadata"]["uid"] != holder.uid):
+        return bool(holder.uid) and await record_exists(holder.uid)
+    return not is_terminal((run.get("status") or {}).get("phase"))

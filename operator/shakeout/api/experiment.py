@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, get_args
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
@@ -31,7 +30,12 @@ from shakeout.api.attacks import (
 )
 from shakeout.api.checks import StateCheck
 from shakeout.api.common import DNS_LABEL, Condition, LabelSelector, Model, Resource, cel
-from shakeout.api.windows import TimeWindow, unique_window_names
+from shakeout.api.windows import (
+    TimeWindow,
+    require_unique_names,
+    time_zone_error,
+    unique_window_names,
+)
 
 MAX_DURATION_SECONDS = 24 * 3600
 AFTER_EARLIER_ONLY = (
@@ -231,10 +235,8 @@ def schedule_error(cron: str, time_zone: str) -> str | None:
     """Why a schedule is unusable (the API server cannot check cron syntax), or None."""
     if not croniter.is_valid(cron):
         return f"invalid cron expression {cron!r}"
-    try:
-        ZoneInfo(time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        return f"unknown time zone {time_zone!r}"
+    if (error := time_zone_error(time_zone)) is not None:
+        return error
     # Valid syntax that never falls due (`0 0 31 2 *`: February 31st) would make every
     # look at the schedule fail: refused here instead.
     try:
@@ -407,9 +409,7 @@ class ExperimentSpec(Model):
         for i, attack in enumerate(self.attacks):
             if any(n not in names[:i] for n in attack.after):
                 raise ValueError(AFTER_EARLIER_ONLY + f": attack {attack.name}")
-        windows = [w.name for w in self.allowed_windows]
-        if len(set(windows)) != len(windows):
-            raise ValueError("allowedWindows: window names must be unique")
+        require_unique_names(self.allowed_windows, "allowedWindows")
         if sum(a.type == AttackType.NETWORK_ISOLATION for a in self.attacks) > 1:
             raise ValueError("at most one NetworkIsolation attack (its direction can be Both)")
         if any(

@@ -12,7 +12,7 @@ from pydantic import ConfigDict, Field, StringConstraints, ValidationError, mode
 
 from shakeout.api.common import DNS_LABEL, Condition, Model, Resource, cel
 from shakeout.api.labels import CHANGED_AT, CHANGED_BY, CHANGED_GENERATION
-from shakeout.api.windows import TimeWindow, unique_window_names
+from shakeout.api.windows import TimeWindow, require_unique_names, unique_window_names
 
 SWITCH_NAME = "default"
 
@@ -223,9 +223,7 @@ class ChaosSwitchSpec(Model):
 
     @model_validator(mode="after")
     def _unique_windows(self) -> ChaosSwitchSpec:
-        names = [w.name for w in self.blackout_windows]
-        if len(set(names)) != len(names):
-            raise ValueError("blackoutWindows: window names must be unique")
+        require_unique_names(self.blackout_windows, "blackoutWindows")
         return self
 
 

@@ -4,6 +4,7 @@ engine/windows.py; this is only the shape the API server stores and checks."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -100,17 +101,34 @@ class TimeWindow(Model):
             raise ValueError("give at least one of dates, days or startTime/endTime")
         if (self.start_time is None) != (self.end_time is None):
             raise ValueError("give both startTime and endTime, or neither")
-        try:
-            ZoneInfo(self.time_zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {self.time_zone!r}") from None
+        if (error := time_zone_error(self.time_zone)) is not None:
+            raise ValueError(error)
         return self
 
 
+def time_zone_error(name: str) -> str | None:
+    """Why `name` is not an IANA time zone this machine knows, or None."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {name!r}"
+    return None
+
+
 def unique_window_names(field: str) -> JsonDict:
-    """The CEL rule that keeps window names unique in a list field."""
+    """The CEL rule that keeps window names unique in a list field (the API server's)."""
     return cel(
         f"!has(self.{field}) || self.{field}.all(w, self.{field}.exists_one(v, v.name == w.name))",
-        f"{field}: window names must be unique",
+        _NOT_UNIQUE.format(field=field),
         fieldPath=f".{field}",
     )
+
+
+def require_unique_names(windows: Sequence[TimeWindow], field: str) -> None:
+    """The same rule in the models (webhooks, the operator's own reading)."""
+    names = [w.name for w in windows]
+    if len(set(names)) != len(names):
+        raise ValueError(_NOT_UNIQUE.format(field=field))
+
+
+_NOT_UNIQUE = "{field}: window names must be unique"

@@ -38,12 +38,14 @@ def rails(cluster: Cluster, spec: dict[str, Any]) -> Iterator[None]:
         cluster.merge_patch("chaosswitch", "default", {"spec": dict.fromkeys(spec)})
 
 
-def cordon_experiment(cluster: Cluster, name: str, app: str, duration: int = 3) -> None:
+def cordon_experiment(
+    cluster: Cluster, name: str, app: str, duration: int = 3, namespace: str = TEAM
+) -> None:
     cluster.apply(
         {
             "apiVersion": "shakeout.dev/v1alpha1",
             "kind": "Experiment",
-            "metadata": {"name": name, "namespace": TEAM},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": {
                 "blastRadius": {"selector": {"matchLabels": {"app": app}}},
                 "attacks": [{"name": "cordon", "type": "NodeCordon", "durationSeconds": duration}],

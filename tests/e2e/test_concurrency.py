@@ -25,7 +25,7 @@ from tests.e2e.runs import (
     the_one_executed,
     wait_phase,
 )
-from tests.e2e.test_cluster_attacks import WORKER, rails, unschedulable
+from tests.e2e.test_cluster_attacks import WORKER, cordon_experiment, rails, unschedulable
 from tests.unit.test_docs import examples
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELED"}
@@ -187,17 +187,7 @@ def test_a_scheduled_run_past_its_bound_fails_with_the_reason(
 def pinned(cluster: Cluster, name: str, namespace: str) -> None:
     """One replica placed by the scheduler on WORKER, and an Experiment cordoning its node."""
     pinned_deployment(cluster, name, WORKER, namespace)
-    cluster.apply(
-        {
-            "apiVersion": "shakeout.dev/v1alpha1",
-            "kind": "Experiment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "blastRadius": {"selector": {"matchLabels": {"app": name}}},
-                "attacks": [{"name": "cordon", "type": "NodeCordon", "durationSeconds": 30}],
-            },
-        }
-    )
+    cordon_experiment(cluster, name, name, duration=30, namespace=namespace)
 
 
 def test_two_teams_may_not_hold_one_node(teams: Cluster) -> None:

@@ -1,16 +1,19 @@
-"""kube.client.Api down to the wire: the kubernetes client's own serialization and REST
-layer run as they are, and only urllib3's pool manager is replaced by one that records
-each request and answers with a canned urllib3 response (or raises)."""
+"""kube.client.Api down to the wire: requests go out through the real transport
+(aiohttp, kube/transport.py) to a small HTTP server in the test's process, which records
+each request as it arrived and answers with a canned body (or does not answer)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
-import urllib3
-from kubernetes.client.exceptions import ApiException
+from aiohttp import web
 
 from shakeout.kube import client as kube_client
 from shakeout.kube.client import CONNECT_TIMEOUT, REQUEST_TIMEOUT, TABLE, Api
@@ -34,7 +37,6 @@ from shakeout.kube.resources import (
 )
 from tests.unit.fake_kube import FakeApi
 
-HOST = "http://localhost"
 # An answer every call below can read (list_pod_names wants a Table).
 ANY = {"columnDefinitions": [{"name": "Name"}, {"name": "Status"}], "rows": []}
 
@@ -42,53 +44,91 @@ ANY = {"columnDefinitions": [{"name": "Name"}, {"name": "Status"}], "rows": []}
 @dataclass
 class Sent:
     method: str
-    url: str
+    url: str  # the path and query as they arrived, undecoded
     headers: dict[str, str]
     body: Any
-    timeout: urllib3.Timeout
+    timeouts: tuple[float, float] = (0.0, 0.0)  # (connect, read) the transport was given
 
 
 @dataclass
 class Wire:
-    """Stands in for urllib3.PoolManager: records, then answers or raises."""
+    """The API server's side: records each request, then answers, hangs or hangs up."""
 
     status: int = 200
     data: bytes = b"{}"
-    raises: BaseException | None = None
+    hang: float = 0.0  # seconds to wait before answering
+    hang_up: bool = False  # close the connection without an answer
     sent: list[Sent] = field(default_factory=list)
 
-    def request(self, method: str, url: str, **kw: Any) -> urllib3.HTTPResponse:
-        body = kw.get("body")
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
         self.sent.append(
             Sent(
-                method,
-                url,
-                dict(kw.get("headers") or {}),
-                json.loads(body) if body else None,
-                kw["timeout"],
+                request.method,
+                request.raw_path,
+                dict(request.headers),
+                json.loads(raw) if raw else None,
             )
         )
-        if self.raises is not None:
-            raise self.raises
-        return urllib3.HTTPResponse(body=self.data, status=self.status, preload_content=True)
+        if self.hang:
+            await asyncio.sleep(self.hang)
+        if self.hang_up:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        return web.Response(status=self.status, body=self.data)
 
     def answer(self, status: int, body: Any = None) -> None:
         self.status = status
         self.data = json.dumps(body).encode() if body is not None else b""
 
 
-def make_api(monkeypatch: pytest.MonkeyPatch, **kw: Any) -> tuple[Api, Wire]:
-    monkeypatch.setattr(kube_client, "_load_config", lambda config_file=None: None)
-    api = Api(**kw)
-    api.api_client.configuration.host = HOST
-    wire = Wire()
-    api.api_client.rest_client.pool_manager = wire  # type: ignore[assignment]
-    return api, wire
+@dataclass
+class Served:
+    wire: Wire
+    url: str
 
 
 @pytest.fixture
-def wired(monkeypatch: pytest.MonkeyPatch) -> tuple[Api, Wire]:
-    return make_api(monkeypatch)
+async def served() -> AsyncIterator[Served]:
+    wire = Wire()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", wire.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield Served(wire, f"http://127.0.0.1:{port}")
+    await runner.cleanup()
+
+
+def make_api(monkeypatch: pytest.MonkeyPatch, served: Served, **kw: Any) -> Api:
+    """An Api sending to the test's server; each Sent also records the timeouts that the
+    transport was given for it."""
+    monkeypatch.setattr(kube_client, "_load_config", lambda config_file=None: None)
+    api = Api(**kw)
+    api.configuration.host = served.url
+    api.transport.base = served.url
+    send = api.transport.send
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        count = len(served.wire.sent)
+        try:
+            return await send(*args, **kwargs)
+        finally:
+            for sent in served.wire.sent[count:]:
+                sent.timeouts = (kwargs["connect_timeout"], kwargs["read_timeout"])
+
+    monkeypatch.setattr(api.transport, "send", recording)
+    return api
+
+
+@pytest.fixture
+async def wired(monkeypatch: pytest.MonkeyPatch, served: Served) -> AsyncIterator[tuple[Api, Wire]]:
+    api = make_api(monkeypatch, served)
+    yield api, served.wire
+    await api.close()
 
 
 def status_body(code: int, message: str) -> dict[str, Any]:
@@ -150,17 +190,24 @@ async def test_a_failed_json_patch_test_is_a_conflict(wired: tuple[Api, Wire]) -
 @pytest.mark.parametrize(
     "failure",
     [
-        urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out"),  # type: ignore[arg-type]
-        urllib3.exceptions.ProtocolError("connection aborted"),
-        urllib3.exceptions.MaxRetryError(None, "/", None),  # type: ignore[arg-type]
-        urllib3.exceptions.SSLError("certificate verify failed"),
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientConnectionError("connection aborted"),
+        aiohttp.ClientPayloadError("truncated"),
+        ssl.SSLError("certificate verify failed"),
         ConnectionRefusedError(111, "connection refused"),
+        TimeoutError(),
     ],
-    ids=["read timeout", "protocol", "max retries", "ssl", "refused"],
+    ids=["disconnected", "connection", "payload", "ssl", "refused", "timeout"],
 )
-async def test_no_answer_is_unavailable(wired: tuple[Api, Wire], failure: BaseException) -> None:
-    api, wire = wired
-    wire.raises = failure
+async def test_no_answer_is_unavailable(
+    monkeypatch: pytest.MonkeyPatch, wired: tuple[Api, Wire], failure: BaseException
+) -> None:
+    api, _ = wired
+
+    async def send(*_args: Any, **_kw: Any) -> Any:
+        raise failure
+
+    monkeypatch.setattr(api.transport, "send", send)
 
     with pytest.raises(Unavailable) as caught:
         await api.request("GET", PODS.path("ns"))
@@ -169,22 +216,54 @@ async def test_no_answer_is_unavailable(wired: tuple[Api, Wire], failure: BaseEx
     assert "GET /api/v1/namespaces/ns/pods" in str(caught.value)
 
 
-@pytest.mark.parametrize(("code", "error"), STATUSES)
-async def test_an_api_exception_of_the_client_is_the_same_error(
-    monkeypatch: pytest.MonkeyPatch, wired: tuple[Api, Wire], code: int, error: type[KubeError]
+async def test_a_server_that_does_not_answer_in_time_is_unavailable(
+    monkeypatch: pytest.MonkeyPatch, served: Served
 ) -> None:
-    api, _ = wired
+    api = make_api(monkeypatch, served, request_timeout=0.2)
+    served.wire.hang = 2.0
+    loop = asyncio.get_running_loop()
+    began = loop.time()
 
-    def call_api(*_args: Any, **_kw: Any) -> Any:
-        raise ApiException(status=code, reason="Nope")
-
-    monkeypatch.setattr(api.api_client, "call_api", call_api)
-
-    with pytest.raises(KubeError) as caught:
+    with pytest.raises(Unavailable, match="GET /api/v1/namespaces/ns/pods/p"):
         await api.request("GET", PODS.path("ns", "p"))
 
-    assert type(caught.value) is error
-    assert "GET /api/v1/namespaces/ns/pods/p: Nope" in str(caught.value)
+    # Given up at the read timeout, well before the server would have answered.
+    assert loop.time() - began < served.wire.hang
+    await api.close()
+
+
+async def test_a_server_that_hangs_up_is_unavailable(wired: tuple[Api, Wire]) -> None:
+    api, wire = wired
+    wire.hang_up = True
+
+    with pytest.raises(Unavailable, match="DELETE /api/v1/namespaces/ns/pods/p"):
+        await api.request("DELETE", PODS.path("ns", "p"))
+
+
+async def test_a_server_that_is_not_there_is_unavailable(
+    monkeypatch: pytest.MonkeyPatch, served: Served
+) -> None:
+    api = make_api(monkeypatch, served)
+    api.transport.base = "http://127.0.0.1:9"  # discard: nothing listens
+
+    with pytest.raises(Unavailable, match="GET /api/v1/namespaces/ns/pods"):
+        await api.request("GET", PODS.path("ns"))
+    await api.close()
+
+
+async def test_the_bearer_token_goes_with_every_request(wired: tuple[Api, Wire]) -> None:
+    api, wire = wired
+    api.configuration.api_key = {"authorization": "Bearer t0k3n"}
+    refreshed: list[bool] = []
+    # The client's refresh hook (a rotated service account token, an exec plugin) is
+    # asked before each request.
+    api.configuration.refresh_api_key_hook = lambda _conf: refreshed.append(True)
+
+    await api.get(PODS, "ns", "p")
+    await api.delete_pod("ns", "p", 0)
+
+    assert [s.headers["Authorization"] for s in wire.sent] == ["Bearer t0k3n"] * 2
+    assert len(refreshed) == 2
 
 
 def test_error_for_covers_no_answer_and_the_json_patch_rule() -> None:
@@ -282,8 +361,8 @@ async def test_a_quoted_path_goes_out_as_it_is(wired: tuple[Api, Wire]) -> None:
     await api.get_replicas("Deployment", "ns", "we b")
 
     assert [s.url for s in wire.sent] == [
-        f"{HOST}/api/v1/namespaces/team%20a/pods/x%2F..%2Fy%25",
-        f"{HOST}/apis/apps/v1/namespaces/ns/deployments/we%20b/scale",
+        "/api/v1/namespaces/team%20a/pods/x%2F..%2Fy%25",
+        "/apis/apps/v1/namespaces/ns/deployments/we%20b/scale",
     ]
 
 
@@ -313,32 +392,30 @@ async def _every_call(api: Api) -> None:
     await api.request("PATCH", PODS.path("ns", "p"), json_patch=[{"op": "remove", "path": "/a"}])
 
 
-async def test_every_request_has_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    api, wire = make_api(monkeypatch)
+async def test_every_request_has_the_timeout(wired: tuple[Api, Wire]) -> None:
+    api, wire = wired
     wire.answer(200, ANY)
 
     await _every_call(api)
 
     assert len(wire.sent) == 9
     for sent in wire.sent:
-        assert sent.timeout.connect_timeout == CONNECT_TIMEOUT, sent.url
-        assert sent.timeout.read_timeout == REQUEST_TIMEOUT, sent.url
+        assert sent.timeouts == (CONNECT_TIMEOUT, REQUEST_TIMEOUT), sent.url
 
 
-async def test_a_shorter_timeout_bounds_the_connect_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    api, wire = make_api(monkeypatch, request_timeout=2.0)
+async def test_a_shorter_timeout_bounds_the_connect_too(
+    monkeypatch: pytest.MonkeyPatch, served: Served
+) -> None:
+    api = make_api(monkeypatch, served, request_timeout=2.0)
+    wire = served.wire
     wire.answer(200, ANY)
 
     await _every_call(api)
     await api.request("GET", PODS.path("ns"), timeout=10.0)
 
-    assert {(s.timeout.connect_timeout, s.timeout.read_timeout) for s in wire.sent[:-1]} == {
-        (2.0, 2.0)
-    }
-    assert (wire.sent[-1].timeout.connect_timeout, wire.sent[-1].timeout.read_timeout) == (
-        CONNECT_TIMEOUT,
-        10.0,
-    )
+    assert {s.timeouts for s in wire.sent[:-1]} == {(2.0, 2.0)}
+    assert wire.sent[-1].timeouts == (CONNECT_TIMEOUT, 10.0)
+    await api.close()
 
 
 async def test_each_request_says_what_it_sends_and_wants(wired: tuple[Api, Wire]) -> None:
@@ -351,7 +428,7 @@ async def test_each_request_says_what_it_sends_and_wants(wired: tuple[Api, Wire]
     assert get.headers["Accept"] == "application/json"
     assert "Content-Type" not in get.headers
     assert listing.url == (
-        f"{HOST}/api/v1/namespaces/ns/pods?labelSelector=app%3Dweb"
+        "/api/v1/namespaces/ns/pods?labelSelector=app%3Dweb"
         "&fieldSelector=status.phase%3DRunning&resourceVersion=0"
     )
     assert (create.method, create.headers["Content-Type"]) == ("POST", "application/json")
@@ -365,7 +442,7 @@ async def test_each_request_says_what_it_sends_and_wants(wired: tuple[Api, Wire]
     assert "includeObject=None" in table.url
     assert "resourceVersion=0" in table.url
     assert delete_pod.url.endswith("/pods/p?gracePeriodSeconds=5")
-    assert scale.url == f"{HOST}/apis/apps/v1/namespaces/ns/deployments/web/scale"
+    assert scale.url == "/apis/apps/v1/namespaces/ns/deployments/web/scale"
     assert scale.body == {"spec": {"replicas": 0}}
     assert patch.headers["Content-Type"] == "application/json-patch+json"
     assert patch.body == [{"op": "remove", "path": "/a"}]

@@ -18,17 +18,16 @@ from shakeout.api.labels import (
     KOPF_ANNOTATION_PREFIX,
     KOPF_DIFFBASE_KEY,
 )
-from shakeout.certs import ServingCert, make_serving_cert
 from shakeout.handlers.webhook_server import (
     ServiceRef,
     ServiceWebhookServer,
     client_auth,
     unauthenticated_warning,
 )
-from shakeout.kube.client import widen_executor
 from shakeout.kube.resources import RUNS
 from shakeout.metrics import serve as serve_metrics
 from shakeout.options import OPTIONS
+from shakeout.webhook_tls import ServingCert, generate_serving_cert
 
 # The Validating/MutatingWebhookConfigurations kopf creates and keeps current.
 WEBHOOK_CONFIGURATION = "shakeout.dev"
@@ -46,15 +45,12 @@ class EndlessBackoffs:
 
 def provided_cert(directory: Path) -> ServingCert | None:
     """A certificate put there by someone else (cert-manager's Secret): used as it is."""
-    cert = ServingCert(directory / "tls.crt", directory / "tls.key", directory / "ca.crt")
-    if cert.certfile.exists() and cert.keyfile.exists() and cert.cafile.exists():
-        return cert
-    return None
+    cert = ServingCert.in_directory(directory)
+    return cert if cert.complete() else None
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
-    widen_executor()
     # Our own finalizer name, so that users see who holds an object.
     settings.persistence.finalizer = FINALIZER
     # Server-side: the API server sends a run that gains the label to this watch as
@@ -84,7 +80,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         service = ServiceRef.parse(OPTIONS.webhook_service) if OPTIONS.webhook_service else None
         names = [OPTIONS.webhook_host, OPTIONS.webhook_addr, "localhost"]
         hosts = tuple(dict.fromkeys([*(service.hosts if service else ()), *names]))
-        cert = provided_cert(cert_dir) or make_serving_cert(cert_dir, hosts)
+        cert = provided_cert(cert_dir) or await generate_serving_cert(cert_dir, hosts)
         server_options: dict[str, Any] = {
             "addr": OPTIONS.webhook_addr,
             "port": OPTIONS.webhook_port,

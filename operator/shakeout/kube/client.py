@@ -1,25 +1,22 @@
-"""The project's reads and writes of the Kubernetes API: one request path, in threads.
+"""The project's reads and writes of the Kubernetes API: one request path.
 
 Every request goes through `Api.request`: its URL comes from a resource descriptor
 (kube/resources.py, each segment quoted), it has a timeout, and a failure raises one of
-kube/errors.py, whatever the method. The kubernetes client is used only for its
-configuration, authentication and connection pool; it is synchronous, so every call runs
-in a worker thread and the event loop never blocks. Objects come back as plain dicts, as
+kube/errors.py, whatever the method. It is sent by aiohttp on the event loop
+(kube/transport.py); the kubernetes client gives the configuration and authentication,
+and the watch streams outside kopf (kube/watch.py). Objects come back as plain dicts, as
 the API server sent them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import urllib3
+import aiohttp
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
 from shakeout.api.switch import SWITCH_NAME
 from shakeout.kube.errors import KubeError, NotFound, Unavailable, error_for
@@ -33,10 +30,11 @@ from shakeout.kube.resources import (
     WORKLOADS,
     Resource,
 )
+from shakeout.kube.transport import Transport
 
 Obj = dict[str, Any]
 
-# Requests the operator keeps in flight at once (a thread and a connection each): the
+# Requests the operator keeps in flight at once (a connection each): the
 # attacks and rollbacks over many targets (attacks/fanout.py) are bounded by this.
 CONCURRENT_REQUESTS = 32
 # No request waits longer for its answer: an API server that stops answering must not
@@ -50,13 +48,6 @@ PAGE_SIZE = 500
 
 JSON = "application/json"
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
-
-
-def widen_executor() -> None:
-    """The client is synchronous: give asyncio.to_thread as many threads as requests."""
-    asyncio.get_running_loop().set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(CONCURRENT_REQUESTS, thread_name_prefix="api")
-    )
 
 
 def timestamp(moment: datetime) -> str:
@@ -83,12 +74,17 @@ class Api:
     ) -> None:
         _load_config(config_file)
         self.request_timeout = request_timeout
-        configuration = client.Configuration.get_default_copy()
+        self.configuration = client.Configuration.get_default_copy()
         # As many connections as requests in flight (attacks on many targets at once).
-        configuration.connection_pool_maxsize = CONCURRENT_REQUESTS
-        self.api_client = client.ApiClient(configuration)
-        # For watch streams only (kubernetes.watch needs a typed list function).
+        self.transport = Transport(self.configuration, CONCURRENT_REQUESTS)
+        # For watch streams only (kubernetes.watch needs a typed list function; each
+        # watch streams in a thread of its own, kube/watch.py).
+        self.api_client = client.ApiClient(self.configuration)
         self.custom = client.CustomObjectsApi(self.api_client)
+
+    async def close(self) -> None:
+        """Close the connections of the running event loop's session."""
+        await self.transport.close()
 
     async def request(
         self,
@@ -113,32 +109,22 @@ class Api:
             headers["Content-Type"] = "application/merge-patch+json" if merge_patch else JSON
         payload: Any = json_patch if json_patch is not None else body
         read_timeout = timeout or self.request_timeout
-
-        def call() -> Any:
-            serialized = self.api_client.param_serialize(
+        try:
+            answer = await self.transport.send(
                 method,
                 path,
-                query_params=list((query or {}).items()),
-                header_params=headers,
-                body=payload,
-                auth_settings=["BearerToken"],
+                query=list((query or {}).items()),
+                headers=headers,
+                data=json.dumps(payload).encode() if payload is not None else None,
+                connect_timeout=min(CONNECT_TIMEOUT, read_timeout),
+                read_timeout=read_timeout,
             )
-            resp = self.api_client.call_api(
-                *serialized, _request_timeout=(min(CONNECT_TIMEOUT, read_timeout), read_timeout)
-            )
-            resp.read()
-            return resp
-
-        try:
-            resp = await asyncio.to_thread(call)
-        except ApiException as err:  # the client raises for some statuses itself
-            raise error_for(int(err.status or 0), f"{method} {path}: {err.reason}") from err
-        except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise Unavailable(f"{method} {path}: {err}", 0) from err
-        if resp.status >= 400:
-            message = f"{method} {path}: {resp.status} {_message(resp.data)}"
-            raise error_for(resp.status, message, json_patch=json_patch is not None)
-        return dict(json.loads(resp.data)) if resp.data else {}
+        except (aiohttp.ClientError, OSError, TimeoutError) as err:
+            raise Unavailable(f"{method} {path}: {err or type(err).__name__}", 0) from err
+        if answer.status >= 400:
+            message = f"{method} {path}: {answer.status} {_message(answer.data)}"
+            raise error_for(answer.status, message, json_patch=json_patch is not None)
+        return dict(json.loads(answer.data)) if answer.data else {}
 
     # -- verbs by descriptor -------------------------------------------------------------
 

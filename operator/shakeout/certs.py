@@ -1,13 +1,15 @@
 """Certificates made with the `cryptography` package: a CA and the leaves it signs.
 
 kopf's own self-signed certificates need oscrypto, which cannot find OpenSSL 3; these
-serve both the sandbox's PKI and the operator's admission webhook.
+serve both the sandbox's PKI and the operator's admission webhook (made in a child
+process: webhook_tls.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shakeout.webhook_tls import ServingCert
 
 VALIDITY = dt.timedelta(days=365)
 
@@ -113,44 +117,27 @@ class CertificateAuthority:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
 
-@dataclass(frozen=True)
-class ServingCert:
-    certfile: Path
-    keyfile: Path
-    cafile: Path
-
-
 def make_serving_cert(directory: Path, hosts: tuple[str, ...]) -> ServingCert:
     """A fresh CA and a server certificate for `hosts`, written to `directory` (0600 keys)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = CertificateAuthority.create("shakeout-webhook-ca")
     crt, key = ca.issue(hosts[0], server=True, hosts=hosts)
-    out = ServingCert(directory / "tls.crt", directory / "tls.key", directory / "ca.crt")
+    out = ServingCert.in_directory(directory)
     out.cafile.write_bytes(ca.cert_pem())
     out.certfile.write_bytes(crt + ca.cert_pem())
     write_private(out.keyfile, key)
     return out
 
 
-def check_client_ca(path: Path) -> Path:
-    """The CA bundle that signs the webhook's clients: readable, PEM, with a CA in it.
+def main(argv: list[str]) -> int:
+    """`python -m shakeout.certs DIRECTORY HOST...`: make_serving_cert, for the operator,
+    which runs it as a child process (webhook_tls.py says why)."""
+    if len(argv) < 2:
+        print("usage: python -m shakeout.certs DIRECTORY HOST...", file=sys.stderr)
+        return 2
+    make_serving_cert(Path(argv[0]), tuple(argv[1:]))
+    return 0
 
-    ValueError otherwise, so that the operator refuses to start rather than serve its
-    webhook unauthenticated by mistake.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ValueError(f"--webhook-client-ca {path}: {err.strerror or err}") from None
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise ValueError(f"--webhook-client-ca {path}: no PEM certificate in it") from None
-    for cert in certs:
-        try:
-            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
-        except x509.ExtensionNotFound:
-            continue
-        if constraints.value.ca:
-            return path
-    raise ValueError(f"--webhook-client-ca {path}: no CA certificate in it (basicConstraints CA)")
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

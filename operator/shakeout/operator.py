@@ -12,9 +12,9 @@ from typing import Any
 
 import kopf
 
-from shakeout.certs import check_client_ca
 from shakeout.kube.leader import LeaderElector, StandbyHealth
 from shakeout.options import OPTIONS, parse_allowed_hosts
+from shakeout.webhook_tls import check_client_ca
 
 # Importing a module registers its handlers with kopf's default registry.
 HANDLER_MODULES = (

@@ -1,4 +1,5 @@
-"""What each process loads: the node agent runs without kopf and without operator code."""
+"""What each process loads: the node agent runs without kopf and without operator code;
+the operator without the cryptography package (webhook_tls.py says why)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,20 @@ def test_the_agent_process_loads_neither_kopf_nor_the_operator() -> None:
     assert "shakeout.kube.client" in out
     assert not [m for m in out if m == "kopf" or m.startswith("kopf.")]
     assert not [m for m in out if m.startswith(OPERATOR_ONLY)]
+
+
+OPERATOR_PROBE = """
+import sys
+import shakeout.operator
+shakeout.operator.register_handlers(webhook=True)
+print("\\n".join(sorted(sys.modules)))
+"""
+
+
+def test_the_operator_process_does_not_load_cryptography() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", OPERATOR_PROBE], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert "shakeout.handlers.settings" in out  # the probe really registered the handlers
+    assert "shakeout.admission.runs" in out
+    assert not [m for m in out if m == "cryptography" or m.startswith("cryptography.")]

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
 
-from shakeout.certs import CertificateAuthority, check_client_ca
+from shakeout.certs import CertificateAuthority
 from shakeout.cli.main import main
 from shakeout.handlers.webhook_server import client_auth, unauthenticated_warning
 from shakeout.sandbox.binaries import Binaries
 from shakeout.sandbox.components import Site, kube_apiserver
 from shakeout.sandbox.pki import WEBHOOK_CLIENT, Pki, admission_configuration, create_pki
+from shakeout.webhook_tls import check_client_ca, generate_serving_cert
 
 
 def test_a_client_ca_makes_the_server_require_a_certificate_of_it(tmp_path: Path) -> None:
@@ -144,3 +146,27 @@ def caplog_of(logger: logging.Logger) -> Iterator[list[logging.LogRecord]]:
         yield records
     finally:
         logger.removeHandler(handler)
+
+
+async def test_the_serving_cert_is_made_by_a_child_process(tmp_path: Path) -> None:
+    cert = await generate_serving_cert(tmp_path / "certs", ("shakeout.example", "127.0.0.1"))
+
+    leaf = x509.load_pem_x509_certificates(cert.certfile.read_bytes())[0]
+    ca = x509.load_pem_x509_certificate(cert.cafile.read_bytes())
+    leaf.verify_directly_issued_by(ca)  # raises if the CA did not sign it
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["shakeout.example"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    # The key matches the certificate (load_cert_chain checks) and only its owner reads it.
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+        str(cert.certfile), str(cert.keyfile)
+    )
+    assert (cert.keyfile.stat().st_mode & 0o777) == 0o600
+
+
+async def test_a_failed_child_is_a_clear_error(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+
+    with pytest.raises(RuntimeError, match="making the webhook's certificate in"):
+        await generate_serving_cert(blocked, ("localhost",))

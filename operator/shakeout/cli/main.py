@@ -65,8 +65,8 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from shakeout.certs import check_client_ca
     from shakeout.operator import run_operator
+    from shakeout.webhook_tls import check_client_ca
 
     if args.webhook_client_ca:
         try:

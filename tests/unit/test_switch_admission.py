@@ -3,6 +3,7 @@ refused) and the deployed policy and role that keep the rails for admins."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def obj(spec: dict[str, Any], generation: int = 4, **annotations: str) -> dict[s
 
 def mutate(body: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
     patch = kopf.Patch()
-    record_switch_change(body=kopf.Body(body), userinfo=CAROL, patch=patch, old=old)
+    asyncio.run(record_switch_change(body=kopf.Body(body), userinfo=CAROL, patch=patch, old=old))
     return dict(patch)
 
 

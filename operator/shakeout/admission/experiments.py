@@ -22,7 +22,7 @@ from shakeout.engine.experiments import describe_validation_error
     id="experiment-valid",
     ignore_failures=True,
 )
-def validate_experiment(body: kopf.Body, **kw: Any) -> None:
+async def validate_experiment(body: kopf.Body, **kw: Any) -> None:
     """Refuse a spec the models refuse, with the field. Only a change of the spec is
     judged: an object stored while the webhook was away stays deletable, and its labels
     and finalizers changeable, whatever its spec."""

@@ -114,7 +114,7 @@ async def validate_run(body: kopf.Body, userinfo: Any, warnings: list[str], **_:
     id="run-started-by",
     ignore_failures=True,
 )
-def record_started_by(userinfo: Any, patch: kopf.Patch, **_: Any) -> None:
+async def record_started_by(userinfo: Any, patch: kopf.Patch, **_: Any) -> None:
     patch.setdefault("metadata", {}).setdefault("annotations", {})[STARTED_BY] = user_json(userinfo)
 
 
@@ -126,7 +126,7 @@ def record_started_by(userinfo: Any, patch: kopf.Patch, **_: Any) -> None:
     id="run-canceled-by",
     ignore_failures=True,
 )
-def record_canceled_by(body: kopf.Body, userinfo: Any, patch: kopf.Patch, **kw: Any) -> None:
+async def record_canceled_by(body: kopf.Body, userinfo: Any, patch: kopf.Patch, **kw: Any) -> None:
     old = kw.get("old")  # kopf passes the old object, though its WebhookFn type omits it
     was = bool(spec_of(old).get("cancel"))
     if spec_of(body).get("cancel") and not was:

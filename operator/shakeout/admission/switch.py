@@ -39,7 +39,9 @@ def _stamp(obj: Any) -> dict[str, Any]:
     id="switch-changed-by",
     ignore_failures=True,
 )
-def record_switch_change(body: kopf.Body, userinfo: Any, patch: kopf.Patch, **kw: Any) -> None:
+async def record_switch_change(
+    body: kopf.Body, userinfo: Any, patch: kopf.Patch, **kw: Any
+) -> None:
     old = kw.get("old")
     if body.get("metadata", {}).get("name") != SWITCH_NAME:
         return

@@ -15,7 +15,9 @@ from shakeout.engine.experiments import experiment_status
 @kopf.on.resume(GROUP, VERSION, "experiments")
 @kopf.on.create(GROUP, VERSION, "experiments")
 @kopf.on.update(GROUP, VERSION, "experiments", field="spec")
-def reconcile_experiment(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+async def reconcile_experiment(
+    body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any
+) -> None:
     old = ExperimentStatus.model_validate(dict(status)) if status else None
     new = experiment_status(dict(body), old, datetime.now(UTC))
     # Only the fields this handler owns: lastRun and lastScheduleTime have writers of their own.

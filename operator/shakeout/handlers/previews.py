@@ -16,14 +16,14 @@ TICK_SECONDS = 1.0
 
 
 @kopf.on.event(GROUP, VERSION, "experiments")
-def preview_event(type: str, body: kopf.Body, **_: Any) -> None:  # noqa: A002
+async def preview_event(type: str, body: kopf.Body, **_: Any) -> None:  # noqa: A002
     previews.observe(type, dict(body))
 
 
 # Events only, as handlers/switch.py: an on.update handler would make kopf write its
 # state into the switch's annotations, which are the rails admins' alone.
 @kopf.on.event(GROUP, VERSION, "chaosswitches")
-def preview_switch_event(type: str, body: kopf.Body, **_: Any) -> None:  # noqa: A002
+async def preview_switch_event(type: str, body: kopf.Body, **_: Any) -> None:  # noqa: A002
     previews.switch_seen(type, dict(body))
 
 

@@ -20,7 +20,7 @@ from shakeout.options import OPTIONS
 
 
 @kopf.on.event(GROUP, VERSION, "experimentruns")
-def run_event(body: kopf.Body, **_: Any) -> None:
+async def run_event(body: kopf.Body, **_: Any) -> None:
     """Stop a run's executor at once when it is canceled or deleted (no polling delay)."""
     wanted = body.get("spec", {}).get("cancel") or body.get("metadata", {}).get("deletionTimestamp")
     if wanted:

@@ -15,7 +15,7 @@ TICK_SECONDS = 1.0
 
 
 @kopf.on.event(GROUP, VERSION, "experiments")
-def experiment_event(type: str, body: kopf.Body, **_: Any) -> None:  # noqa: A002
+async def experiment_event(type: str, body: kopf.Body, **_: Any) -> None:  # noqa: A002
     scheduler.observe(type, dict(body))
 
 

@@ -93,6 +93,13 @@ def setup(
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(experiment, range(args.experiments)))
+    # A loaded controller manager creates the churn's pods behind the 10,000 others:
+    # a run before they exist would be refused (its blast radius empty).
+    deadline = time.monotonic() + 600
+    while len(core.list_namespaced_pod(NS, label_selector="app=churn").items) < 2:
+        if time.monotonic() > deadline:
+            sys.exit("the churn Deployment's pods never appeared")
+        time.sleep(2)
 
 
 def churn(

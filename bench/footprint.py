@@ -94,18 +94,24 @@ def setup(
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(experiment, range(args.experiments)))
     # A loaded controller manager creates the churn's pods behind the 10,000 others:
-    # a run before they exist would be refused (its blast radius empty).
+    # a run before they run would be refused (its blast radius empty).
     deadline = time.monotonic() + 600
-    while len(core.list_namespaced_pod(NS, label_selector="app=churn").items) < 2:
+    while running_pods(core, "app=churn") < 2:
         if time.monotonic() > deadline:
             sys.exit("the churn Deployment's pods never appeared")
         time.sleep(2)
 
 
+def running_pods(core: client.CoreV1Api, selector: str) -> int:
+    pods = core.list_namespaced_pod(NS, label_selector=selector).items
+    return sum(1 for p in pods if p.status.phase == "Running")
+
+
 def churn(
-    custom: client.CustomObjectsApi, args: argparse.Namespace, pid: int
+    custom: client.CustomObjectsApi, args: argparse.Namespace, pid: int, refused: list[str]
 ) -> tuple[list[float], float, int]:
-    """Runs at the given rate for the given minutes; RSS samples and CPU share meanwhile."""
+    """Runs at the given rate for the given minutes; RSS samples and CPU share meanwhile
+    (the runs admission refused are added to `refused`)."""
     interval = 60.0 / args.runs_per_minute
     end = time.monotonic() + args.minutes * 60
     rss: list[float] = []
@@ -117,9 +123,11 @@ def churn(
             create_run(custom, NS, f"e{started % args.experiments:04d}")
             started += 1
         except client.ApiException as err:
-            # The previous run still executing (a loaded machine): this tick is skipped.
-            if err.status != 403 or "another run is executing" not in str(err.body):
+            # Refused by admission (the previous run still executing on a loaded machine,
+            # or the churn's pods between two scalings): this tick is skipped, and counted.
+            if err.status != 403:
                 raise
+            refused.append(str(err.body)[:300])
         rss.append(rss_mib(pid))
         time.sleep(max(0.0, interval - (time.monotonic() - tick)))
     return rss, (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0), started
@@ -137,7 +145,8 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         box = Sandbox(Path(tmp) / "sandbox")
-        state = box.up(nodes=max(2, args.pods // 1000), log=lambda _m: None)
+        # One node more than the bulk pods fill (1,000 a node): room for the churn's pods.
+        state = box.up(nodes=max(2, args.pods // 1000 + 1), log=lambda _m: None)
         operator = None
         try:
             config.load_kube_config(config_file=str(box.kubeconfig()))
@@ -151,7 +160,8 @@ def main() -> None:
             setup(core, custom, args, state.nodes)
             time.sleep(10)  # the operator reports on every new Experiment
             idle_loaded, cpu_loaded = sample(operator.pid, 30)
-            soak, cpu_churn, runs = churn(custom, args, operator.pid)
+            refused: list[str] = []
+            soak, cpu_churn, runs = churn(custom, args, operator.pid, refused)
             after, _ = sample(operator.pid, 10)
         finally:
             bare.kill()
@@ -164,7 +174,9 @@ def main() -> None:
     early, late = statistics.median(soak[:quarter]), statistics.median(soak[-quarter:])
     print(
         f"{args.experiments} Experiments, {args.pods} pods, {runs} runs over {args.minutes:g} min "
-        f"({args.runs_per_minute:g}/min).\n"
+        f"({args.runs_per_minute:g}/min); {len(refused)} refused by admission"
+        + (f" (the last: {refused[-1]})" if refused else "")
+        + ".\n"
     )
     rows = [
         ("idle, no objects", idle_empty, cpu_empty),

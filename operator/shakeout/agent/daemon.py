@@ -284,6 +284,7 @@ class NodeAgent:
         spec = obj["spec"]
         namespace = obj["metadata"]["namespace"]
         wanted = list(spec.get("targets") or [])
+        began = time.monotonic()
         run, namespace_obj, pods = await asyncio.gather(
             self.api.get(RUNS, namespace, str(spec.get("runName"))),
             self.api.get(NAMESPACES, None, namespace),
@@ -309,6 +310,7 @@ class NodeAgent:
             return
         attack = Attack.model_validate(spec["attack"])
         by_name = {p["metadata"]["name"]: p for p in pods}
+        read = time.monotonic()
         # The journal: every target Applying before the first one is touched.
         await self.report(
             obj,
@@ -317,6 +319,7 @@ class NodeAgent:
             [{"name": t["name"], "state": TargetState.APPLYING} for t in wanted],
         )
         self.held.setdefault(uid, set())  # applied by this instance, even if nothing is held
+        journaled = time.monotonic()
         results: list[Obj] = []
         parameters = attack.parameters()
         params = parameters.model_dump(by_alias=True, mode="json") if parameters else {}
@@ -344,10 +347,18 @@ class NodeAgent:
             # Stopped during the last batch (the keeper started nothing more): undo it.
             await self.stop_apply(obj, attack, results, own or "a rollback was asked for")
             return
+        await self.report_applied(obj, results, (began, read, journaled))
+
+    async def report_applied(
+        self, obj: Obj, results: list[Obj], times: tuple[float, float, float]
+    ) -> None:
+        """The report of an apply that went through: Applied, or Failed when no target
+        was applied (what was, is rolled back). times: when it began, read, journaled."""
+        wanted = obj["spec"].get("targets") or []
         applied = sum(1 for r in results if r["state"] == TargetState.APPLIED)
         failed = [r for r in results if r["state"] == TargetState.FAILED]
         if failed and not applied:
-            await self.rollback_held(uid)
+            await self.rollback_held(obj["metadata"]["uid"])
             phase, message = NodeAttackPhase.FAILED, f"{failed[0]['name']}: {failed[0]['message']}"
         else:
             phase = NodeAttackPhase.APPLIED
@@ -356,6 +367,14 @@ class NodeAgent:
                 if failed
                 else ""
             )
+        # Where an apply's time goes: the reads, the Applying journal, the keeper.
+        began, read, journaled = times
+        log.info(
+            f"NodeAttack {obj['metadata']['name']}: {message} in "
+            f"{(time.monotonic() - began) * 1000:.0f} ms (reads {(read - began) * 1000:.0f} "
+            f"ms, journal {(journaled - read) * 1000:.0f} ms, keeper "
+            f"{(time.monotonic() - journaled) * 1000:.0f} ms)"
+        )
         await self.report(obj, phase, message, results)
 
     async def apply_batch(

@@ -326,16 +326,10 @@ class NodeAgent:
         # Halted between two batches: by a rollback asked for (seen by the watch or a
         # resync), by the lease's loss, or by the run, read again every `recheck` seconds.
         read_at = time.monotonic()  # the run was read just before the apply began
-        halted = None
         size = max(1, self.options.apply_batch)
         for start in range(0, len(wanted), size):
-            if uid in self.halted:
-                halted = "a rollback was asked for"
-            elif (own := self.guard.refusal(obj)) is not None:
-                halted = own
-            elif self.lease.expired():
-                halted = LEASE_RAN_OUT
-            elif time.monotonic() - read_at >= self.options.recheck:
+            halted = self.stopped(obj)
+            if halted is None and time.monotonic() - read_at >= self.options.recheck:
                 read_at = time.monotonic()
                 halted = await self.recheck(obj)
             if halted is not None:
@@ -343,11 +337,21 @@ class NodeAgent:
                 return
             batch = wanted[start : start + size]
             results += await self.apply_batch(obj, attack, params, batch, by_name)
-        if (own := self.guard.refusal(obj)) is not None or uid in self.halted:
-            # Stopped during the last batch (the keeper started nothing more): undo it.
-            await self.stop_apply(obj, attack, results, own or "a rollback was asked for")
+        if (halted := self.stopped(obj)) is not None:
+            # Stopped during the last batch (the keeper may have started no more of it).
+            await self.stop_apply(obj, attack, results, halted)
             return
         await self.report_applied(obj, results, (began, read, journaled))
+
+    def stopped(self, obj: Obj) -> str | None:
+        """Why an apply must go no further, as far as this agent knows without a read."""
+        if obj["metadata"]["uid"] in self.halted:
+            return "a rollback was asked for"
+        if (own := self.guard.refusal(obj)) is not None:
+            return own
+        if self.lease.expired():
+            return LEASE_RAN_OUT
+        return None
 
     async def report_applied(
         self, obj: Obj, results: list[Obj], times: tuple[float, float, float]
@@ -417,9 +421,8 @@ class NodeAgent:
             replies = await self.keeper.apply_batch(faults)
         except Exception as err:  # noqa: BLE001  (reported per target)
             replies = [{"id": f["id"], "ok": False, "error": str(err)} for f in faults]
-        open_results = iter(r for r in results if "state" not in r)
-        for fault, reply in zip(faults, replies, strict=True):
-            result = next(open_results)
+        sent = [r for r in results if "state" not in r]  # in the order of `faults`
+        for fault, reply, result in zip(faults, replies, sent, strict=True):
             if reply.get("ok"):
                 result["state"] = TargetState.APPLIED
                 if attack.reversible:

@@ -15,7 +15,7 @@ from shakeout.agent.node import faults, holder
 from shakeout.agent.node.holder import FaultHolder
 from shakeout.agent.node.journal import Journal
 from shakeout.agent.node.keeper_client import Keeper
-from shakeout.agent.node.locate import Located, NetnsAnnotationLocator, PodRef
+from shakeout.agent.node.locate import NetnsAnnotationLocator, PodRef
 from shakeout.agent.node.system import HostPaths
 from shakeout.api.nodeattack import MAX_NODE_TARGETS
 from tests.node.lab import Netns, create_netns, delete_netns
@@ -146,40 +146,3 @@ async def test_rollbacks_of_many_go_on_after_one_fails(
 
 def test_a_node_attacks_targets_fit_in_one_batch() -> None:
     assert holder.MAX_BATCH >= MAX_NODE_TARGETS
-
-
-class CountingLocator(NetnsAnnotationLocator):
-    def __init__(self) -> None:
-        super().__init__()
-        self.looked_up: list[str] = []
-
-    def locate(self, pod: PodRef) -> Located:
-        self.looked_up.append(pod.name)
-        return super().locate(pod)
-
-
-async def test_later_batches_reuse_where_a_pod_lives_while_its_netns_stays(
-    netns: Netns, journal: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    locator = CountingLocator()
-    keeper = FaultHolder(Journal(journal), 60.0, locator, HostPaths())
-    pod = netns.pod()
-    assert (await keeper.apply_batch([blackhole("a", pod)]))[0]["ok"]
-    assert (await keeper.apply_batch([blackhole("b", pod)]))[0]["ok"]
-    assert len(locator.looked_up) == 1  # the second batch reused the first's
-    kill = {"id": "k", "type": "ProcessKill", "parameters": {"processName": "none-such"}}
-    await keeper.apply_batch([{**kill, "pod": pod.to_json()}])
-    assert len(locator.looked_up) == 2  # a ProcessKill's pod is always looked up again
-    monkeypatch.setattr(holder, "LOCATE_TTL", 0.0)
-    await keeper.apply_batch([blackhole("c", pod)])
-    assert len(locator.looked_up) == 3  # too old
-    # A namespace that is no longer the one found (the pod's sandbox was recreated):
-    # looked up again, never the old one's.
-    monkeypatch.setattr(holder, "LOCATE_TTL", 60.0)
-    when, where, _ = keeper.located[pod.uid]
-    keeper.located[pod.uid] = (when, where, (0, 0))
-    await keeper.apply_batch([blackhole("d", pod)])
-    assert len(locator.looked_up) == 4
-    assert len(netns.tables()) == 4
-    await keeper.rollback_all("test")
-    assert netns.tables() == []

@@ -23,11 +23,9 @@ from shakeout.agent.node.locate import (
     Located,
     LocateError,
     Locator,
-    NetnsId,
     PodRef,
     kept_annotations,
     locate_many,
-    netns_identity,
 )
 from shakeout.agent.node.system import FaultError, HostPaths
 from shakeout.api.attacks import REVERSIBLE, AttackType
@@ -36,8 +34,6 @@ log = logging.getLogger("shakeout.keeper")
 
 # Faults applied or rolled back at once (each forks nsenter and a tool, ~30 ms).
 CONCURRENCY = 8
-# How long where a pod lives is reused by later batches (while its netns is the same).
-LOCATE_TTL = 5.0
 # Faults in one apply_batch: a NodeAttack's targets at most (api/nodeattack.py).
 MAX_BATCH = 256
 # Per-node stress caps, unless the agent says otherwise.
@@ -126,9 +122,6 @@ class FaultHolder:
         # before it waits for the lock): a batch in progress starts no further fault.
         self.halts = 0
         self.last_command = time.monotonic()
-        # Where pods were found (by UID: when, where, its netns identity), for the next
-        # batches: a pass over /proc costs tens to hundreds of ms on a busy node.
-        self.located: dict[str, tuple[float, Located, NetnsId]] = {}
 
     def _save(self) -> None:
         self.journal.save(self.entries)
@@ -361,31 +354,13 @@ class FaultHolder:
         return journaled
 
     async def _locate(self, accepted: list[_Pending]) -> dict[str, Located | LocateError]:
-        """Where each pod of the batch lives, by UID: one pass over /proc for those not
-        found by a batch of the last LOCATE_TTL seconds, or whose network namespace is no
-        longer the one found then. A ProcessKill's pod is always looked up again: its
-        processes may have changed."""
-        now = time.monotonic()
-        for uid in [u for u, (when, _, _) in self.located.items() if now - when > LOCATE_TTL]:
-            del self.located[uid]
-        rescan = {p.pod.uid for p in accepted if p.kind == AttackType.PROCESS_KILL}
-        found: dict[str, Located | LocateError] = {}
-        for pending in accepted:
-            cached = self.located.get(pending.pod.uid)
-            if cached is not None and pending.pod.uid not in rescan:
-                _, where, identity = cached
-                if netns_identity(where.netns) == identity:
-                    found[pending.pod.uid] = where
-        missing = list({p.pod.uid: p.pod for p in accepted if p.pod.uid not in found}.values())
-        if missing:
-            fresh = await asyncio.to_thread(locate_many, self.locator, missing)
-            for uid, result in fresh.items():
-                if isinstance(result, Located):
-                    current = netns_identity(result.netns)
-                    if current is not None:
-                        self.located[uid] = (now, result, current)
-            found.update(fresh)
-        return found
+        """Where each pod of the batch lives, by UID, found in one pass over /proc.
+
+        Never reused by a later batch: what a fault journals (the pod's processes, whose
+        namespaces find a network fault again once the pod's netns name is gone) must be
+        what the node holds when it is applied."""
+        pods = list({p.pod.uid: p.pod for p in accepted}.values())
+        return await asyncio.to_thread(locate_many, self.locator, pods)
 
     async def apply_batch(self, commands: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Apply these faults; one result per command, in order: {"id", "ok", "record"}

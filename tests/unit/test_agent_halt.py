@@ -20,8 +20,9 @@ from shakeout.agent.options import AgentOptions
 from shakeout.api.labels import NODE_LABEL
 from shakeout.api.nodeattack import NodeAttackPhase, TargetState
 from shakeout.api.run import AttackState, Phase
+from shakeout.api.switch import SWITCH_NAME
 from shakeout.kube.client import Obj
-from shakeout.kube.resources import NODE_ATTACKS, RUNS
+from shakeout.kube.resources import NODE_ATTACKS, RUNS, SWITCHES
 from tests.unit.fake_kube import FakeApi
 
 NS = "team-a"
@@ -45,6 +46,7 @@ class FakeKeeper:
         self.running = True
         self.pid = 4242
         self.unrecovered_errors: dict[str, str] = {}
+        self.halts = 0  # rollback_all calls: a batch in progress starts no more
 
     def at(self, n: int, action: Callable[[], None]) -> None:
         self.hooks[n] = action
@@ -62,6 +64,29 @@ class FakeKeeper:
         await asyncio.sleep(0)  # a real apply waits for the keeper: others run meanwhile
         return {}
 
+    async def apply_batch(self, faults: list[Obj]) -> list[Obj]:
+        """As the keeper does: each fault in turn here; none started once a rollback_all
+        came in meanwhile (they say "halted")."""
+        halts = self.halts
+        results: list[Obj] = []
+        for fault in faults:
+            if self.halts != halts:
+                results.append({"id": fault["id"], "ok": False, "error": "halted", "halted": True})
+                continue
+            pod, kind = fault["pod"], fault["type"]
+            record = await self.apply(fault["id"], kind, {}, pod, not_after=fault.get("notAfter"))
+            results.append({"id": fault["id"], "ok": True, "record": record})
+        return results
+
+    async def rollback_many(self, fids: list[str]) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        for fid in fids:
+            try:
+                await self.rollback(fid)
+            except RuntimeError as err:
+                errors[fid] = str(err)
+        return errors
+
     async def rollback(self, fid: str) -> None:
         await asyncio.sleep(0)
         if self.fail_rollbacks:
@@ -75,6 +100,7 @@ class FakeKeeper:
         return sorted(self.held)
 
     async def rollback_all(self) -> None:
+        self.halts += 1
         self.rolled_back.extend(sorted(self.held))
         self.held.clear()
 
@@ -83,7 +109,7 @@ class World:
     """A run in ATTACKS_STARTED with one node-level attack, its NodeAttack for NODE with
     TARGETS pods, and the agent of NODE holding its Lease."""
 
-    def __init__(self, attack: Obj, recheck: float = 0.5) -> None:
+    def __init__(self, attack: Obj, recheck: float = 0.5, batch: int = 1) -> None:
         self.fake = FakeApi()
         self.fake.add_namespace(NS)
         self.fake.add_namespace("shakeout-system")
@@ -114,7 +140,8 @@ class World:
             },
         )
         self.keeper = FakeKeeper()
-        options = AgentOptions(node=NODE, recheck=recheck)
+        # One target per keeper command unless asked: a stop is seen between two.
+        options = AgentOptions(node=NODE, recheck=recheck, apply_batch=batch)
         self.agent = NodeAgent(options, self.fake, self.keeper, capabilities={})
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -297,7 +324,10 @@ async def test_a_failed_rollback_is_retried_by_the_next_reconcile() -> None:
     world.ask_rollback()
     world.keeper.fail_rollbacks = 1
     await world.agent.reconcile(world.current())  # logged, not raised
-    assert len(world.keeper.held) == TARGETS
+    # Every other fault is rolled back all the same; the one that failed stays held.
+    (left,) = world.keeper.held
+    assert world.agent.held[world.uid] == {left}
+    assert len(world.keeper.rolled_back) == TARGETS - 1
     assert world.status()["phase"] == NodeAttackPhase.APPLIED
     await world.agent.reconcile(world.current())
     assert world.keeper.held == set()
@@ -344,4 +374,74 @@ async def test_a_renewal_never_waits_for_an_apply_in_progress() -> None:
     await applying
     assert world.agent.resyncing is not None
     await world.agent.resyncing
+    assert world.status()["phase"] == NodeAttackPhase.APPLIED
+
+
+async def test_with_batches_the_apply_halts_at_the_next_batch() -> None:
+    world = World(BLACKHOLE, batch=16)
+
+    def rollback_event() -> None:
+        world.ask_rollback()
+        world.soon(world.agent.reconcile(world.current()))
+
+    world.keeper.at(3, rollback_event)
+    await world.start()
+    assert len(world.keeper.applied) == 16  # the batch in progress went on; no other began
+    assert world.keeper.held == set()
+    assert sorted(world.keeper.rolled_back) == sorted(world.keeper.applied)
+    status = world.status()
+    assert status["phase"] == NodeAttackPhase.ROLLED_BACK
+    assert status["message"].startswith(f"halted after 16 of {TARGETS} pod(s)")
+
+
+async def test_stop_all_during_a_batch_starts_no_more_of_it() -> None:
+    world = World(BLACKHOLE, batch=TARGETS)
+
+    def stop_all() -> None:
+        world.fake.edit(SWITCHES, None, SWITCH_NAME, {"spec": {"enabled": False}})
+        world.agent.guard.switch_seen(False)  # what the switch's watch does
+
+    world.keeper.at(3, stop_all)
+    await world.start()
+    assert world.agent.guard.switching is not None
+    await world.agent.guard.switching
+    # The keeper's rollback_all stopped the batch: the rest never started.
+    assert 3 <= len(world.keeper.applied) <= 4
+    assert world.keeper.held == set()
+    status = world.status()
+    assert status["phase"] == NodeAttackPhase.ROLLED_BACK
+    assert "ChaosSwitch" in status["message"]
+    messages = [t.get("message") for t in status["targets"]]
+    assert messages.count("not applied") >= TARGETS - 4
+    assert {t["state"] for t in status["targets"]} == {TargetState.ROLLED_BACK}
+
+
+async def test_the_run_namespace_and_pods_are_read_at_once_before_any_write() -> None:
+    world = World(BLACKHOLE, batch=16)
+    fake = world.fake
+    in_flight: list[str] = []
+    together: list[list[str]] = []
+
+    def counted(read: Callable[..., Any], what: str) -> Callable[..., Any]:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            in_flight.append(what)
+            together.append(list(in_flight))
+            try:
+                return await read(*args, **kwargs)
+            finally:
+                in_flight.remove(what)
+
+        return wrapper
+
+    fake.get = counted(fake.get, "get")  # type: ignore[method-assign]
+    fake.list_objects = counted(fake.list_objects, "list")  # type: ignore[method-assign]
+    await world.start()
+    # The run, the namespace and the pods: three reads in flight at once (one round trip).
+    assert ["get", "get", "list"] in [sorted(t) for t in together]
+    calls = [(c.method, c.path) for c in fake.calls]
+    first_write = next(i for i, (method, _) in enumerate(calls) if method == "PATCH")
+    reads = [path for _, path in calls[:first_write]]
+    assert any(path.endswith("/experimentruns/r1") for path in reads)
+    assert any(path.endswith(f"/namespaces/{NS}") for path in reads)
+    assert world.reports()[0]["phase"] == NodeAttackPhase.APPLYING
     assert world.status()["phase"] == NodeAttackPhase.APPLIED

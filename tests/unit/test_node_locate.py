@@ -12,6 +12,7 @@ from shakeout.agent.node.locate import (
     NetnsAnnotationLocator,
     PodRef,
     RuntimeLocator,
+    locate_many,
     parse_cgroup_file,
     pod_cgroup_paths,
     pod_cgroup_prefix,
@@ -179,6 +180,50 @@ def test_runtime_locator_refuses_a_pod_that_is_not_here(node: FakeNode) -> None:
         RuntimeLocator(str(node.proc), str(node.cgroup)).locate(pod(OTHER_UID))
     with pytest.raises(LocateError, match="not a pod UID"):
         RuntimeLocator(str(node.proc), str(node.cgroup)).locate(pod("../x"))
+
+
+def test_runtime_locator_finds_many_pods_in_one_pass_over_proc(
+    node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node.process(100, "pause", SYSTEMD_V1.replace(CONTAINER, "cri-containerd-sandbox.scope"))
+    node.process(101, "nginx", SYSTEMD_V1)
+    node.process(200, "app", CGROUPFS_V2.replace(UID, OTHER_UID))
+    node.process(300, "sshd", "0::/system.slice/ssh.service\n")
+    listings = []
+    real_listdir = os.listdir
+
+    def counted(path: str) -> list[str]:
+        if path == str(node.proc):
+            listings.append(path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", counted)
+    absent = "0a1b2c3d-1111-2222-3333-444455558888"
+    found = RuntimeLocator(str(node.proc), str(node.cgroup)).locate_many(
+        [pod(), pod(OTHER_UID), pod(absent), pod("../x")]
+    )
+    assert len(listings) == 1  # one scan, whatever the number of pods
+    mine, other = found[UID], found[OTHER_UID]
+    assert not isinstance(mine, LocateError)
+    assert not isinstance(other, LocateError)
+    assert (mine.netns, mine.pids) == (f"{node.proc}/100/ns/net", (101,))
+    assert (other.netns, other.pids) == (f"{node.proc}/200/ns/net", (200,))
+    assert isinstance(found[absent], LocateError)
+    assert "has no processes on this node" in str(found[absent])
+    assert isinstance(found["../x"], LocateError)
+    assert "not a pod UID" in str(found["../x"])
+
+
+def test_locate_many_goes_one_by_one_where_a_locator_cannot_do_more(node: FakeNode) -> None:
+    netns = node.netns / "kwok-web-0"
+    netns.write_text("")
+    node.process(30, "app", net=netns)
+    locator = NetnsAnnotationLocator(str(node.netns), str(node.proc))
+    found = locate_many(locator, [pod(**{"shakeout.dev/netns": "kwok-web-0"}), pod(OTHER_UID)])
+    located = found[UID]
+    assert not isinstance(located, LocateError)
+    assert located.netns == str(netns)
+    assert isinstance(found[OTHER_UID], LocateError)
 
 
 def test_netns_annotation_locator(node: FakeNode) -> None:

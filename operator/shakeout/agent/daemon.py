@@ -6,8 +6,9 @@ NodeAttacks labelled with its node and reconciles each: applies it once, after c
 against the run (the run's status, written only by the operator, is the authority), and
 rolls it back when asked, when the run ended, or when the NodeAttack is gone.
 
-An apply goes target by target, each journaled (Applying) before it is touched, and
-starts no further target once a rollback is asked for (spec.rollback or the NodeAttack's
+An apply reads the run, the namespace and the node's pods side by side, journals every
+target (Applying) before any is touched, hands them to the keeper in batches, and starts
+no further batch once a rollback is asked for (spec.rollback or the NodeAttack's
 deletion, seen by the watch or a resync), the lease ran out, or the run, read again
 during the apply, no longer allows it; what it applied is then rolled back.
 
@@ -164,14 +165,20 @@ class NodeAgent:
         await asyncio.gather(*(self.reconcile(o) for o in items))
 
     async def rollback_held(self, uid: str) -> None:
+        """Roll back the NodeAttack's faults, in one command to the keeper (which undoes
+        them side by side); what it could not undo is tried again by the next reconcile."""
         left = self.held.pop(uid, set())
-        for fid in sorted(left):
-            try:
-                await self.keeper.rollback(fid)
-            except Exception:
-                self.held.setdefault(uid, set()).update(left)  # the next reconcile retries
-                raise
-            left = left - {fid}
+        if not left:
+            return
+        try:
+            errors = await self.keeper.rollback_many(sorted(left))
+        except Exception:
+            self.held.setdefault(uid, set()).update(left)
+            raise
+        if errors:
+            self.held.setdefault(uid, set()).update(set(errors) & left)
+            fid, text = next(iter(errors.items()))
+            raise RuntimeError(f"{len(errors)} fault(s) not rolled back, e.g. {fid}: {text}")
 
     async def report(self, obj: Obj, phase: str, message: str, targets: list[Obj]) -> None:
         meta = obj["metadata"]
@@ -211,10 +218,13 @@ class NodeAgent:
         status = obj.get("status") or {}
         phase, targets = self.reports.get(uid, (status.get("phase"), status.get("targets")))
         refused = self.guard.refusal(obj)
+        asked = uid in self.halted
+        if refused is None and phase is None and not asked:
+            await self.apply(obj)  # which reads the run with the rest, and refuses
+            return
         if refused is None:
             namespace, name = obj["metadata"]["namespace"], str(spec.get("runName"))
             refused = refusal(obj, await self.api.get(RUNS, namespace, name), self.options.node)
-        asked = uid in self.halted
         if asked or refused is not None:
             await self.rollback_held(uid)
             self.lapsed.discard(uid)  # whatever the keeper lost, nothing is held now
@@ -231,10 +241,9 @@ class NodeAgent:
                     rolled_back(targets or spec.get("targets") or []),
                 )
             return
-        if phase is None:
-            await self.apply(obj)
-        elif (
-            (uid not in self.held or uid in self.lapsed)
+        if (
+            phase is not None
+            and (uid not in self.held or uid in self.lapsed)
             and phase in (NodeAttackPhase.APPLYING, NodeAttackPhase.APPLIED)
             and Attack.model_validate(spec.get("attack") or {}).reversible
         ):
@@ -263,15 +272,30 @@ class NodeAgent:
         return refusal(obj, run, self.options.node)
 
     async def apply(self, obj: Obj) -> None:
+        """Apply a NodeAttack seen for the first time, unless refused.
+
+        Before anything is touched: the run, the namespace and the pods on the node are
+        read side by side (one round trip), the refusal rails checked (the run allows
+        it, the namespace is not protected), then every target journaled Applying in the
+        NodeAttack's status. The targets then go to the keeper in batches of
+        options.apply_batch (one /proc scan and two journal saves each, pods side by
+        side); a halt is checked between two batches."""
         uid = obj["metadata"]["uid"]
         spec = obj["spec"]
         namespace = obj["metadata"]["namespace"]
-        attack = Attack.model_validate(spec["attack"])
         wanted = list(spec.get("targets") or [])
-        # The agent's own rail, before anything is touched: never a protected namespace.
-        protected = namespace_refusal(
-            await self.api.get(NAMESPACES, None, namespace), namespace, self.options.namespace
+        began = time.monotonic()
+        run, namespace_obj, pods = await asyncio.gather(
+            self.api.get(RUNS, namespace, str(spec.get("runName"))),
+            self.api.get(NAMESPACES, None, namespace),
+            self.api.list_objects(PODS, namespace, fields=f"spec.nodeName={self.options.node}"),
         )
+        refused = refusal(obj, run, self.options.node)
+        if refused is not None:
+            await self.report(obj, NodeAttackPhase.FAILED, f"refused: {refused}", [])
+            return
+        # The agent's own rail, before anything is touched: never a protected namespace.
+        protected = namespace_refusal(namespace_obj, namespace, self.options.namespace)
         if protected is not None:
             log.warning(f"NodeAttack {obj['metadata']['name']} refused: {protected}")
             await self.report(
@@ -284,9 +308,9 @@ class NodeAgent:
                 ],
             )
             return
-        on_node = f"spec.nodeName={self.options.node}"
-        pods = await self.api.list_objects(PODS, namespace, fields=on_node)
+        attack = Attack.model_validate(spec["attack"])
         by_name = {p["metadata"]["name"]: p for p in pods}
+        read = time.monotonic()
         # The journal: every target Applying before the first one is touched.
         await self.report(
             obj,
@@ -295,32 +319,50 @@ class NodeAgent:
             [{"name": t["name"], "state": TargetState.APPLYING} for t in wanted],
         )
         self.held.setdefault(uid, set())  # applied by this instance, even if nothing is held
+        journaled = time.monotonic()
         results: list[Obj] = []
         parameters = attack.parameters()
         params = parameters.model_dump(by_alias=True, mode="json") if parameters else {}
-        # Halted between two targets: by a rollback asked for (seen by the watch or a
+        # Halted between two batches: by a rollback asked for (seen by the watch or a
         # resync), by the lease's loss, or by the run, read again every `recheck` seconds.
         read_at = time.monotonic()  # the run was read just before the apply began
-        halted = None
-        for target in wanted:
-            if uid in self.halted:
-                halted = "a rollback was asked for"
-            elif (own := self.guard.refusal(obj)) is not None:
-                halted = own
-            elif self.lease.expired():
-                halted = LEASE_RAN_OUT
-            elif time.monotonic() - read_at >= self.options.recheck:
+        size = max(1, self.options.apply_batch)
+        for start in range(0, len(wanted), size):
+            halted = self.stopped(obj)
+            if halted is None and time.monotonic() - read_at >= self.options.recheck:
                 read_at = time.monotonic()
                 halted = await self.recheck(obj)
             if halted is not None:
                 await self.stop_apply(obj, attack, results, halted)
                 return
-            pod = by_name.get(target["name"])
-            results.append(await self.apply_target(obj, attack, params, target, pod))
+            batch = wanted[start : start + size]
+            results += await self.apply_batch(obj, attack, params, batch, by_name)
+        if (halted := self.stopped(obj)) is not None:
+            # Stopped during the last batch (the keeper may have started no more of it).
+            await self.stop_apply(obj, attack, results, halted)
+            return
+        await self.report_applied(obj, results, (began, read, journaled))
+
+    def stopped(self, obj: Obj) -> str | None:
+        """Why an apply must go no further, as far as this agent knows without a read."""
+        if obj["metadata"]["uid"] in self.halted:
+            return "a rollback was asked for"
+        if (own := self.guard.refusal(obj)) is not None:
+            return own
+        if self.lease.expired():
+            return LEASE_RAN_OUT
+        return None
+
+    async def report_applied(
+        self, obj: Obj, results: list[Obj], times: tuple[float, float, float]
+    ) -> None:
+        """The report of an apply that went through: Applied, or Failed when no target
+        was applied (what was, is rolled back). times: when it began, read, journaled."""
+        wanted = obj["spec"].get("targets") or []
         applied = sum(1 for r in results if r["state"] == TargetState.APPLIED)
         failed = [r for r in results if r["state"] == TargetState.FAILED]
         if failed and not applied:
-            await self.rollback_held(uid)
+            await self.rollback_held(obj["metadata"]["uid"])
             phase, message = NodeAttackPhase.FAILED, f"{failed[0]['name']}: {failed[0]['message']}"
         else:
             phase = NodeAttackPhase.APPLIED
@@ -329,32 +371,68 @@ class NodeAgent:
                 if failed
                 else ""
             )
+        # Where an apply's time goes: the reads, the Applying journal, the keeper.
+        began, read, journaled = times
+        log.info(
+            f"NodeAttack {obj['metadata']['name']}: {message} in "
+            f"{(time.monotonic() - began) * 1000:.0f} ms (reads {(read - began) * 1000:.0f} "
+            f"ms, journal {(journaled - read) * 1000:.0f} ms, keeper "
+            f"{(time.monotonic() - journaled) * 1000:.0f} ms)"
+        )
         await self.report(obj, phase, message, results)
 
-    async def apply_target(
-        self, obj: Obj, attack: Attack, params: Obj, target: Obj, pod: Obj | None
-    ) -> Obj:
-        """Apply the attack to one target pod (None: not on this node); its result."""
-        if pod is None or pod["metadata"]["uid"] != target["uid"]:
-            return {"name": target["name"], "state": TargetState.GONE, "message": "pod gone"}
-        fid = fault_id(obj["spec"]["runUID"], attack.name, target["uid"])
-        pod_ref = {
-            "namespace": obj["metadata"]["namespace"],
-            "name": target["name"],
-            "uid": target["uid"],
-            # Only what a locator reads: never the team's other annotations (SEC-16).
-            "annotations": kept_annotations(pod["metadata"].get("annotations") or {}),
-        }
-        try:
-            await self.keeper.apply(
-                fid, str(attack.type), params, pod_ref, not_after=self.guard.bound(obj)
+    async def apply_batch(
+        self, obj: Obj, attack: Attack, params: Obj, targets: list[Obj], pods: dict[str, Obj]
+    ) -> list[Obj]:
+        """Apply the attack to these target pods in one command to the keeper; a result
+        per target, in order (a pod not on this node, or another by that name: gone)."""
+        uid = obj["metadata"]["uid"]
+        results: list[Obj] = []
+        faults: list[Obj] = []
+        not_after = self.guard.bound(obj)
+        for target in targets:
+            pod = pods.get(target["name"])
+            if pod is None or pod["metadata"]["uid"] != target["uid"]:
+                results.append(
+                    {"name": target["name"], "state": TargetState.GONE, "message": "pod gone"}
+                )
+                continue
+            results.append({"name": target["name"]})
+            pod_ref = {
+                "namespace": obj["metadata"]["namespace"],
+                "name": target["name"],
+                "uid": target["uid"],
+                # Only what a locator reads: never the team's other annotations (SEC-16).
+                "annotations": kept_annotations(pod["metadata"].get("annotations") or {}),
+            }
+            fid = fault_id(obj["spec"]["runUID"], attack.name, target["uid"])
+            faults.append(
+                {
+                    "id": fid,
+                    "type": str(attack.type),
+                    "parameters": params,
+                    "pod": pod_ref,
+                    "notAfter": not_after,
+                }
             )
+        if not faults:
+            return results
+        try:
+            replies = await self.keeper.apply_batch(faults)
         except Exception as err:  # noqa: BLE001  (reported per target)
-            return {"name": target["name"], "state": TargetState.FAILED, "message": str(err)[:500]}
-        if attack.reversible:
-            # Looked up each time: a lease's loss empties `held` meanwhile.
-            self.held.setdefault(obj["metadata"]["uid"], set()).add(fid)
-        return {"name": target["name"], "state": TargetState.APPLIED}
+            replies = [{"id": f["id"], "ok": False, "error": str(err)} for f in faults]
+        sent = [r for r in results if "state" not in r]  # in the order of `faults`
+        for fault, reply, result in zip(faults, replies, sent, strict=True):
+            if reply.get("ok"):
+                result["state"] = TargetState.APPLIED
+                if attack.reversible:
+                    # Looked up each time: a lease's loss empties `held` meanwhile.
+                    self.held.setdefault(uid, set()).add(fault["id"])
+            elif reply.get("halted"):
+                result.update(state=TargetState.ROLLED_BACK, message="not applied")
+            else:
+                result.update(state=TargetState.FAILED, message=str(reply.get("error"))[:500])
+        return results
 
     async def stop_apply(self, obj: Obj, attack: Attack, results: list[Obj], why: str) -> None:
         """An apply halted before all targets: undo what it did, report what it left."""

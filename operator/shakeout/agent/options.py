@@ -31,6 +31,9 @@ class AgentOptions:
     # While an apply goes on, the run is read again at most this often (seconds): a stop
     # that reached neither the watch nor a resync yet halts it all the same.
     recheck: float = 0.5
+    # Targets handed to the keeper in one command (one /proc scan, two journal saves,
+    # applied side by side); a stop is seen between two such batches.
+    apply_batch: int = 16
     # Per-node stress caps (the keeper refuses beyond them, per target).
     max_stress_workers: int = _env_int("SHAKEOUT_AGENT_MAX_STRESS_WORKERS", 16)
     max_stress_mib: int = _env_int("SHAKEOUT_AGENT_MAX_STRESS_MIB", 4096)

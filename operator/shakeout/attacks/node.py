@@ -26,7 +26,12 @@ from shakeout.kube.client import Obj, Pod, api
 from shakeout.kube.errors import Conflict, NotFound
 from shakeout.kube.resources import NODE_ATTACKS
 
+# How long the agents may take to report an apply: a base, and a share per target of the
+# busiest node (its agent applies them there, ~8 at once), up to a bound. 200 targets
+# on one node: 130 s.
 APPLY_TIMEOUT = 30.0
+APPLY_SECONDS_PER_TARGET = 0.5
+MAX_APPLY_TIMEOUT = 300.0
 ROLLBACK_TIMEOUT = 15.0
 POLL = 0.1
 # A report of an agent that lost its lease (it rolls back its faults on its own).
@@ -44,6 +49,15 @@ def chunks(pods: list[Pod]) -> dict[str, list[list[Pod]]]:
         node: [group[i : i + MAX_NODE_TARGETS] for i in range(0, len(group), MAX_NODE_TARGETS)]
         for node, group in by_node.items()
     }
+
+
+def apply_timeout(pods: list[Pod]) -> float:
+    """How long to wait for the agents' reports of an apply to these target pods."""
+    per_node: dict[str | None, int] = defaultdict(int)
+    for pod in pods:
+        per_node[pod.node] += 1
+    busiest = max(per_node.values(), default=0)
+    return min(MAX_APPLY_TIMEOUT, APPLY_TIMEOUT + APPLY_SECONDS_PER_TARGET * busiest)
 
 
 class NodeDispatcher:
@@ -70,9 +84,10 @@ class NodeDispatcher:
     async def apply(self, attack: Attack, pods: list[Pod]) -> int:
         """Create the NodeAttacks, wait for the agents' reports; the targets applied."""
         # The agents' own bound: the attack's clock starts once every report is in (at
-        # most APPLY_TIMEOUT from now), it then lasts durationSeconds, plus a grace.
+        # most the apply timeout from now), it then lasts durationSeconds, plus a grace.
+        timeout = apply_timeout(pods)
         not_after = datetime.now(UTC) + timedelta(
-            seconds=attack.duration_seconds + APPLY_TIMEOUT + NOT_AFTER_GRACE_SECONDS
+            seconds=attack.duration_seconds + timeout + NOT_AFTER_GRACE_SECONDS
         )
         for node, groups in chunks(pods).items():
             for index, group in enumerate(groups):
@@ -101,7 +116,9 @@ class NodeDispatcher:
                 }
                 with contextlib.suppress(Conflict):  # created before an operator restart
                     await api().create(NODE_ATTACKS, self.namespace, body)
-        reports = await self.wait(attack, {NodeAttackPhase.APPLIED, NodeAttackPhase.FAILED})
+        reports = await self.wait(
+            attack, {NodeAttackPhase.APPLIED, NodeAttackPhase.FAILED}, timeout
+        )
         if self.halt.is_set():
             # Halted: what was applied so far is rolled back by the stop that follows.
             return sum(r["applied"] for r in reports)

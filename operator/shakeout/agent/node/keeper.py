@@ -102,6 +102,8 @@ async def _read_commands(
                 },
             )
         else:
+            if command.get("op") == Op.ROLLBACK_ALL:
+                holder.halts += 1  # a batch in progress starts nothing more
             queue.put_nowait(command)
 
 

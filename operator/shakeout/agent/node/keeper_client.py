@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,37 @@ class Keeper:
         reply = await self._request(command, timeout)
         return dict(reply["record"])
 
+    async def apply_batch(
+        self, faults: Sequence[Mapping[str, Any]], *, timeout: float = 300.0
+    ) -> list[dict[str, Any]]:
+        """Apply several faults in one command; one result per fault, in order:
+        {"id", "ok": true, "record"} or {"id", "ok": false, "error", "halted"?}.
+
+        Each fault: {"id", "type", "parameters", "pod" (PodRef's JSON form), "notAfter"?}.
+        FaultError when the keeper refuses the batch as a whole (or does not answer).
+        """
+        command = {"op": Op.APPLY_BATCH, "faults": [dict(fault) for fault in faults]}
+        reply = await self._request(command, timeout)
+        results = reply.get("results")
+        if not isinstance(results, list) or len(results) != len(faults):
+            raise FaultError("the keeper's reply to apply_batch has no result per fault")
+        return [dict(result) for result in results]
+
+    async def rollback_many(
+        self, fault_ids: list[str], *, timeout: float = 300.0
+    ) -> dict[str, str]:
+        """Roll these faults back in one command (unknown ids are no-ops); the errors by
+        id of those that stay held. FaultError when the keeper does not answer."""
+        reply = await self._request(
+            {"op": Op.ROLLBACK_MANY, "ids": list(fault_ids)}, timeout, any_reply=True
+        )
+        if reply.get("ok"):
+            return {}
+        errors = reply.get("errors")
+        if not isinstance(errors, dict) or not errors:
+            raise FaultError(str(reply.get("error") or "the keeper refused rollback_many"))
+        return {str(key): str(value) for key, value in errors.items()}
+
     async def rollback(self, fault_id: str, *, timeout: float = 120.0) -> None:
         """Roll the fault back; a no-op when the keeper does not hold it."""
         await self._request({"op": Op.ROLLBACK, "id": fault_id}, timeout)
@@ -217,7 +248,10 @@ class Keeper:
                 f"roll back stays in {self.journal} for the next keeper"
             )
 
-    async def _request(self, command: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+    async def _request(
+        self, command: Mapping[str, Any], timeout: float, *, any_reply: bool = False
+    ) -> dict[str, Any]:
+        """The keeper's reply; FaultError when it says not ok (unless any_reply)."""
         stdin = self._process.stdin
         if stdin is None or self._replies.done():
             raise FaultError(f"the keeper (pid {self.pid}) is not running")
@@ -238,7 +272,7 @@ class Keeper:
             raise FaultError(f"the keeper (pid {self.pid}) is gone: {error}") from error
         finally:
             self._pending.pop(seq, None)
-        if not reply.get("ok"):
+        if not reply.get("ok") and not any_reply:
             raise FaultError(str(reply.get("error") or f"the keeper refused {command['op']}"))
         return reply
 

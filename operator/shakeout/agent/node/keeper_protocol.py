@@ -13,15 +13,23 @@ Then one reply per command. A command may carry "seq"; its reply echoes "seq" (a
     {"op":"apply","id":ID,"type":T,"parameters":{...},"pod":{namespace,name,uid,annotations},
      "notAfter":EPOCH_SECONDS (optional: the keeper rolls the fault back then, on its own)}
         -> {"id":ID,"ok":true,"record":{...}} | {"id":ID,"ok":false,"error":"..."}
+    {"op":"apply_batch","faults":[{"id","type","parameters","pod","notAfter"}, ...]}
+        -> {"ok":true,"results":[{"id":ID,"ok":true,"record":{...}}
+                                 | {"id":ID,"ok":false,"error":"...","halted":true?}, ...]}
+        (in order; one /proc scan, one journal save before and one after, pods side by
+        side; "halted": not started, a rollback_all came meanwhile)
     {"op":"rollback","id":ID}  -> {"id":ID,"ok":true,"held":bool} (held: it was held)
+    {"op":"rollback_many","ids":[...]} -> {"ok":true,"held":[...],"errors":{}}
+                                  | {"ok":false,"error":...,"held":[...],"errors":{id: error}}
     {"op":"rollback_all"}      -> {"ok":true,"errors":{}} | {"ok":false,"error":...,"errors":{...}}
     {"op":"list"}              -> {"ok":true,"ids":[...]}
     {"op":"heartbeat"}         -> {"ok":true,"held":[...],"unrecovered":{id: error}}, answered
                                   at once, even mid-apply
 
-Commands other than heartbeat run one at a time, in the order they came. A line that is
-no JSON object gets {"ok":false,"error":...} without "seq". Every line, either way, is
-at most LINE_LIMIT bytes.
+Commands other than heartbeat run one at a time, in the order they came; a
+rollback_all, as it arrives, also stops a batch in progress from starting more faults.
+A line that is no JSON object gets {"ok":false,"error":...} without "seq". Every
+line, either way, is at most LINE_LIMIT bytes.
 """
 
 from __future__ import annotations
@@ -41,7 +49,9 @@ READY = "ready"
 
 class Op(StrEnum):
     APPLY = "apply"
+    APPLY_BATCH = "apply_batch"
     ROLLBACK = "rollback"
+    ROLLBACK_MANY = "rollback_many"
     ROLLBACK_ALL = "rollback_all"
     LIST = "list"
     HEARTBEAT = "heartbeat"

@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from shakeout.api.experiment import ExperimentSpec
+from shakeout.api.experiment import Attack, ExperimentSpec
 from shakeout.api.labels import CANCELED_BY, ISOLATED, REMOVED_LABELS
 from shakeout.api.run import ExperimentRunStatus, Phase, Targets
 from shakeout.api.switch import OPT_IN_LABEL, PROTECTED_LABEL
+from shakeout.attacks.context import RunContext
+from shakeout.attacks.network_isolation import NetworkIsolation
 from shakeout.engine import attacks as lifecycle
 from shakeout.engine import checks, ends
 from shakeout.engine import runs as engine
@@ -34,6 +36,7 @@ from shakeout.gather.switch import SwitchView
 from shakeout.gather.targets import RecentResolutions
 from shakeout.kube import client as kube_client
 from shakeout.kube.errors import Forbidden, Invalid, Unavailable
+from shakeout.kube.pods import Pod
 from shakeout.kube.resources import (
     DEPLOYMENTS,
     EXPERIMENTS,
@@ -805,6 +808,16 @@ async def test_a_stop_during_an_isolation_deletes_the_policy_before_the_marks_in
     assert fake.names(NETWORK_POLICIES, NS) == []
     assert marked_pods(fake) == []  # the marks that landed after the deletion too
     assert lock_holder(fake) is None
+
+
+async def test_an_isolation_halted_before_it_began_creates_no_policy(fake: FakeApi) -> None:
+    halt = asyncio.Event()
+    halt.set()  # the stop came while the attack was being journaled
+    isolation = NetworkIsolation(RunContext(NS, RUN, "uid-1", halt))
+    applied = await isolation.apply(Attack.model_validate(ISOLATE), [Pod("web-0", True, False)])
+    assert applied == 0
+    assert fake.find("POST", r"/networkpolicies$") == []
+    assert marked_pods(fake) == []
 
 
 async def test_a_halted_run_ends_even_if_the_switch_is_enabled_again_before_it_looks(

@@ -50,6 +50,8 @@ class NetworkIsolation(ClusterExecutor):
                 "policyTypes": types,
             },
         }
+        if run.halt.is_set():
+            return 0  # stopped before its first request: no fault to begin
         with contextlib.suppress(Conflict):  # already there: applied before a restart
             await api().create(NETWORK_POLICIES, run.namespace, policy)
 

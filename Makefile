@@ -161,9 +161,9 @@ bench-peers: $(BENCH_STAMP) controlplane peers ## shakeout beside a bare client,
 bench-peers-full: $(BENCH_STAMP) controlplane peers ## bench-peers at 1, 100, 1,000 and 5,000 targets, 5 runs each
 	$(BIN)/python bench/peers.py --full --reps 5 --plot docs/img/peers.png
 
-bench-full: $(STAMP) controlplane ## the long benchmarks: 6,000 and 5,000-target scale, an hour's soak (about 90 minutes)
+bench-full: $(STAMP) controlplane ## the long benchmarks: scale on 6,000 pods, then up to 10,000 targets in a 20,000-pod cluster, an hour's soak (about 2.5 hours)
 	$(BIN)/python bench/scale.py --pods-a 3000 --pods-b 3000 --targets 100 1000 3000 --repeat 5
-	$(BIN)/python bench/scale.py --pods-a 5000 --pods-b 1000 --targets 5000 --repeat 3
+	$(BIN)/python bench/scale.py --pods-a 10000 --pods-b 10000 --targets 1 100 1000 5000 10000 --repeat 3
 	$(BIN)/python bench/footprint.py --experiments 1000 --pods 10000 --minutes 60
 
 bench-real-node: $(STAMP) controlplane real-node-tools ## node-level attacks on the real node: first fault, Stop All, the agent's footprint at 200 faults (root; about 10 minutes; not in make test)

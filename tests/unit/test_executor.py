@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from shakeout.api.experiment import ExperimentSpec
+from shakeout.api.experiment import Attack, ExperimentSpec
 from shakeout.api.labels import CANCELED_BY, ISOLATED, REMOVED_LABELS
 from shakeout.api.run import ExperimentRunStatus, Phase, Targets
 from shakeout.api.switch import OPT_IN_LABEL, PROTECTED_LABEL
+from shakeout.attacks.context import RunContext
+from shakeout.attacks.network_isolation import NetworkIsolation
 from shakeout.engine import attacks as lifecycle
 from shakeout.engine import checks, ends
 from shakeout.engine import runs as engine
@@ -34,6 +36,7 @@ from shakeout.gather.switch import SwitchView
 from shakeout.gather.targets import RecentResolutions
 from shakeout.kube import client as kube_client
 from shakeout.kube.errors import Forbidden, Invalid, Unavailable
+from shakeout.kube.pods import Pod
 from shakeout.kube.resources import (
     DEPLOYMENTS,
     EXPERIMENTS,
@@ -742,6 +745,101 @@ async def test_a_stop_during_an_apply_starts_no_further_target_and_rolls_back(
     assert marked == []
     assert lock_holder(fake) is None
     assert events(host)[-1] == ("Warning", Reason.CANCELED)
+
+
+def isolation_marks(fake: FakeApi) -> list[Call]:
+    return fake.find("PATCH", r"/pods/", when=lambda c: ISOLATED in str(c.body))
+
+
+def marked_pods(fake: FakeApi) -> list[str]:
+    return [
+        n
+        for n in fake.names(PODS, NS)
+        if ISOLATED in (fake.peek(PODS, NS, n) or {})["metadata"]["labels"]
+    ]
+
+
+def stop_at_tenth_mark(fake: FakeApi, stop: Callable[[], None]) -> None:
+    """`stop` when the 10th isolation mark goes out (the marks answered 50 ms later)."""
+    fake.delay("PATCH", rf"/namespaces/{NS}/pods/", 0.05)
+    stopped: list[bool] = []
+
+    def at_tenth(_call: Call) -> None:
+        if len(isolation_marks(fake)) == 10 and not stopped:
+            stopped.append(True)
+            stop()
+
+    fake.on("PATCH", r"/pods/", at_tenth)
+
+
+async def test_a_stop_during_an_isolation_deletes_the_policy_before_the_marks_in_flight_return(
+    fake: FakeApi,
+) -> None:
+    """The fault ends with the stop, not after the requests in flight: the policy's
+    deletion goes out while marks sent before the stop are still unanswered; those land
+    afterwards and are removed with the others, none left behind."""
+    for i in range(3, 100):
+        fake.add_pod(NS, f"web-{i}", {"app": "web"})
+    signal = StopSignal()
+    executor, host = start(fake, spec(ISOLATE), signal=signal)
+
+    def cancel() -> None:
+        host.cancel()
+        signal.halt.set()  # what LiveRuns.request_stop does
+        signal.wakeup.set()
+
+    stop_at_tenth_mark(fake, cancel)
+    at_deletion: list[tuple[int, int]] = []  # (marks sent, marks landed)
+    fake.on(
+        "DELETE",
+        r"/networkpolicies/",
+        lambda _c: at_deletion.append((len(isolation_marks(fake)), len(marked_pods(fake)))),
+    )
+
+    await drive(executor)
+
+    sent, landed = at_deletion[0]
+    assert sent == 10
+    assert landed < sent, "the policy waited for the marks in flight"
+    status = status_of(fake)
+    assert (status["phase"], status["reason"]) == (Phase.CANCELED, Reason.CANCELED)
+    isolate = attacks_of(fake)["isolate"]
+    assert (isolate["state"], isolate["targets"]) == ("RolledBack", 10)
+    assert fake.names(NETWORK_POLICIES, NS) == []
+    assert marked_pods(fake) == []  # the marks that landed after the deletion too
+    assert lock_holder(fake) is None
+
+
+async def test_an_isolation_halted_before_it_began_creates_no_policy(fake: FakeApi) -> None:
+    halt = asyncio.Event()
+    halt.set()  # the stop came while the attack was being journaled
+    isolation = NetworkIsolation(RunContext(NS, RUN, "uid-1", halt))
+    applied = await isolation.apply(Attack.model_validate(ISOLATE), [Pod("web-0", True, False)])
+    assert applied == 0
+    assert fake.find("POST", r"/networkpolicies$") == []
+    assert marked_pods(fake) == []
+
+
+async def test_a_halted_run_ends_even_if_the_switch_is_enabled_again_before_it_looks(
+    fake: FakeApi,
+) -> None:
+    """Stop All pressed and undone within moments: the stop halted the attack partway (and
+    ended the isolation's fault), so the run ends as stopped rather than going on with a
+    fault that is not there."""
+    for i in range(3, 100):
+        fake.add_pod(NS, f"web-{i}", {"app": "web"})
+    signal = StopSignal()
+    executor, _host = start(fake, spec(ISOLATE), signal=signal)
+    stop_at_tenth_mark(fake, lambda: (signal.halt.set(), signal.wakeup.set()))
+
+    await drive(executor)
+
+    status = status_of(fake)
+    assert (status["phase"], status["reason"]) == (Phase.CANCELED, Reason.STOPPED_ALL)
+    assert attacks_of(fake)["isolate"]["state"] == "RolledBack"
+    assert fake.names(NETWORK_POLICIES, NS) == []
+    assert marked_pods(fake) == []
+    assert lock_holder(fake) is None
 
 
 async def test_a_run_deleted_during_its_attacks_rolls_back_and_ends(fake: FakeApi) -> None:

@@ -167,3 +167,62 @@ def test_a_halt_set_before_the_start_acts_on_nothing() -> None:
 
     assert asyncio.run(each(range(10), action, halt)) == []
     assert sent == []
+
+
+def test_on_halt_runs_at_once_while_the_items_in_flight_are_still_out() -> None:
+    """The stop's own request (NetworkIsolation: the policy's deletion) goes out as soon
+    as the halt is set, not after the requests in flight return; each still returns only
+    once every one of them did."""
+    halt = asyncio.Event()
+    release = asyncio.Event()
+    finished: list[int] = []
+    out_when_halted: list[int] = []
+
+    async def action(item: int) -> bool:
+        if item == 5:
+            halt.set()  # Stop All while items 1..5 are in flight
+        if item:
+            await release.wait()  # the API server is slow to answer them
+        finished.append(item)
+        return True
+
+    async def on_halt() -> None:
+        out_when_halted.append(len(finished))
+        release.set()
+
+    async def main() -> list[bool]:
+        # Had on_halt waited for the items in flight, they would wait for it forever.
+        return await asyncio.wait_for(each(range(1000), action, halt, on_halt), 5)
+
+    results = asyncio.run(main())
+    assert out_when_halted == [1]  # only the first had come back
+    assert sorted(finished) == list(range(6))  # the rest in flight were awaited
+    assert results == [True] * 6
+
+
+def test_on_halt_runs_when_the_halt_came_before_the_start() -> None:
+    halt = asyncio.Event()
+    halt.set()
+    called: list[bool] = []
+
+    async def on_halt() -> None:
+        called.append(True)
+
+    async def action(_item: int) -> None:
+        raise AssertionError("nothing may be acted on")
+
+    assert asyncio.run(each(range(10), action, halt, on_halt)) == []
+    assert called == [True]
+
+
+def test_on_halt_is_not_called_without_a_halt() -> None:
+    called: list[bool] = []
+
+    async def on_halt() -> None:
+        called.append(True)
+
+    async def action(item: int) -> int:
+        return item
+
+    assert asyncio.run(each(range(50), action, asyncio.Event(), on_halt)) == list(range(50))
+    assert called == []

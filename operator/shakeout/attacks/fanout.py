@@ -19,6 +19,7 @@ async def each(
     items: Iterable[Any],
     action: Callable[[Any], Awaitable[Any]],
     halt: asyncio.Event | None = None,
+    on_halt: Callable[[], Awaitable[None]] | None = None,
 ) -> list[Any]:
     """`action` on every item, CONCURRENCY at a time, the first item alone: the fault
     begins one round trip after the journal instead of behind a burst of requests that
@@ -27,9 +28,29 @@ async def each(
 
     Once `halt` is set (the run is being stopped), no further item is started: a Stop All
     in the middle of attacking 5,000 pods must not wait for the other 4,999. The requests
-    in flight finish, so that the rollback that follows sees every write. Returns the
-    results of the items acted on."""
-    items = list(items)
+    in flight finish before this returns, so that the rollback that follows sees every
+    write. `on_halt`, if given, is awaited as soon as `halt` is set (or at once if it was
+    set before), without waiting for them: an attack whose fault one request ends ends
+    it there (attacks/network_isolation.py). Returns the results of the items acted on."""
+    if halt is None or on_halt is None:
+        return await _each(list(items), action, halt)
+    acting = asyncio.ensure_future(_each(list(items), action, halt))
+    halted = asyncio.ensure_future(halt.wait())
+    try:
+        await asyncio.wait((acting, halted), return_when=asyncio.FIRST_COMPLETED)
+        if halt.is_set():
+            await on_halt()
+        return await acting
+    except BaseException:
+        acting.cancel()
+        raise
+    finally:
+        halted.cancel()
+
+
+async def _each(
+    items: list[Any], action: Callable[[Any], Awaitable[Any]], halt: asyncio.Event | None
+) -> list[Any]:
     if not items or (halt is not None and halt.is_set()):
         return []
     first = await action(items[0])

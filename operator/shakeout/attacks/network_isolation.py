@@ -1,5 +1,12 @@
 """NetworkIsolation: a deny-all NetworkPolicy over the targets, which carry a mark (a label)
-that the policy selects. Rollback deletes the policy; the marks go after the run."""
+that the policy selects. Rollback deletes the policy; the marks go after the run.
+
+The policy is the fault: deleting it ends the fault of every target in one request. A
+stop that comes while the targets are being marked deletes it at once, without waiting
+for the marks in flight (up to 32 requests, which a busy API server answers in a few
+hundred milliseconds); they land on pods that nothing selects any more, and the apply
+returns only once every one of them did, so that the clean-up after the run, which lists
+the marks, sees them all."""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from shakeout.api.run import AttackResult
 from shakeout.attacks.context import ClusterExecutor
 from shakeout.attacks.fanout import each
 from shakeout.kube.client import Pod, api
-from shakeout.kube.errors import Conflict, NotFound
+from shakeout.kube.errors import Conflict, KubeError, NotFound
 from shakeout.kube.resources import NETWORK_POLICIES, PODS
 
 
@@ -43,18 +50,30 @@ class NetworkIsolation(ClusterExecutor):
                 "policyTypes": types,
             },
         }
+        if run.halt.is_set():
+            return 0  # stopped before its first request: no fault to begin
         with contextlib.suppress(Conflict):  # already there: applied before a restart
             await api().create(NETWORK_POLICIES, run.namespace, policy)
 
         async def mark(pod: Pod) -> bool:
             return await run.patch_pod(pod.name, {"metadata": {"labels": {ISOLATED: run.run_uid}}})
 
-        return sum(await each(pods, mark, run.halt))
+        async def end_fault() -> None:
+            # The run is being stopped (a halted run always ends: execution/executor.py),
+            # and its rollback deletes the policy again (idempotent) and retries if this
+            # failed: nothing to report here.
+            with contextlib.suppress(KubeError):
+                await self.delete_policy(attack)
+
+        return sum(await each(pods, mark, run.halt, on_halt=end_fault))
 
     async def rollback(self, attack: Attack, result: AttackResult) -> None:
         """Deleting the policy ends the fault, in one request whatever the targets; the
         marks left on the pods select nothing any more and are removed after the run
         (clean_up, and execution/cleanup.py's sweep), off the path of Stop All."""
+        await self.delete_policy(attack)
+
+    async def delete_policy(self, attack: Attack) -> None:
         await api().delete(NETWORK_POLICIES, self.run.namespace, self.policy_name(attack))
 
     async def clean_up(self) -> None:

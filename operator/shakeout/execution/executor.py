@@ -331,16 +331,26 @@ class RunExecutor:
     # -- what the run observes -------------------------------------------------------------
 
     async def stopping(self) -> bool:
-        """Whether the run is being stopped: canceled, deleted, Stop All, the operator
-        shutting down, or an end decided before a restart."""
+        """Whether the run is being stopped: halted by a stop, canceled, deleted, Stop All,
+        the operator shutting down, or an end decided before a restart."""
         return (
-            bool(self.host.body["spec"].get("cancel"))
+            self.signal.halt.is_set()
+            or bool(self.host.body["spec"].get("cancel"))
             or self.host.deleting()
             or self.host.shutting_down()
             or ends.pending_end(self.status) is not None
             or not await switch_enabled()
             or await self.blackout(clock.utcnow()) is not None
         )
+
+    def halted_for_nothing(self, other_stop: bool) -> bool:
+        """Whether a stop halted this run although, when it looks, only the switch could
+        say so and it is enabled again (Stop All pressed and undone within moments), or
+        the stop was taken back. A halted run ends all the same, as stopped by Stop All:
+        the attack it was applying stopped partway, and a NetworkIsolation ended its fault
+        at once (attacks/network_isolation.py); a run that went on would claim a fault
+        that is not there, and apply nothing in its later steps."""
+        return self.signal.halt.is_set() and not other_stop
 
     async def blackout(self, now: datetime) -> str | None:
         """The switch's blackout window in force now, described, or None; notes when the
@@ -454,15 +464,19 @@ class RunExecutor:
         phase = Phase(self.status.phase)
         snapshot = self.journal.snapshot
         looked = clock.utcnow()
+        cancel_requested = bool(self.host.body["spec"].get("cancel"))
+        blackout = await self.blackout(looked)
+        deleting = self.host.deleting()
         observation = engine.Observation(
             now=looked,
             phase=phase,
             phase_entered=engine.phase_entered(self.status) or now,
             experiment=snapshot,
-            cancel_requested=bool(self.host.body["spec"].get("cancel")),
-            switch_enabled=await switch_enabled(),
-            blackout=await self.blackout(looked),
-            deleting=self.host.deleting(),
+            cancel_requested=cancel_requested,
+            switch_enabled=await switch_enabled()
+            and not self.halted_for_nothing(cancel_requested or deleting or bool(blackout)),
+            blackout=blackout,
+            deleting=deleting,
             shutting_down=self.host.shutting_down(),
             checks=checks.assess(self.status, snapshot, phase),
             agents_missing=await self.agents_missing(phase),

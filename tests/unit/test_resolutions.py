@@ -138,6 +138,22 @@ def test_a_refused_first_item_stops_the_rest() -> None:
     assert sent == [0]
 
 
+def test_a_failure_in_the_middle_starts_no_further_item_and_is_raised() -> None:
+    sent = []
+
+    async def action(item: int) -> None:
+        sent.append(item)
+        await asyncio.sleep(0)
+        if item == 40:
+            raise PermissionError("forbidden")
+
+    with pytest.raises(PermissionError):
+        asyncio.run(each(range(10_000), action))
+    # Those already out when it failed, not the 10,000.
+    assert 40 in sent
+    assert len(sent) < 40 + 2 * CONCURRENCY
+
+
 def test_a_halt_starts_no_further_item_and_lets_those_in_flight_finish() -> None:
     halt = asyncio.Event()
     started, finished = [], []

@@ -54,13 +54,22 @@ async def _each(
     if not items or (halt is not None and halt.is_set()):
         return []
     first = await action(items[0])
-    limiter = asyncio.Semaphore(CONCURRENCY)
+    # CONCURRENCY workers take the items in turn: as many coroutines as requests in
+    # flight, not one per target (10,000 tasks waiting on a semaphore are megabytes).
+    rest: list[Any] = [_SKIPPED] * (len(items) - 1)
+    pending = iter(range(1, len(items)))
+    failed = False
 
-    async def one(item: Any) -> Any:
-        async with limiter:
-            if halt is not None and halt.is_set():
-                return _SKIPPED
-            return await action(item)
+    async def worker() -> None:
+        nonlocal failed
+        for i in pending:
+            if failed or (halt is not None and halt.is_set()):
+                return
+            try:
+                rest[i - 1] = await action(items[i])
+            except BaseException:
+                failed = True  # the others start nothing more; the error is raised below
+                raise
 
-    rest = await asyncio.gather(*(one(i) for i in items[1:]))
+    await asyncio.gather(*(worker() for _ in range(min(CONCURRENCY, len(rest)))))
     return [first, *(r for r in rest if r is not _SKIPPED)]

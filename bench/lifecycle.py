@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import signal
 import socket
 import statistics
 import subprocess
@@ -32,6 +33,11 @@ from stats import pct  # bench/stats.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "bench"
+
+# A benchmark stopped with `kill` (SIGTERM) ends as on an error: Python's default for
+# SIGTERM skips the `finally` blocks that bring the benchmark's sandbox down. Every bench
+# script imports this module.
+signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
 
 
 class Watcher:

@@ -154,6 +154,7 @@ def test_a_protected_namespace_is_refused_by_the_agent_itself(
     agent for a fault in a namespace labelled shakeout.dev/protected=true."""
     namespace = f"bound-{uuid.uuid4().hex[:6]}"
     ready.kubectl("create", "namespace", namespace)
+    run = ""
     try:
         ready.apply(
             {
@@ -203,6 +204,18 @@ def test_a_protected_namespace_is_refused_by_the_agent_itself(
         time.sleep(1)
         assert "shakeout_" not in nft_tables(target)
     finally:
+        # The 600-second run ends here, with the operator back, rather than hold the
+        # cluster-wide run lock into the tests after this one.
+        if not operator_down.running():
+            operator_down.start()
+        if run:
+            ready.kubectl("label", "namespace", namespace, "shakeout.dev/protected-", check=False)
+            ready.kubectl(
+                "patch", "experimentrun", run, "-n", namespace, "--type=merge",
+                "-p", '{"spec":{"cancel":true}}', check=False,
+            )  # fmt: skip
+            ended = {"CANCELED", "FAILED", "COMPLETED"}
+            wait_phase(ready, run, ended, timeout=180, namespace=namespace)
         ready.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 

@@ -24,10 +24,15 @@ OPERATOR_ONLY = (
 )
 
 
-def test_the_agent_process_loads_neither_kopf_nor_the_operator() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE], check=True, capture_output=True, text=True
+def loaded_by(probe: str) -> list[str]:
+    """The module names a fresh Python process running `probe` prints."""
+    return subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
     ).stdout.split()
+
+
+def test_the_agent_process_loads_neither_kopf_nor_the_operator() -> None:
+    out = loaded_by(PROBE)
     assert "shakeout.agent.daemon" in out  # the probe really imported the agent
     assert "shakeout.kube.client" in out
     assert not [m for m in out if m == "kopf" or m.startswith("kopf.")]
@@ -43,9 +48,7 @@ print("\\n".join(sorted(sys.modules)))
 
 
 def test_the_operator_process_does_not_load_cryptography() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", OPERATOR_PROBE], check=True, capture_output=True, text=True
-    ).stdout.split()
+    out = loaded_by(OPERATOR_PROBE)
     assert "shakeout.handlers.settings" in out  # the probe really registered the handlers
     assert "shakeout.admission.runs" in out
     assert not [m for m in out if m == "cryptography" or m.startswith("cryptography.")]

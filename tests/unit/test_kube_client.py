@@ -59,6 +59,8 @@ class Wire:
     hang: float = 0.0  # seconds to wait before answering
     hang_up: bool = False  # close the connection without an answer
     sent: list[Sent] = field(default_factory=list)
+    # Answers given before the canned one, first to last: (status, Retry-After or None).
+    first: list[tuple[int, str | None]] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -76,6 +78,10 @@ class Wire:
             assert request.transport is not None
             request.transport.close()
             return web.Response()
+        if self.first:
+            status, after = self.first.pop(0)
+            headers = {"Retry-After": after} if after is not None else {}
+            return web.Response(status=status, body=b'{"message": "not now"}', headers=headers)
         return web.Response(status=self.status, body=self.data)
 
     def answer(self, status: int, body: Any = None) -> None:
@@ -608,3 +614,34 @@ async def test_fake_failures_count_down_and_can_follow_the_write(fake: FakeApi) 
     await fake.set_replicas("Deployment", "ns", "web", 1)
     assert fake.replicas("ns", "web") == 1
     assert [c.error is not None for c in fake.find("PATCH", r"/scale$")] == [True, True, False]
+
+
+async def test_a_429_that_says_when_is_tried_again_as_client_go_does(
+    wired: tuple[Api, Wire],
+) -> None:
+    api, wire = wired
+    # A new CRD's storage still initializing, then the answer.
+    wire.first = [(429, "0"), (429, "0")]
+    wire.answer(200, {"items": []})
+
+    assert await api.request("GET", PODS.path("ns")) == {"items": []}
+    assert len(wire.sent) == 3
+    # A write too: the API server did not process a request it answered 429.
+    wire.first = [(429, "0")]
+    await api.request("POST", PODS.path("ns"), {"metadata": {"name": "p"}})
+    assert [s.method for s in wire.sent[3:]] == ["POST", "POST"]
+
+
+async def test_a_429_without_retry_after_or_past_the_retries_is_unavailable(
+    wired: tuple[Api, Wire],
+) -> None:
+    api, wire = wired
+    wire.first = [(429, None)]
+    with pytest.raises(Unavailable, match="429 not now"):
+        await api.request("GET", PODS.path("ns"))
+    assert len(wire.sent) == 1
+
+    wire.first = [(429, "0")] * (kube_client.RETRIES_AFTER + 1)
+    with pytest.raises(Unavailable):
+        await api.request("GET", PODS.path("ns"))
+    assert len(wire.sent) == 1 + kube_client.RETRIES_AFTER + 1

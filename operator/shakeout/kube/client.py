@@ -10,6 +10,7 @@ the API server sent them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from shakeout.kube.resources import (
     WORKLOADS,
     Resource,
 )
-from shakeout.kube.transport import Transport
+from shakeout.kube.transport import Answer, Transport
 
 Obj = dict[str, Any]
 
@@ -41,10 +42,17 @@ CONCURRENT_REQUESTS = 32
 # hang a run's daemon, a webhook or an agent (the agent sets a shorter one).
 REQUEST_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
+TOO_MANY_REQUESTS = 429
 
 # Lists are read in pages of this many objects (limit and continue): no single answer of
 # the API server holds every run or pod of a big cluster at once.
 PAGE_SIZE = 500
+
+# client-go's rule: a 429 that says when to try again (Retry-After: the API server's
+# priority and fairness, or a resource's storage still initializing after its CRD was
+# created) is tried again, at most this many times, waiting at most MAX_RETRY_AFTER.
+RETRIES_AFTER = 10
+MAX_RETRY_AFTER = 1.0
 
 JSON = "application/json"
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
@@ -109,18 +117,23 @@ class Api:
             headers["Content-Type"] = "application/merge-patch+json" if merge_patch else JSON
         payload: Any = json_patch if json_patch is not None else body
         read_timeout = timeout or self.request_timeout
-        try:
-            answer = await self.transport.send(
-                method,
-                path,
-                query=list((query or {}).items()),
-                headers=headers,
-                data=json.dumps(payload).encode() if payload is not None else None,
-                connect_timeout=min(CONNECT_TIMEOUT, read_timeout),
-                read_timeout=read_timeout,
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as err:
-            raise Unavailable(f"{method} {path}: {err or type(err).__name__}", 0) from err
+        data = json.dumps(payload).encode() if payload is not None else None
+        for attempt in range(RETRIES_AFTER + 1):
+            try:
+                answer = await self.transport.send(
+                    method,
+                    path,
+                    query=list((query or {}).items()),
+                    headers=headers,
+                    data=data,
+                    connect_timeout=min(CONNECT_TIMEOUT, read_timeout),
+                    read_timeout=read_timeout,
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError) as err:
+                raise Unavailable(f"{method} {path}: {err or type(err).__name__}", 0) from err
+            if not _try_again(answer, attempt):
+                break
+            await asyncio.sleep(min(answer.retry_after or 0.0, MAX_RETRY_AFTER))
         if answer.status >= 400:
             message = f"{method} {path}: {answer.status} {_message(answer.data)}"
             raise error_for(answer.status, message, json_patch=json_patch is not None)
@@ -317,6 +330,14 @@ def _list_query(labels: str, fields: str, cached: bool) -> dict[str, str]:
     if cached:
         query["resourceVersion"] = "0"
     return query
+
+
+def _try_again(answer: Answer, attempt: int) -> bool:
+    return (
+        answer.status == TOO_MANY_REQUESTS
+        and answer.retry_after is not None
+        and (attempt < RETRIES_AFTER)
+    )
 
 
 def _message(data: bytes | None) -> str:

@@ -24,6 +24,15 @@ from kubernetes import client
 class Answer:
     status: int
     data: bytes
+    retry_after: float | None = None  # seconds, when the server said when to try again
+
+
+def retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds (the API server sends whole seconds)."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def ssl_context(configuration: client.Configuration) -> ssl.SSLContext:
@@ -106,7 +115,11 @@ class Transport:
                 proxy=self.proxy,
                 **extra,
             ) as response:
-                return Answer(response.status, await response.read())
+                return Answer(
+                    response.status,
+                    await response.read(),
+                    retry_after(response.headers.get("Retry-After")),
+                )
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

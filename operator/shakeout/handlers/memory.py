@@ -29,13 +29,14 @@ from shakeout.handlers.periodic import every
 TRIM_EVERY = 30.0
 
 
-def _malloc_trim() -> Any:
+def _glibc(function: str) -> Any:
+    """One of glibc's malloc functions, or None elsewhere (musl, macOS)."""
     if platform.libc_ver()[0] != "glibc":
         return None
-    return getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
+    return getattr(ctypes.CDLL(ctypes.util.find_library("c")), function, None)
 
 
-_TRIM = _malloc_trim()
+_TRIM = _glibc("malloc_trim")
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD = 128 * 1024
@@ -43,9 +44,7 @@ MMAP_THRESHOLD = 128 * 1024
 
 def pin_mmap_threshold() -> bool:
     """Pin glibc's mmap threshold (the module docstring says why); False elsewhere."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    mallopt = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt", None)
+    mallopt = _glibc("mallopt")
     return mallopt is not None and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
 
 

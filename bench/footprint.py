@@ -98,7 +98,7 @@ def setup(
     deadline = time.monotonic() + 600
     while running_pods(core, "app=churn") < 2:
         if time.monotonic() > deadline:
-            sys.exit("the churn Deployment's pods never appeared")
+            sys.exit("the churn Deployment's pods never ran")
         time.sleep(2)
 
 

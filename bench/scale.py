@@ -347,9 +347,14 @@ def resolution_times(namespace: str, targets: int, reps: int, detail: bool = Fal
 
     async def once() -> float:
         began = time.perf_counter()
-        selection, pods = await resolve_target_pods(namespace, blast, "seed", detail)
+        try:
+            selection, pods = await resolve_target_pods(namespace, blast, "seed", detail)
+            took = time.perf_counter() - began
+        finally:
+            # Each asyncio.run is a loop of its own, with a session of its own to close.
+            await k8s.api().close()
         assert len(pods) == min(targets, selection.matched)
-        return time.perf_counter() - began
+        return took
 
     return [asyncio.run(once()) for _ in range(reps)]
 

@@ -579,14 +579,19 @@ class FakeApi(Api):
 
     @staticmethod
     def table(items: list[Obj], is_pods: bool, with_objects: bool) -> Obj:
-        columns = ["Name", "Ready", "Status", "Restarts", "Age"] if is_pods else ["Name", "Age"]
+        # The API server's own columns for pods (kubectl -o wide shows them all).
+        pod_columns = ["Name", "Ready", "Status", "Restarts", "Age", "IP", "Node"]
+        pod_columns += ["Nominated Node", "Readiness Gates"]
+        columns = pod_columns if is_pods else ["Name", "Age"]
         rows = []
         for obj in items:
             meta = obj["metadata"]
             if is_pods:
                 status = "Terminating" if meta.get("deletionTimestamp") else None
                 status = status or (obj.get("status") or {}).get("phase") or "Pending"
-                cells: list[Any] = [meta["name"], "1/1", status, 0, "1m"]
+                node = (obj.get("spec") or {}).get("nodeName") or "<none>"
+                cells: list[Any] = [meta["name"], "1/1", status, 0, "1m", "<none>", node]
+                cells += ["<none>", "<none>"]
             else:
                 cells = [meta["name"], "1m"]
             row: Obj = {"cells": cells}

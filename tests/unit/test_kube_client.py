@@ -574,11 +574,13 @@ async def test_fake_field_selectors_and_tables(fake: FakeApi) -> None:
         "elsewhere"
     ]
     names = await fake.list_pod_names("ns", "app=web", fields=attackable)
-    assert [(p.name, p.deleting) for p in names] == [
-        ("elsewhere", False),
-        ("leaving", True),
-        ("running", False),
+    assert [(p.name, p.deleting, p.node) for p in names] == [
+        ("elsewhere", False, "node-2"),
+        ("leaving", True, "node-1"),
+        ("running", False, "node-1"),
     ]
+    unscheduled = await fake.list_pod_names("ns", "app=web", fields="spec.nodeName=")
+    assert [(p.name, p.node) for p in unscheduled] == [("nowhere", None)]
     with pytest.raises(Invalid):
         await fake.list_pods("ns", "", fields="spec.hostname=x")
     with pytest.raises(Invalid):

@@ -258,6 +258,47 @@ async def test_the_loop_writes_a_preview_and_writes_nothing_else(world: FakeApi)
     ]
 
 
+def pod_lists(world: FakeApi) -> list[str]:
+    """How each list of pods was asked for: a Table of names and nodes, or whole pods."""
+    return ["table" if "as=Table" in c.accept else "whole" for c in world.find("GET", r"/pods$")]
+
+
+async def test_the_preview_lists_names_and_nodes_not_whole_pods(world: FakeApi) -> None:
+    # Recomputed after every Stop All: whole pods of a 10,000-pod blast radius took
+    # seconds of the event loop, the webhooks and every run's first fault behind them.
+    previews.observe("ADDED", experiment(world))
+
+    await previews.tick(T0, 60)
+
+    assert pod_lists(world) == ["table"]
+    written = experiment(world)["status"]["preview"]
+    assert (written["nodes"], written["nodeCount"]) == (["node-1", "node-2"], 2)
+
+
+@pytest.mark.parametrize("own_blast_radius", [False, True])
+async def test_a_cordon_preview_lists_whole_pods_to_know_the_scheduled_nodes(
+    world: FakeApi, own_blast_radius: bool
+) -> None:
+    cordon: dict[str, Any] = {"name": "cordon", "type": "NodeCordon", "durationSeconds": 1}
+    kill: dict[str, Any] = {"name": "kill", "type": "PodDelete", "durationSeconds": 1}
+    if own_blast_radius:
+        kill["blastRadius"] = {"selector": {"matchLabels": {"app": "web"}}}
+    world.add_experiment(
+        "team-a",
+        "exp",
+        {
+            "blastRadius": {"selector": {"matchLabels": {"app": "web"}}, "limit": {"count": 1}},
+            "attacks": [cordon, kill],
+        },
+    )
+    previews.observe("ADDED", experiment(world))
+
+    await previews.tick(T0, 60)
+
+    assert set(pod_lists(world)) == {"whole"}
+    assert experiment(world)["status"]["preview"]["cordonNodes"]
+
+
 async def test_the_loop_answers_requests_and_spec_changes_and_waits_otherwise(
     world: FakeApi,
 ) -> None:

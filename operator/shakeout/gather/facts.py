@@ -32,6 +32,7 @@ from shakeout.gather.switch import live_holders, switch_spec
 from shakeout.gather.targets import (
     SelectorError,
     attackable_pods,
+    preview_needs_detail,
     resolve_attack_targets,
     resolve_targets,
 )
@@ -223,7 +224,12 @@ async def gather_run_facts(
         try:
             if has_own_blast_radius(spec):
                 # Every attack's targets, the caps over their union (engine/steps.py).
-                resolved = await resolve_attack_targets(namespace, spec, run_uid)
+                resolved = await resolve_attack_targets(
+                    namespace,
+                    spec,
+                    run_uid,
+                    detail=preview_needs_detail(spec) if every_candidate else None,
+                )
                 selection = resolved.union
                 empty = tuple(n for n, (s, _) in resolved.by_attack.items() if not s.targets)
                 pods = resolved.candidates if every_candidate else resolved.pods
@@ -233,7 +239,9 @@ async def gather_run_facts(
                         a.name for a in spec.attacks if a.type == AttackType.NODE_CORDON
                     )
             elif every_candidate:
-                pods = await attackable_pods(namespace, spec.blast_radius)
+                pods = await attackable_pods(
+                    namespace, spec.blast_radius, detail=preview_needs_detail(spec)
+                )
                 selection = select([p.name for p in pods], spec.blast_radius.limit, run_uid)
             else:
                 selection, pods = await resolve_targets(namespace, spec, run_uid)

@@ -70,14 +70,29 @@ def pod_from(item: dict[str, Any]) -> Pod:
     )
 
 
+# What the pod Table's Node column shows for a pod with no spec.nodeName.
+NO_NODE = "<none>"
+
+
 def pods_from_table(table: dict[str, Any]) -> list[Pod]:
-    """Pods from a Table listing without objects: names and whether they are being deleted."""
+    """Pods from a Table listing without objects: names, nodes (spec.nodeName, the
+    Node column: the API server sends every column, kubectl shows it with -o wide) and
+    whether they are being deleted."""
     columns = [c["name"] for c in table.get("columnDefinitions") or []]
     name_at, status_at = columns.index("Name"), columns.index("Status")
+    node_at = columns.index("Node") if "Node" in columns else None
     pods = []
     for row in table.get("rows") or []:
         cells = row["cells"]
         # kubectl's own rule: a pod with a deletionTimestamp shows as Terminating.
         deleting = cells[status_at] == "Terminating"
-        pods.append(Pod(name=cells[name_at], ready=False, deleting=deleting))
+        node = cells[node_at] if node_at is not None and node_at < len(cells) else None
+        pods.append(
+            Pod(
+                name=cells[name_at],
+                ready=False,
+                deleting=deleting,
+                node=node if isinstance(node, str) and node and node != NO_NODE else None,
+            )
+        )
     return pods

@@ -21,6 +21,8 @@ from shakeout.engine.preconditions import (
     no_other_run_holds_lock,
 )
 from shakeout.engine.preview import (
+    COST_SPACING,
+    MAX_SPACING,
     MIN_SECONDS_BETWEEN,
     NOT_CONNECTED,
     Candidate,
@@ -177,6 +179,32 @@ def test_refresh_due(
         is due
     )
     assert MIN_SECONDS_BETWEEN > 0.5
+
+
+@pytest.mark.parametrize(
+    ("cost", "after", "due"),
+    [
+        (0.01, MIN_SECONDS_BETWEEN + 0.1, True),  # a cheap preview: MIN_SECONDS_BETWEEN
+        (0.3, MIN_SECONDS_BETWEEN + 0.1, False),  # 300 ms: not within 20 x 0.3 = 6 s
+        (0.3, 0.3 * COST_SPACING + 0.1, True),
+        (600.0, MAX_SPACING - 1, False),  # however slow, answered within MAX_SPACING
+        (600.0, MAX_SPACING + 0.1, True),
+    ],
+)
+def test_a_costly_preview_is_spaced_by_what_it_took(cost: float, after: float, due: bool) -> None:
+    # A change of the spec is due at once, unless the last attempt was too recent.
+    assert (
+        refresh_due(
+            stored(),
+            generation=4,
+            request="r1",
+            now=T0 + timedelta(seconds=after),
+            interval=60,
+            last_attempt=T0,
+            cost=cost,
+        )
+        is due
+    )
 
 
 def test_an_interval_of_zero_refreshes_on_changes_only() -> None:
@@ -352,6 +380,22 @@ async def test_a_change_of_the_switch_makes_every_preview_due(
     # Once answered, the change is spent.
     previews.observe("MODIFIED", experiment(world))
     await previews.tick(T0 + timedelta(seconds=9), 60)
+    assert preview_writes(world) == 2
+
+
+async def test_the_loop_spaces_an_experiment_by_what_its_preview_took(world: FakeApi) -> None:
+    world.delay("GET", r"/pods$", 0.2)  # a blast radius of thousands of pods
+    previews.observe("ADDED", experiment(world))
+    await previews.tick(T0, 60)
+    tracked = previews.TRACKED[("team-a", "exp")]
+    assert tracked.cost >= 0.2
+
+    changed = experiment(world)
+    changed["metadata"]["generation"] = 7  # the spec changed: due, but for the spacing
+    previews.observe("MODIFIED", changed)
+    await previews.tick(T0 + timedelta(seconds=MIN_SECONDS_BETWEEN + 0.1), 60)
+    assert preview_writes(world) == 1  # a cheap preview would be written again by now
+    await previews.tick(T0 + timedelta(seconds=COST_SPACING * tracked.cost + 0.1), 60)
     assert preview_writes(world) == 2
 
 

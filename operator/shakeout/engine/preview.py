@@ -41,6 +41,13 @@ from shakeout.engine.preconditions import (
 REQUEST_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # An Experiment's preview is computed at most once in this many seconds, whatever asks.
 MIN_SECONDS_BETWEEN = 2.0
+# ... and at most once in this many times what its last computation took: a preview is
+# background work on the event loop that serves the webhooks and starts the attacks, and
+# one over a blast radius of 10,000 pods takes a few hundred ms (recomputed after each
+# Stop All and Continue, it took a third of the operator's time in bench/scale.py).
+COST_SPACING = 20.0
+# The spacing never grows past this: a preview asked for is still answered within it.
+MAX_SPACING = 60.0
 NOT_CONNECTED = (
     "no live Lease: a run would wait agentTimeoutSeconds for it, then fail (AgentsNotConnected)"
 )
@@ -84,13 +91,16 @@ def refresh_due(
     interval: float,
     last_attempt: datetime | None,
     rails_changed: bool = False,
+    cost: float = 0.0,
 ) -> bool:
     """Whether an Experiment's preview should be computed now: never within
-    MIN_SECONDS_BETWEEN of the last attempt; else when there is none, when it is for
-    another generation of the spec, when the switch's rails changed since it was computed,
-    when a new request asks, or when the preview (or the last attempt, which may have
-    failed) is `interval` seconds old (0: only on changes and requests)."""
-    if last_attempt is not None and now - last_attempt < timedelta(seconds=MIN_SECONDS_BETWEEN):
+    MIN_SECONDS_BETWEEN of the last attempt, nor within COST_SPACING times the seconds it
+    took (`cost`, up to MAX_SPACING); else when there is none, when it is for another
+    generation of the spec, when the switch's rails changed since it was computed, when a
+    new request asks, or when the preview (or the last attempt, which may have failed) is
+    `interval` seconds old (0: only on changes and requests)."""
+    spacing = min(MAX_SPACING, max(MIN_SECONDS_BETWEEN, COST_SPACING * cost))
+    if last_attempt is not None and now - last_attempt < timedelta(seconds=spacing):
         return False
     if last is None or last.generation != generation or rails_changed:
         return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,8 @@ class Tracked:
     attempted: datetime | None = None
     # The switch's spec changed since the preview was computed.
     rails_changed: bool = False
+    # Seconds the last computation took (it spaces the next: engine.preview.refresh_due).
+    cost: float = 0.0
 
 
 TRACKED: dict[tuple[str, str], Tracked] = {}
@@ -56,14 +59,14 @@ def _stored_stamp(body: dict[str, Any]) -> Stamp | None:
     if not isinstance(raw, dict):
         return None
     try:
-        time = datetime.fromisoformat(str(raw["time"]).replace("Z", "+00:00"))
+        written = datetime.fromisoformat(str(raw["time"]).replace("Z", "+00:00"))
     except (KeyError, ValueError):
         return None
-    if time.tzinfo is None:
+    if written.tzinfo is None:
         return None  # not written by the operator (which writes UTC)
     generation = raw.get("observedGeneration")
     return Stamp(
-        time=time,
+        time=written,
         generation=generation if isinstance(generation, int) else None,
         request=valid_request(raw.get("request")),
     )
@@ -92,6 +95,7 @@ def observe(event_type: str, body: dict[str, Any]) -> None:
         last=stored,
         attempted=known.attempted if known is not None else None,
         rails_changed=known.rails_changed if known is not None else False,
+        cost=known.cost if known is not None else 0.0,
     )
 
 
@@ -120,7 +124,15 @@ def switch_seen(event_type: str, body: dict[str, Any]) -> None:
 
 async def refresh(tracked: Tracked, now: datetime) -> None:
     """Compute one Experiment's preview with the gatherer and the checks of a run, and
-    write it to its status."""
+    write it to its status; what it took is kept in tracked.cost, failed or not."""
+    began = time.monotonic()
+    try:
+        await _refresh(tracked, now)
+    finally:
+        tracked.cost = time.monotonic() - began
+
+
+async def _refresh(tracked: Tracked, now: datetime) -> None:
     facts, pods, _switch, generation = await gather_run_facts(
         tracked.namespace,
         tracked.name,
@@ -128,6 +140,9 @@ async def refresh(tracked: Tracked, now: datetime) -> None:
         protected_namespaces=OPTIONS.protected_namespaces,
         every_candidate=True,
     )
+    # The list was parsed in one go; let a webhook or an attack waiting on the loop go
+    # first before the preview's own pick over every candidate.
+    await asyncio.sleep(0)
     if not facts.experiment_found:
         TRACKED.pop((tracked.namespace, tracked.name), None)
         return
@@ -175,6 +190,7 @@ async def tick(now: datetime, interval: float) -> None:
             interval=interval,
             last_attempt=t.attempted,
             rails_changed=t.rails_changed,
+            cost=t.cost,
         )
     ]
     batch = sorted(due, key=_urgency)[:MAX_PER_TICK]

@@ -8,7 +8,11 @@ left behind: the labelled pods whose run is over or gone are unlabelled.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import defaultdict
+from collections.abc import Coroutine
+from typing import Any
 
 from shakeout.api.labels import FINISHED_LABEL, ISOLATED
 from shakeout.attacks.cluster import ClusterAttacks
@@ -16,6 +20,31 @@ from shakeout.engine.runs import is_terminal
 from shakeout.execution.retire import retire_run
 from shakeout.kube.client import api
 from shakeout.kube.resources import PODS
+
+log = logging.getLogger("shakeout.cleanup")
+
+# Clean-ups after runs, held by the operator rather than by the runs' daemons: kopf
+# cancels a daemon a minute after its run ended (handlers/runs.py, cancellation_backoff),
+# and unmarking 10,000 pods on a busy API server takes longer (bench/scale.py left 5,521
+# marks to the next sweep, 5 minutes later, before they were held here).
+AFTER_RUNS: set[asyncio.Task[None]] = set()
+
+
+async def outliving_the_caller(coro: Coroutine[Any, Any, None], what: str) -> None:
+    """Run `coro` in a task of the operator's own and wait for it. When the caller is
+    cancelled, the task goes on (shielded) until it is done or the operator exits; what
+    it leaves then is the sweep's."""
+    task = asyncio.create_task(coro, name=what)
+    AFTER_RUNS.add(task)
+    task.add_done_callback(_forget)
+    await asyncio.shield(task)
+
+
+def _forget(task: asyncio.Task[None]) -> None:
+    AFTER_RUNS.discard(task)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning(f"{task.get_name()} failed (the next sweep tries again): {error}")
+
 
 # Distinct marks looked at by one sweep (any team may label its pods): the rest wait for
 # the next sweep, so that a flood of marks never makes one sweep read without bound.

@@ -43,6 +43,7 @@ from shakeout.engine.targets import selector_to_string
 from shakeout.engine.windows import blackout_in_force, describe, next_blackout
 from shakeout.execution import clock, lock
 from shakeout.execution.attack_steps import AttackSteps
+from shakeout.execution.cleanup import outliving_the_caller
 from shakeout.execution.journal import RunJournal
 from shakeout.execution.live_runs import StopSignal
 from shakeout.execution.records import RollbackRecord
@@ -558,7 +559,9 @@ class RunExecutor:
         await self.journal.forget()
         await lock.release(self.uid)
         # Only what may have touched the cluster (a dry run's attacks touched nothing).
-        self.in_background(self.attacks.clean_up(lifecycle.acted(self.status)))
+        # It may take longer than kopf lets the daemon live after the end: it goes on.
+        clean_up = self.attacks.clean_up(lifecycle.acted(self.status))
+        self.in_background(outliving_the_caller(clean_up, f"clean-up of run {self.name}"))
         await self.update_experiment_last_run()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)

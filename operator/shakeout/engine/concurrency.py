@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from shakeout.api.attacks import AttackType
 from shakeout.api.common import ConditionStatus
 from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.run import ExperimentRunStatus, Phase, UserInfo
 from shakeout.api.switch import ChaosSwitchSpec, Concurrency
 from shakeout.engine.conditions import set_condition
-from shakeout.engine.policies import cordon_nodes
+from shakeout.engine.policies import cordon_nodes, has_node_cordon
 from shakeout.engine.runs import MESSAGE_LIMIT, Reason, Transition, enter
 
 # The condition a scheduled run shows while it waits for its turn (phase still unset).
@@ -111,7 +110,7 @@ def held_nodes(
     """The nodes a run holds: those its NodeCordon attacks may cordon (none without one)."""
     if spec is None or switch is None:
         return ()
-    if not any(a.type == AttackType.NODE_CORDON for a in spec.attacks):
+    if not has_node_cordon(spec):
         return ()
     return cordon_nodes(scheduled_nodes, frozenset(control_plane), switch)
 

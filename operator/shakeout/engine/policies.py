@@ -7,6 +7,8 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from shakeout.api.attacks import AttackType
+from shakeout.api.experiment import ExperimentSpec
 from shakeout.api.switch import (
     CONTROL_PLANE_LABELS,
     DEFAULT_MAX_NODES,
@@ -97,6 +99,11 @@ def scale_cap_refusal(
 def is_control_plane(labels: Mapping[str, str]) -> bool:
     """Whether a node's labels make it a control-plane node."""
     return any(key in labels for key in CONTROL_PLANE_LABELS)
+
+
+def has_node_cordon(spec: ExperimentSpec) -> bool:
+    """Whether any attack of the spec is a NodeCordon (the node rails apply to it)."""
+    return any(a.type == AttackType.NODE_CORDON for a in spec.attacks)
 
 
 def cordon_nodes(

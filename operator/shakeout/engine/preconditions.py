@@ -48,6 +48,7 @@ from shakeout.engine.policies import (
     cap_refusal,
     cluster_scope_refusal,
     cordon_nodes,
+    has_node_cordon,
     namespace_refusal,
     node_cap_refusal,
     run_length_refusal,
@@ -349,7 +350,7 @@ def nodes_within_cap(facts: RunFacts) -> Refusal | None:
     counted after the nodes it may not touch are left out."""
     if facts.switch is None or facts.experiment is None:
         return None
-    if not any(a.type == AttackType.NODE_CORDON for a in facts.experiment.attacks):
+    if not has_node_cordon(facts.experiment):
         return None
     nodes = cordon_nodes(facts.scheduled_target_nodes, facts.control_plane_nodes, facts.switch)
     problem = node_cap_refusal(nodes, facts.switch)

@@ -19,14 +19,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shakeout.api.attacks import AttackType
 from shakeout.api.experiment import (
     MAX_PREVIEW_NAMES,
     ExperimentPreview,
     PreviewAgent,
     PreviewPod,
 )
-from shakeout.engine.policies import cordon_nodes
+from shakeout.engine.policies import cordon_nodes, has_node_cordon
 from shakeout.engine.preconditions import (
     PREVIEW,
     RunFacts,
@@ -143,7 +142,7 @@ def _cordoned(facts: RunFacts) -> list[str]:
     spec, switch = facts.experiment, facts.switch
     if spec is None or switch is None:
         return []
-    if not any(a.type == AttackType.NODE_CORDON for a in spec.attacks):
+    if not has_node_cordon(spec):
         return []
     nodes = cordon_nodes(facts.scheduled_target_nodes, facts.control_plane_nodes, switch)
     return list(nodes[:MAX_PREVIEW_NAMES])

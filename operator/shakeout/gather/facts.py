@@ -22,7 +22,7 @@ from shakeout.api.experiment import Experiment, ExperimentSpec
 from shakeout.api.run import UserInfo
 from shakeout.api.switch import CONTROL_PLANE_LABELS
 from shakeout.engine.experiments import describe_validation_error
-from shakeout.engine.policies import NamespaceFacts
+from shakeout.engine.policies import NamespaceFacts, has_node_cordon
 from shakeout.engine.preconditions import RunFacts, WorkloadFacts, workload_key
 from shakeout.engine.steps import has_own_blast_radius
 from shakeout.engine.targets import Selection, select
@@ -249,7 +249,7 @@ async def gather_run_facts(
             selector_error = str(err)
     nodes = tuple(sorted({p.node for p in (pods if agent_pods is None else agent_pods) if p.node}))
     cordoned = pods if cordon_pods is None else cordon_pods
-    cordons = spec is not None and any(a.type == AttackType.NODE_CORDON for a in spec.attacks)
+    cordons = spec is not None and has_node_cordon(spec)
     workloads, control_plane = await asyncio.gather(
         scaled_workloads(namespace, spec) if spec is not None else _empty(),
         control_plane_nodes() if cordons else _nobody(),

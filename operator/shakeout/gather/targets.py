@@ -7,9 +7,9 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from shakeout.api.attacks import AttackType
 from shakeout.api.experiment import BlastRadius, ExperimentSpec
 from shakeout.engine import steps
+from shakeout.engine.policies import has_node_cordon
 from shakeout.engine.targets import (
     ATTACKABLE_FIELDS,
     Selection,
@@ -42,7 +42,7 @@ def preview_needs_detail(spec: ExperimentSpec) -> bool:
     scheduler chose (Pod.scheduled_node: managedFields, in whole pods). A preview is
     computed again after every change of the switch (each Stop All), so for a blast
     radius of 10,000 pods this is 3 MB of Table instead of 60 MB of pods on the loop."""
-    return any(a.type == AttackType.NODE_CORDON for a in spec.attacks)
+    return has_node_cordon(spec)
 
 
 async def attackable_pods(

@@ -144,20 +144,27 @@ class FaultHolder:
         return [fault_id for fault_id in found if fault_id not in errors], sorted(errors)
 
     async def _undo(self, fault_id: str) -> bool:
-        """Undo the fault and forget it, without saving; whether it was held."""
+        """Undo the fault, still holding it (the caller forgets it); whether it was held."""
         entry = self.entries.get(fault_id)
         if entry is None:
             return False
         kind = faults.node_attack(entry.get("type"))
         await faults.rollback(kind, entry.get("record") or {}, host=self.host)
-        del self.entries[fault_id]
-        self.unrecovered.pop(fault_id, None)
         return True
+
+    def _forget(self, fault_ids: list[str]) -> None:
+        """Drop undone faults. Callers save right after, with no await between: heartbeats
+        do not take the lock, and one must never report a fault gone (neither held nor
+        unrecovered) while the journal on disk still holds it."""
+        for fault_id in fault_ids:
+            self.entries.pop(fault_id, None)
+            self.unrecovered.pop(fault_id, None)
 
     async def rollback_one(self, fault_id: str) -> bool:
         """Undo the fault and forget it; whether it was held. Caller holds the lock."""
         held = await self._undo(fault_id)
         if held:
+            self._forget([fault_id])
             self._save()
         return held
 
@@ -190,6 +197,7 @@ class FaultHolder:
 
         await self._per_pod(list(dict.fromkeys(fault_ids)), undo)
         if held:
+            self._forget(held)
             self._save_logged()
         return sorted(held), errors
 
@@ -445,7 +453,8 @@ class FaultHolder:
         None when the fault is gone, else why it stays held (and is retried later).
         """
         try:
-            await self._undo(fault_id)  # the batch's last save journals it
+            await self._undo(fault_id)
+            self._forget([fault_id])  # the batch's last save journals it
         except Exception as undo_error:
             log.error("undoing the failed apply of %s failed", fault_id, exc_info=True)
             self.entries[fault_id]["error"] = str(undo_error)

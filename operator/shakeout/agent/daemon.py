@@ -456,30 +456,32 @@ class NodeAgent:
     # -- running -------------------------------------------------------------------
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         await self.keeper_alive()
         await self.lease.renew()
         await self.renewed(again=False)
         log.info(f"agent {self.identity} holds lease {self.lease.name}")
         await self.guard.read_switch()
         node_attacks = Watch(self.api, NODE_ATTACKS, labels=f"{NODE_LABEL}={self.options.node}")
-        node_attacks.start(loop, lambda e: self.events.put_nowait((e["type"], e["object"])))
+        node_attacks.start(lambda e: self.events.put_nowait((e["type"], e["object"])))
         switch = Watch(self.api, SWITCHES, fields=f"metadata.name={SWITCH_NAME}")
-        switch.start(loop, self.guard.switch_event)
-        self.watches = (node_attacks, switch)
-        await self.resync()
-        await asyncio.gather(
-            self.lease.keep(
-                self.options.renew_interval,
-                self.stopping,
-                self.renewed,
-                self.lease_lost,
-                before=self.keeper_alive,
-            ),
-            self.event_loop(),
-            self.resync_loop(),
-            self.watch_keeper(),
-        )
+        switch.start(self.guard.switch_event)
+        try:
+            await self.resync()
+            await asyncio.gather(
+                self.lease.keep(
+                    self.options.renew_interval,
+                    self.stopping,
+                    self.renewed,
+                    self.lease_lost,
+                    before=self.keeper_alive,
+                ),
+                self.event_loop(),
+                self.resync_loop(),
+                self.watch_keeper(),
+            )
+        finally:
+            await node_attacks.stop()
+            await switch.stop()
 
     async def watch_keeper(self) -> None:
         """The keeper's exit is fatal: nobody would hold (or roll back) the faults."""

@@ -1,53 +1,56 @@
-"""Watches of the agent, each in a thread of its own (the client is synchronous), feeding
-the event loop. A broken watch reconnects; the agent's periodic resync covers the gap."""
+"""Watches of the agent, streaming on the event loop (Api.watch), each feeding a callback.
+A broken watch reconnects after a second; the agent's periodic resync covers the gap.
+
+Each connection starts without a version, so the API server first sends every object
+that exists as ADDED: a reconnect (every WATCH_SECONDS) re-delivers the whole state.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
-import time
 from collections.abc import Callable
 
-from kubernetes import watch
-
 from shakeout.kube.client import Api, Obj
+from shakeout.kube.errors import Unavailable
 from shakeout.kube.resources import Resource
 
 log = logging.getLogger("shakeout.agent")
 
-# The API server ends a watch after this long; the client's own timeout is a little later.
-WATCH_SECONDS = 60
+RECONNECT_SECONDS = 1.0
 
 
 class Watch:
     def __init__(self, api: Api, resource: Resource, *, labels: str = "", fields: str = "") -> None:
         self.api = api
         self.resource = resource
-        self.selectors = {"label_selector": labels, "field_selector": fields}
-        self.stopping = threading.Event()
+        self.labels = labels
+        self.fields = fields
+        self._task: asyncio.Task[None] | None = None
 
-    def start(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[Obj], None]) -> None:
-        """Deliver each event ({type, object}) to `deliver` in `loop`, until stopped."""
-        threading.Thread(target=self._run, args=(loop, deliver), daemon=True).start()
+    def start(self, deliver: Callable[[Obj], None]) -> None:
+        """Deliver each event ({type, object}) to `deliver`, until stopped."""
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(deliver), name=f"watch-{self.resource.plural}"
+        )
 
-    def stop(self) -> None:
-        self.stopping.set()
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
-    def _run(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[Obj], None]) -> None:
-        while not self.stopping.is_set():
+    async def _run(self, deliver: Callable[[Obj], None]) -> None:
+        while True:
             try:
-                stream = watch.Watch().stream(
-                    self.api.custom.list_cluster_custom_object,
-                    self.resource.group,
-                    self.resource.version,
-                    self.resource.plural,
-                    timeout_seconds=WATCH_SECONDS,
-                    _request_timeout=WATCH_SECONDS + 10,
-                    **{k: v for k, v in self.selectors.items() if v},
-                )
-                for event in stream:
-                    loop.call_soon_threadsafe(deliver, event)
+                async for event in self.api.watch(
+                    self.resource, labels=self.labels, fields=self.fields
+                ):
+                    if event.get("type") == "ERROR":
+                        raise Unavailable(str(event.get("object")), 0)
+                    deliver(event)
+                continue  # the API server ended it: watch again at once
             except Exception as err:  # noqa: BLE001  (reconnect; resync covers the gap)
                 log.warning(f"watch of {self.resource.plural} failed: {err}")
-                time.sleep(1)
+            await asyncio.sleep(RECONNECT_SECONDS)

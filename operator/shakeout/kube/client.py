@@ -3,9 +3,9 @@
 Every request goes through `Api.request`: its URL comes from a resource descriptor
 (kube/resources.py, each segment quoted), it has a timeout, and a failure raises one of
 kube/errors.py, whatever the method. It is sent by aiohttp on the event loop
-(kube/transport.py); the kubernetes client gives the configuration and authentication,
-and the watch streams outside kopf (kube/watch.py). Objects come back as plain dicts, as
-the API server sent them.
+(kube/transport.py), and so are the watch streams outside kopf (`Api.watch`); the
+kubernetes client gives only the configuration and authentication. Objects come back as
+plain dicts, as the API server sent them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from shakeout.kube.resources import (
     WORKLOADS,
     Resource,
 )
-from shakeout.kube.transport import Answer, Transport
+from shakeout.kube.transport import Answer, StreamRefusedError, Transport
 
 Obj = dict[str, Any]
 
@@ -47,6 +47,11 @@ TOO_MANY_REQUESTS = 429
 # Lists are read in pages of this many objects (limit and continue): no single answer of
 # the API server holds every run or pod of a big cluster at once.
 PAGE_SIZE = 500
+
+# The API server ends a watch after this many seconds (its timeoutSeconds); a watch that
+# says nothing for WATCH_SLACK seconds more is broken.
+WATCH_SECONDS = 60
+WATCH_SLACK = 10
 
 # client-go's rule: a 429 that says when to try again (Retry-After: the API server's
 # priority and fairness, or a resource's storage still initializing after its CRD was
@@ -85,14 +90,13 @@ class Api:
         self.configuration = client.Configuration.get_default_copy()
         # As many connections as requests in flight (attacks on many targets at once).
         self.transport = Transport(self.configuration, CONCURRENT_REQUESTS)
-        # For watch streams only (kubernetes.watch needs a typed list function; each
-        # watch streams in a thread of its own, kube/watch.py).
-        self.api_client = client.ApiClient(self.configuration)
-        self.custom = client.CustomObjectsApi(self.api_client)
+        # Watches hold a connection each for as long as they last, so they have their own.
+        self.streams = Transport(self.configuration, 0)
 
     async def close(self) -> None:
-        """Close the connections of the running event loop's session."""
+        """Close the connections of the running event loop's sessions."""
         await self.transport.close()
+        await self.streams.close()
 
     async def request(
         self,
@@ -138,6 +142,44 @@ class Api:
             message = f"{method} {path}: {answer.status} {_message(answer.data)}"
             raise error_for(answer.status, message, json_patch=json_patch is not None)
         return dict(json.loads(answer.data)) if answer.data else {}
+
+    async def watch(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        labels: str = "",
+        fields: str = "",
+        version: str = "",
+        seconds: int = WATCH_SECONDS,
+    ) -> AsyncIterator[Obj]:
+        """Each event ({type, object}) of a watch, on the event loop, until the API server
+        ends it (after `seconds`). Without a version, every object that exists comes
+        first as ADDED. An ERROR event (410 Gone: the version is too old) is yielded like
+        the others, for the caller to list again; a refused or broken stream raises
+        kube.errors."""
+        query = [*_list_query(labels, fields, False).items(), ("watch", "true")]
+        query.append(("timeoutSeconds", str(seconds)))
+        if version:
+            query.append(("resourceVersion", version))
+        path = resource.path(namespace)
+        try:
+            async for line in self.streams.lines(
+                path,
+                query=query,
+                headers={"Accept": JSON},
+                connect_timeout=CONNECT_TIMEOUT,
+                read_timeout=seconds + WATCH_SLACK,
+            ):
+                event = json.loads(line)
+                if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+                    raise ValueError(f"not a watch event: {line[:200]!r}")
+                yield event
+        except StreamRefusedError as refused:
+            status, data = refused.answer.status, refused.answer.data
+            raise error_for(status, f"watch {path}: {status} {_message(data)}") from None
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
+            raise Unavailable(f"watch {path}: {err or type(err).__name__}", 0) from err
 
     # -- verbs by descriptor -------------------------------------------------------------
 

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from kubernetes import client
+
+# A watch event is one line; none is longer than an object the API server stores (etcd's
+# 1.5 MiB request limit) plus its envelope. A longer line is a broken stream.
+MAX_LINE = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,14 @@ class Answer:
     status: int
     data: bytes
     retry_after: float | None = None  # seconds, when the server said when to try again
+
+
+class StreamRefusedError(Exception):
+    """The API server answered a stream's request with an error status, not a stream."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
 
 
 def retry_after(value: str | None) -> float | None:
@@ -85,6 +98,11 @@ class Transport:
             self._loop = loop
         return self._session
 
+    def _extra(self) -> dict[str, Any]:
+        if self.configuration.tls_server_name:
+            return {"server_hostname": self.configuration.tls_server_name}
+        return {}
+
     async def send(
         self,
         method: str,
@@ -101,9 +119,6 @@ class Transport:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
-        extra: dict[str, Any] = {}
-        if self.configuration.tls_server_name:
-            extra["server_hostname"] = self.configuration.tls_server_name
         async with asyncio.timeout(connect_timeout + read_timeout):
             async with self.session().request(
                 method,
@@ -113,13 +128,53 @@ class Transport:
                 data=data,
                 timeout=timeout,
                 proxy=self.proxy,
-                **extra,
+                **self._extra(),
             ) as response:
                 return Answer(
                     response.status,
                     await response.read(),
                     retry_after(response.headers.get("Retry-After")),
                 )
+
+    async def lines(
+        self,
+        path: str,
+        *,
+        query: list[tuple[str, str]],
+        headers: dict[str, str],
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> AsyncIterator[bytes]:
+        """The lines of a streamed GET (a watch), as they come, until the server ends it.
+
+        Raises StreamRefusedError for an error status, ValueError for a line over MAX_LINE,
+        and aiohttp.ClientError, OSError or asyncio.TimeoutError when the stream breaks
+        or is silent for read_timeout."""
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        async with self.session().get(
+            self.base + path,
+            params=query,
+            headers={**headers, **authorization(self.configuration)},
+            timeout=timeout,
+            proxy=self.proxy,
+            **self._extra(),
+        ) as response:
+            if response.status >= 400:
+                raise StreamRefusedError(Answer(response.status, await response.read()))
+            pending = bytearray()
+            async for chunk in response.content.iter_any():
+                pending += chunk
+                while (end := pending.find(b"\n")) >= 0:
+                    line = bytes(pending[:end])
+                    del pending[: end + 1]
+                    if line.strip():
+                        yield line
+                if len(pending) > MAX_LINE:
+                    raise ValueError(f"a streamed line is longer than {MAX_LINE} bytes")
+            if pending.strip():
+                yield bytes(pending)
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

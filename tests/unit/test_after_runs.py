@@ -18,12 +18,14 @@ async def test_a_clean_up_goes_on_when_its_caller_is_cancelled() -> None:
         await release.wait()
         done.set()
 
-    caller = asyncio.create_task(cleanup.outliving_the_caller(unmark_everything(), "clean-up"))
+    caller = asyncio.create_task(
+        cleanup.outliving_the_caller(unmark_everything(), "clean-up", ("team-a", "uid-1"))
+    )
     await asyncio.sleep(0)
     caller.cancel()  # kopf cancels the daemon
     with pytest.raises(asyncio.CancelledError):
         await caller
-    assert len(cleanup.AFTER_RUNS) == 1  # held by the operator, not lost to the GC
+    assert list(cleanup.AFTER_RUNS) == [("team-a", "uid-1")]  # held, not lost to the GC
 
     release.set()
     await asyncio.wait_for(done.wait(), 5)
@@ -38,7 +40,7 @@ async def test_a_failed_clean_up_is_logged_and_forgotten(caplog: pytest.LogCaptu
 
     with caplog.at_level(logging.WARNING, logger="shakeout.cleanup"):
         with pytest.raises(RuntimeError):
-            await cleanup.outliving_the_caller(refused(), "clean-up of run r1")
+            await cleanup.outliving_the_caller(refused(), "clean-up of run r1", ("team-a", "u"))
         await asyncio.sleep(0)
 
     assert "clean-up of run r1 failed (the next sweep tries again): 403 forbidden" in caplog.text

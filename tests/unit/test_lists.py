@@ -3,6 +3,7 @@ runs its marks name."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -120,6 +121,30 @@ async def test_the_sweep_reads_only_the_unfinished_runs_of_the_marked_namespaces
     run_lists = fake.find("GET", r"/experimentruns$")
     assert sorted(c.path.split("/")[-2] for c in run_lists) == ["team-a", "team-b"]
     assert all(c.query.get("labelSelector") == f"!{FINISHED_LABEL}" for c in run_lists)
+
+
+async def test_the_sweep_leaves_the_marks_of_a_run_whose_clean_up_goes_on(
+    fake: FakeApi,
+) -> None:
+    over = fake.add_run("team-a", "over", "exp", status={"phase": "CANCELED"})
+    over_uid = over["metadata"]["uid"]
+    fake.add_pod("team-a", "web-1", {"app": "web", ISOLATED: over_uid})
+    release = asyncio.Event()
+
+    async def unmarking() -> None:  # the run's own clean-up, still at work
+        await release.wait()
+
+    clean_up = asyncio.create_task(
+        cleanup.outliving_the_caller(unmarking(), "clean-up of run over", ("team-a", over_uid))
+    )
+    await asyncio.sleep(0)
+
+    assert await cleanup.sweep() == 0
+    assert fake.find("PATCH", r"/pods/") == []  # no second unmarking beside its own
+    release.set()
+    await clean_up
+    assert await cleanup.sweep() == 1  # once it is over, what it left is the sweep's
+    assert ISOLATED not in fake.peek(PODS, "team-a", "web-1")["metadata"]["labels"]  # type: ignore[index]
 
 
 async def test_one_sweep_looks_at_a_bounded_number_of_marks(

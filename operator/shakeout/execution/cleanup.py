@@ -23,25 +23,30 @@ from shakeout.kube.resources import PODS
 
 log = logging.getLogger("shakeout.cleanup")
 
-# Clean-ups after runs, held by the operator rather than by the runs' daemons: kopf
-# cancels a daemon a minute after its run ended (handlers/runs.py, cancellation_backoff),
-# and unmarking 10,000 pods on a busy API server takes longer (bench/scale.py left 5,521
-# marks to the next sweep, 5 minutes later, before they were held here).
-AFTER_RUNS: set[asyncio.Task[None]] = set()
+# Clean-ups after runs, by (namespace, run UID), held by the operator rather than by the
+# runs' daemons: kopf cancels a daemon a minute after its run ended (handlers/runs.py,
+# cancellation_backoff), and unmarking 10,000 pods on a busy API server takes longer
+# (bench/scale.py left 5,521 marks to the next sweep, 5 minutes later, before they were
+# held here). The sweep leaves the marks of these runs alone: unmarking them a second
+# time, side by side, doubled the writes (a JSON Patch each, refused for all but one).
+AFTER_RUNS: dict[tuple[str, str], asyncio.Task[None]] = {}
 
 
-async def outliving_the_caller(coro: Coroutine[Any, Any, None], what: str) -> None:
-    """Run `coro` in a task of the operator's own and wait for it. When the caller is
-    cancelled, the task goes on (shielded) until it is done or the operator exits; what
-    it leaves then is the sweep's."""
+async def outliving_the_caller(
+    coro: Coroutine[Any, Any, None], what: str, run: tuple[str, str]
+) -> None:
+    """Run `coro`, the clean-up of `run` (namespace, UID), in a task of the operator's own
+    and wait for it. When the caller is cancelled, the task goes on (shielded) until it is
+    done or the operator exits; what it leaves then is the sweep's."""
     task = asyncio.create_task(coro, name=what)
-    AFTER_RUNS.add(task)
-    task.add_done_callback(_forget)
+    AFTER_RUNS[run] = task
+    task.add_done_callback(lambda done: _forget(run, done))
     await asyncio.shield(task)
 
 
-def _forget(task: asyncio.Task[None]) -> None:
-    AFTER_RUNS.discard(task)
+def _forget(run: tuple[str, str], task: asyncio.Task[None]) -> None:
+    if AFTER_RUNS.get(run) is task:
+        del AFTER_RUNS[run]
     if not task.cancelled() and (error := task.exception()) is not None:
         log.warning(f"{task.get_name()} failed (the next sweep tries again): {error}")
 
@@ -56,12 +61,15 @@ async def sweep() -> int:
 
     Each mark names its run by UID, in the pod's namespace: the run is looked up among
     the unfinished runs of that namespace only (never every run of the cluster), for at
-    most MAX_MARKS_PER_SWEEP distinct marks.
+    most MAX_MARKS_PER_SWEEP distinct marks. The marks of a run whose own clean-up is
+    going on (AFTER_RUNS) are its clean-up's.
     """
     marks: dict[tuple[str, str], int] = defaultdict(int)
     for pod in await api().list_objects(PODS, labels=ISOLATED):
         meta = pod["metadata"]
         mark = (meta["namespace"], (meta.get("labels") or {}).get(ISOLATED, ""))
+        if mark in AFTER_RUNS:
+            continue
         if mark in marks or len(marks) < MAX_MARKS_PER_SWEEP:
             marks[mark] += 1
     live: dict[str, set[str]] = {}

@@ -561,7 +561,11 @@ class RunExecutor:
         # Only what may have touched the cluster (a dry run's attacks touched nothing).
         # It may take longer than kopf lets the daemon live after the end: it goes on.
         clean_up = self.attacks.clean_up(lifecycle.acted(self.status))
-        self.in_background(outliving_the_caller(clean_up, f"clean-up of run {self.name}"))
+        self.in_background(
+            outliving_the_caller(
+                clean_up, f"clean-up of run {self.name}", (self.namespace, self.uid)
+            )
+        )
         await self.update_experiment_last_run()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)

@@ -166,7 +166,7 @@ bench-full: $(STAMP) controlplane ## the long benchmarks: scale on 6,000 pods, t
 	$(BIN)/python bench/scale.py --pods-a 10000 --pods-b 10000 --targets 1 100 1000 5000 10000 --repeat 3
 	$(BIN)/python bench/footprint.py --experiments 1000 --pods 10000 --minutes 60
 
-bench-real-node: $(STAMP) controlplane real-node-tools ## node-level attacks on the real node: first fault, Stop All, the agent's footprint at 200 faults (root; about 10 minutes; not in make test)
+bench-real-node: $(STAMP) controlplane real-node-tools ## node-level attacks on the real node: first fault, Stop All, the agent's footprint at 200 faults (root; 3-10 minutes; not in make test)
 	bash tools/controlplane/build.sh --real-node >/dev/null
 	$(BIN)/python bench/realnode.py 30 40 3 5
 

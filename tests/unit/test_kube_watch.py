@@ -1,4 +1,4 @@
-"""Watches on the event loop (Api.watch, kube/watch.py, the agent's Watch), down to the
+"""Watches on the event loop (Api.watch, and the agent's Watch on it), down to the
 wire: a small HTTP server in the test's process streams watch events the way the API
 server does (one JSON object a line, chunked, the connection held open between events)."""
 
@@ -19,7 +19,6 @@ from shakeout.kube import transport
 from shakeout.kube.client import Api, Obj
 from shakeout.kube.errors import Forbidden, KubeError, Unavailable
 from shakeout.kube.resources import LEASES, NODE_ATTACKS, PODS
-from shakeout.kube.watch import namespaced_events
 
 
 def event(kind: str, name: str, version: str = "1") -> dict[str, Any]:
@@ -199,14 +198,14 @@ async def test_a_silent_stream_times_out(
     never.set()
 
 
-async def test_namespaced_events_end_at_an_error_event(stream: tuple[Api, Stream]) -> None:
+async def test_an_error_event_ends_the_watch_with_unavailable(stream: tuple[Api, Stream]) -> None:
     api, served = stream
     gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}
     served.scripts.append([lines(event("ADDED", "lease-1"), gone, event("ADDED", "never"))])
     got: list[Obj] = []
 
     with pytest.raises(Unavailable, match="too old"):
-        await collect(namespaced_events(api, LEASES, "shakeout-system", version="7"), got)
+        await collect(api.watch(LEASES, "shakeout-system", version="7"), got)
     assert [e["object"]["metadata"]["name"] for e in got] == ["lease-1"]
     assert served.requests[0].query["resourceVersion"] == "7"
 

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable
 
 from shakeout.kube.client import Api, Obj
-from shakeout.kube.errors import Unavailable
 from shakeout.kube.resources import Resource
 
 log = logging.getLogger("shakeout.agent")
@@ -47,8 +46,6 @@ class Watch:
                 async for event in self.api.watch(
                     self.resource, labels=self.labels, fields=self.fields
                 ):
-                    if event.get("type") == "ERROR":
-                        raise Unavailable(str(event.get("object")), 0)
                     deliver(event)
                 continue  # the API server ended it: watch again at once
             except Exception as err:  # noqa: BLE001  (reconnect; resync covers the gap)

@@ -33,7 +33,6 @@ from shakeout.api.labels import (
 )
 from shakeout.kube.client import Api, Obj
 from shakeout.kube.resources import LEASES
-from shakeout.kube.watch import namespaced_events
 
 log = logging.getLogger("shakeout.agents")
 
@@ -140,12 +139,10 @@ class LeaseWatch:
         observe_all(list(listed.get("items") or []), self.namespace)
         self.on_change()
         version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
-        async for event in namespaced_events(
-            self.api, LEASES, self.namespace, labels=AGENT_SELECTOR, version=version
+        async for event in self.api.watch(
+            LEASES, self.namespace, labels=AGENT_SELECTOR, version=version
         ):
-            body = event.get("object")
-            if not isinstance(body, dict):
-                continue
+            body = event["object"]  # a dict: Api.watch checks every event
             if observe(body, self.namespace, deleted=event.get("type") == "DELETED"):
                 self.on_change()
             else:

@@ -155,9 +155,9 @@ class Api:
     ) -> AsyncIterator[Obj]:
         """Each event ({type, object}) of a watch, on the event loop, until the API server
         ends it (after `seconds`). Without a version, every object that exists comes
-        first as ADDED. An ERROR event (410 Gone: the version is too old) is yielded like
-        the others, for the caller to list again; a refused or broken stream raises
-        kube.errors."""
+        first as ADDED. A refused or broken stream raises kube.errors, and so does an
+        ERROR event (Unavailable; e.g. 410 Gone, the version is too old): the caller
+        lists again, or watches again without a version."""
         query = [*_list_query(labels, fields, False).items(), ("watch", "true")]
         query.append(("timeoutSeconds", str(seconds)))
         if version:
@@ -174,6 +174,8 @@ class Api:
                 event = json.loads(line)
                 if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
                     raise ValueError(f"not a watch event: {line[:200]!r}")
+                if event.get("type") == "ERROR":
+                    raise Unavailable(f"watch {path}: {event['object']}", 0)
                 yield event
         except StreamRefusedError as refused:
             status, data = refused.answer.status, refused.answer.data

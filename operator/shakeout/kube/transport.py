@@ -98,10 +98,21 @@ class Transport:
             self._loop = loop
         return self._session
 
-    def _extra(self) -> dict[str, Any]:
+    def _options(
+        self, headers: dict[str, str], connect_timeout: float, read_timeout: float
+    ) -> dict[str, Any]:
+        """What every request to the API server carries: the credentials, the timeouts
+        (none in total: a watch streams for minutes), the proxy and the TLS server name."""
+        options: dict[str, Any] = {
+            "headers": {**headers, **authorization(self.configuration)},
+            "timeout": aiohttp.ClientTimeout(
+                total=None, sock_connect=connect_timeout, sock_read=read_timeout
+            ),
+            "proxy": self.proxy,
+        }
         if self.configuration.tls_server_name:
-            return {"server_hostname": self.configuration.tls_server_name}
-        return {}
+            options["server_hostname"] = self.configuration.tls_server_name
+        return options
 
     async def send(
         self,
@@ -116,19 +127,13 @@ class Transport:
     ) -> Answer:
         """One request; raises aiohttp.ClientError, OSError or asyncio.TimeoutError when no
         answer comes."""
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
         async with asyncio.timeout(connect_timeout + read_timeout):
             async with self.session().request(
                 method,
                 self.base + path,
                 params=query,
-                headers={**headers, **authorization(self.configuration)},
                 data=data,
-                timeout=timeout,
-                proxy=self.proxy,
-                **self._extra(),
+                **self._options(headers, connect_timeout, read_timeout),
             ) as response:
                 return Answer(
                     response.status,
@@ -150,16 +155,10 @@ class Transport:
         Raises StreamRefusedError for an error status, ValueError for a line over MAX_LINE,
         and aiohttp.ClientError, OSError or asyncio.TimeoutError when the stream breaks
         or is silent for read_timeout."""
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
         async with self.session().get(
             self.base + path,
             params=query,
-            headers={**headers, **authorization(self.configuration)},
-            timeout=timeout,
-            proxy=self.proxy,
-            **self._extra(),
+            **self._options(headers, connect_timeout, read_timeout),
         ) as response:
             if response.status >= 400:
                 raise StreamRefusedError(Answer(response.status, await response.read()))
